@@ -1,0 +1,82 @@
+"""The ``embedcyto`` command group.
+
+Sub-commands are imported lazily, so ``embedcyto --help`` is instant and never imports torch.
+Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+
+import click
+
+# name -> "module:attribute"; one module per command.
+COMMANDS = {
+    "datasets": "embedcyto.cli.datasets:datasets",
+    "models": "embedcyto.cli.models:models",
+    "extract": "embedcyto.cli.extract:extract",
+    "store": "embedcyto.cli.store:store",
+    "probe": "embedcyto.cli.probe:probe",
+    "lora": "embedcyto.cli.lora:lora",
+    "report": "embedcyto.cli.report:report",
+    "demo": "embedcyto.cli.demo:demo",
+}
+
+
+def _available(target: str) -> bool:
+    module = target.split(":")[0]
+    return importlib.util.find_spec(module) is not None
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported only when invoked (or listed by --help)."""
+
+    def list_commands(self, ctx):
+        return sorted(name for name, target in COMMANDS.items() if _available(target))
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None or not _available(target):
+            return None
+        module, attr = target.split(":")
+        command = getattr(importlib.import_module(module), attr)
+        return _with_clean_errors(command)
+
+
+def _with_clean_errors(command: click.Command) -> click.Command:
+    """Wrap a command (and its sub-commands) so library errors print without a traceback."""
+    if getattr(command, "_embedcyto_wrapped", False):
+        return command
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _with_clean_errors(sub)
+    if command.callback is not None:
+        original = command.callback
+
+        @functools.wraps(original)
+        def callback(*args, **kwargs):
+            from embedcyto.errors import EmbedcytoError
+
+            try:
+                return original(*args, **kwargs)
+            except EmbedcytoError as err:
+                raise click.ClickException(str(err)) from err
+
+        command.callback = callback
+    command._embedcyto_wrapped = True
+    return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="embedcyto")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Pick the vision foundation model for a cytology task, and see whether LoRA pays off.
+
+    Typical use: `embedcyto extract --model quilt --dataset sipakmed --root DIR`, then
+    `embedcyto probe --dataset sipakmed --episodes 600`.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

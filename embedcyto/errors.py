@@ -1,0 +1,56 @@
+"""Exceptions that say what went wrong and how to fix it.
+
+Every error embedcyto raises on purpose derives from :class:`EmbedcytoError`; the CLI turns them
+into one clean message (no traceback). Anything else reaching the user is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EmbedcytoError(Exception):
+    """Base class: the message names the problem and, where there is one, the fix."""
+
+
+class DatasetError(EmbedcytoError):
+    """A dataset root, layout, label file or split is not what was expected."""
+
+
+class ImageReadError(DatasetError):
+    """An image file cannot be decoded (corrupt, truncated, unsupported)."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path}: {reason}")
+
+
+class SplitError(DatasetError):
+    """A split file is missing, malformed, or disagrees with the dataset."""
+
+
+class BackboneError(EmbedcytoError):
+    """Unknown card, or a model that cannot be built."""
+
+
+class WeightsNotFoundError(BackboneError):
+    """No weights for a card were found in any of the places looked."""
+
+
+class StoreError(EmbedcytoError):
+    """A feature store is missing, incomplete, stale, locked or malformed."""
+
+
+class StaleStoreError(StoreError):
+    """A store exists but was made from other inputs than the ones requested."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store."""
+
+
+class ProbeError(EmbedcytoError):
+    """A probe cannot run on the features given (missing split, mismatched stores...)."""
+
+
+class LoraError(EmbedcytoError):
+    """An impossible LoRA request (targets, shots, fraction) or a failed run."""

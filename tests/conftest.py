@@ -1,0 +1,23 @@
+"""Shared test set-up: offline hub clients, quiet threads, tiny generated datasets."""
+
+from __future__ import annotations
+
+import os
+
+# The hub clients retry for tens of seconds without this; tests never touch the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    """Point the Hugging Face cache at an empty folder so a developer's cache never leaks in."""
+    home = tmp_path_factory.getbasetemp() / "hf_home"
+    home.mkdir(exist_ok=True)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("EMBEDCYTO_WEIGHTS", raising=False)
+    monkeypatch.delenv("EMBEDCYTO_STORE", raising=False)
