@@ -1,0 +1,161 @@
+"""Helpers shared by the dataset adapters: finding folders and images, safe paths, errors.
+
+Adapters only list files and assign labels; they never decode pixels (that is
+:mod:`embedcyto.datasets.images`, run at open time only when ``verify_images=True``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+from embedcyto.datasets.records import SPLITS, Dataset, Record
+from embedcyto.errors import DatasetError
+
+#: File extensions read as images (lower case). Everything else (``.dat``, ``.txt``,
+#: ``Thumbs.db``...) is ignored, as are hidden files and folders.
+IMAGE_EXTENSIONS = (".bmp", ".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")
+
+#: Folder names accepted for each split in pre-split layouts (compared in lower case).
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+
+_MAX_LISTED = 8
+
+
+def short_list(names: Iterable[str], limit: int = _MAX_LISTED) -> str:
+    """``a, b, c`` with an ``... (N more)`` tail, for error messages that must stay readable."""
+    names = list(names)
+    if not names:
+        return "(nothing)"
+    head = ", ".join(names[:limit])
+    return head if len(names) <= limit else f"{head}, ... ({len(names) - limit} more)"
+
+
+def require_root(root: str | os.PathLike, layout: str) -> Path:
+    """Return ``root`` as a Path, or explain that it is missing and which layout is expected."""
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset root {path} does not exist; point --root at the folder that "
+                           f"holds {layout}")
+    if not path.is_dir():
+        raise DatasetError(f"dataset root {path} is a file, not a folder; point --root at the "
+                           f"folder that holds {layout}")
+    return path
+
+
+def is_hidden(name: str) -> bool:
+    """Hidden files and OS litter (``.DS_Store``, ``__MACOSX``) are never data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def child_dirs(folder: Path) -> list[Path]:
+    """Visible sub-folders of ``folder``, sorted by name."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not is_hidden(p.name)),
+                  key=lambda p: p.name)
+
+
+def visible_names(folder: Path) -> list[str]:
+    """Names of the visible entries of ``folder`` (for "found: ..." in error messages)."""
+    return sorted(p.name for p in folder.iterdir() if not is_hidden(p.name))
+
+
+def is_image_file(path: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    return path.suffix.lower() in extensions and not is_hidden(path.name) and path.is_file()
+
+
+def list_images(folder: Path, *, recursive: bool = True,
+                extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``folder`` (recursively by default, skipping hidden folders), sorted."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if is_image_file(p, extensions))
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        base = Path(dirpath)
+        found.extend(base / f for f in filenames if is_image_file(base / f, extensions))
+    return sorted(found)
+
+
+def relative_posix(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` with POSIX separators: the stable row id of an image."""
+    return path.relative_to(root).as_posix()
+
+
+def split_of_folder(name: str) -> str | None:
+    """The split a folder name stands for (``train``/``val``/``test``), or None."""
+    return SPLIT_ALIASES.get(name.lower())
+
+
+def presplit_dirs(root: Path) -> dict[str, Path]:
+    """Split folders directly under ``root`` (e.g. ``train/``, ``val/``, ``test/``).
+
+    Raises:
+        DatasetError: two folders name the same split (``val/`` and ``valid/``).
+    """
+    found: dict[str, Path] = {}
+    for sub in child_dirs(root):
+        split = split_of_folder(sub.name)
+        if split is None:
+            continue
+        if split in found:
+            raise DatasetError(f"{root} has two folders for the {split} split: "
+                               f"{found[split].name}/ and {sub.name}/; keep only one")
+        found[split] = sub
+    return found
+
+
+def empty_class_error(folder: Path, what: str = "images") -> DatasetError:
+    return DatasetError(
+        f"class folder {folder} contains no {what} (looked for "
+        f"{', '.join(IMAGE_EXTENSIONS)}); add its images or remove the folder")
+
+
+def safe_join(root: Path, name: str, where: str) -> Path:
+    """Join a file name read from a label file onto ``root``, refusing anything that escapes it.
+
+    Names in label files come from outside: an absolute path, a ``..`` component or a symlink
+    that resolves outside ``root`` would let a label file make embedcyto read arbitrary files.
+
+    Args:
+        root: the dataset root.
+        name: the name as written in the label file.
+        where: "file, line N" for the error message.
+
+    Raises:
+        DatasetError: the name is empty, absolute, contains ``..``, or resolves outside root.
+    """
+    text = name.strip().replace("\\", "/")
+    pure = PurePosixPath(text)
+    if not text or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise DatasetError(f"{where}: image name {name!r} is empty or absolute; label files must "
+                           f"name images relative to the dataset root {root}")
+    if ".." in pure.parts:
+        raise DatasetError(f"{where}: image name {name!r} contains '..' and would escape the "
+                           f"dataset root {root}; fix the label file")
+    candidate = root.joinpath(*pure.parts)
+    resolved = candidate.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise DatasetError(f"{where}: image {name!r} resolves to {resolved}, outside the dataset "
+                           f"root {root} (a symlink?); copy the image into the root instead")
+    return candidate
+
+
+def finish(name: str, adapter: str, root: Path, classes: tuple[str, ...],
+           records: list[Record], skipped: list[tuple[str, str]] | None = None,
+           official_split: bool = False, **extra) -> Dataset:
+    """Build a :class:`Dataset` with records sorted by path (the documented order)."""
+    records = sorted(records, key=lambda r: r.path)
+    if official_split and any(r.split not in SPLITS for r in records):
+        raise DatasetError(f"{root}: some images have no split although the layout is pre-split")
+    return Dataset(name=name, adapter=adapter, root=root, classes=tuple(classes),
+                   records=records, official_split=official_split,
+                   skipped=sorted(skipped or []), **extra)

@@ -1,0 +1,105 @@
+"""Decoding any image a cytology dataset may hold into an 8-bit RGB PIL image.
+
+Why one function: every backbone expects RGB, but datasets contain grayscale scans, palette
+PNGs, RGBA exports, 16-bit microscope TIFFs and phone photos with an EXIF rotation. Converting
+each of them the right way in one place means every stage sees the same pixels.
+
+Truncated or corrupt files must fail loudly: embedcyto never sets PIL's
+``ImageFile.LOAD_TRUNCATED_IMAGES`` (which would silently fill the missing part with grey) and
+always forces the full decode inside :func:`read_image`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from embedcyto.errors import ImageReadError
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer or float grayscale onto 0..255.
+
+    Integer data is treated as 16-bit (``value / 257``: 65535 -> 255) when any value exceeds
+    255, else kept as is, so the brightness of a scan is not re-stretched per image.
+    Float data in 0..1 is scaled by 255; other float data is clipped to 0..255.
+    """
+    arr = np.asarray(img)
+    if img.mode == "F":
+        arr = arr * 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else arr
+    elif arr.size and int(arr.max()) > 255:
+        arr = arr.astype(np.float64) / 257.0
+    arr = np.clip(np.nan_to_num(arr.astype(np.float64)), 0, 255)
+    return Image.fromarray(np.rint(arr).astype(np.uint8), mode="L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite an image with transparency on white (slide background), not on black."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded image of any mode to 8-bit RGB (see module docstring)."""
+    if img.mode in _SIXTEEN_BIT or img.mode == "F":
+        img = _to_8bit(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in _ALPHA:
+        return _on_white(img)
+    if img.mode == "RGB":
+        return img
+    return img.convert("RGB")
+
+
+def read_image(path: str | os.PathLike, *, target_size: int | None = None) -> Image.Image:
+    """Read an image file as an 8-bit RGB PIL image, rotated as its EXIF says.
+
+    Args:
+        path: the image file.
+        target_size: the smallest side the caller needs. Large JPEGs are then decoded at a
+            reduced scale (PIL ``draft``: 1/2, 1/4 or 1/8) whose short side is still at least
+            ``target_size``, which makes 2048x1536 JPEGs several times faster to read. Other
+            formats are decoded at full size. The image is never resized here.
+
+    Returns:
+        A fully loaded RGB image, detached from the file.
+
+    Raises:
+        ImageReadError: missing, unreadable, corrupt, truncated or unsupported file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if target_size is not None and img.format == "JPEG":
+                side = max(int(target_size), 1)
+                img.draft("RGB", (side, side))
+            img.load()
+            oriented = ImageOps.exif_transpose(img)
+            rgb = to_rgb(oriented)
+            return rgb.copy() if rgb is img else rgb
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image PIL can identify (corrupt or wrong "
+                                   "extension)") from None
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(path, f"too large to decode safely ({err})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageReadError(path, f"corrupt or truncated ({err})") from None
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read (the ImageReadError reason), or None when it reads fine."""
+    try:
+        read_image(path)
+    except ImageReadError as err:
+        return err.reason
+    return None
