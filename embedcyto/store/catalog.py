@@ -1,0 +1,160 @@
+"""What is in a store folder: finished stores, interrupted extractions, and their details."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from embedcyto.errors import StoreError
+from embedcyto.store.h5format import decode_attr, read_provenance
+from embedcyto.store.partial import PartialFolder
+from embedcyto.store.paths import PARTIAL_SUFFIX, STORE_SUFFIX, partial_dir
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """One entry of :func:`list_stores`.
+
+    ``state`` is "complete" (a finished store), "partial" (an interrupted extraction:
+    ``rows_done`` of ``rows``) or "invalid" (``problem`` says why).
+    """
+
+    dataset: str
+    model: str
+    path: Path
+    state: str
+    rows: int | None = None
+    rows_done: int | None = None
+    dim: int | None = None
+    dtype: str | None = None
+    size_bytes: int = 0
+    created_at: str | None = None
+    problem: str | None = None
+
+    @property
+    def status(self) -> str:
+        """A short human description: "complete", "partial 120/400 rows", "invalid: ..."."""
+        if self.state == "partial":
+            return f"partial {self.rows_done}/{self.rows} rows"
+        if self.state == "invalid":
+            return f"invalid: {self.problem}"
+        return "complete"
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return path.stat().st_size
+
+
+def _finished_info(path: Path) -> StoreInfo:
+    from embedcyto.store.reader import open_store_file
+
+    base = {"dataset": path.parent.name, "model": path.name[: -len(STORE_SUFFIX)], "path": path}
+    try:
+        with open_store_file(path) as f:
+            prov = read_provenance(f.attrs)
+            shape = f["features"].shape
+    except (StoreError, KeyError) as err:
+        return StoreInfo(**base, state="invalid", size_bytes=_size(path), problem=str(err))
+    return StoreInfo(
+        **base,
+        state="complete",
+        rows=int(shape[0]),
+        rows_done=int(shape[0]),
+        dim=int(shape[1]),
+        dtype=prov.get("dtype"),
+        size_bytes=_size(path),
+        created_at=prov.get("created_at"),
+    )
+
+
+def _partial_info(folder: Path) -> StoreInfo:
+    path = folder.with_name(folder.name[: -len(PARTIAL_SUFFIX)])
+    base = {"dataset": path.parent.name, "model": path.name[: -len(STORE_SUFFIX)], "path": folder}
+    partial = PartialFolder(folder)
+    try:
+        manifest = partial.read_manifest()
+        n_rows = int(manifest["n_rows"])
+        prov = manifest["provenance"]
+    except (StoreError, KeyError, TypeError, ValueError) as err:
+        return StoreInfo(**base, state="invalid", size_bytes=_size(folder), problem=str(err))
+    return StoreInfo(
+        **base,
+        state="partial",
+        rows=n_rows,
+        rows_done=int(partial.done_mask(n_rows).sum()),
+        dim=prov.get("embed_dim"),
+        dtype=prov.get("dtype"),
+        size_bytes=_size(folder),
+        created_at=manifest.get("started_at"),
+    )
+
+
+def list_stores(store_dir: str | os.PathLike) -> list[StoreInfo]:
+    """Every store file and interrupted extraction under ``store_dir/<dataset>/``.
+
+    A finished store being rebuilt with ``--force`` appears twice: complete and partial.
+    """
+    store_dir = Path(store_dir)
+    if not store_dir.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in store_dir.iterdir() if p.is_dir()):
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file() and entry.name.endswith(STORE_SUFFIX):
+                out.append(_finished_info(entry))
+            elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + PARTIAL_SUFFIX):
+                out.append(_partial_info(entry))
+    return out
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """Everything about one store: state, shapes, sizes, datasets inside and provenance.
+
+    For a store whose extraction was interrupted, describes the partial folder instead.
+
+    Raises:
+        StoreError: neither the store nor a partial extraction of it exists, or it is unreadable.
+    """
+    from embedcyto.store.reader import open_store_file
+
+    path = Path(path)
+    if not path.is_file() and PartialFolder(partial_dir(path)).exists():
+        info = _partial_info(partial_dir(path))
+        manifest = PartialFolder(partial_dir(path)).read_manifest()
+        return {**_summary(info), "provenance": manifest.get("provenance", {})}
+    with open_store_file(path) as f:
+        attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
+        arrays: dict[str, str] = {}
+
+        def visit(name: str, node) -> None:
+            if isinstance(node, h5py.Dataset):
+                kind = "utf-8 string" if h5py.check_string_dtype(node.dtype) else str(node.dtype)
+                arrays[name] = f"{kind} {list(node.shape)}"
+
+        f.visititems(visit)
+        provenance = read_provenance(f.attrs)
+    summary = _summary(_finished_info(path))
+    fmt = {k: attrs[k] for k in ("format", "format_version", "complete", "n_rows") if k in attrs}
+    return {**summary, **fmt, "arrays": arrays, "provenance": provenance}
+
+
+def _summary(info: StoreInfo) -> dict[str, Any]:
+    return {
+        "path": str(info.path),
+        "dataset": info.dataset,
+        "model": info.model,
+        "state": info.state,
+        "status": info.status,
+        "rows": info.rows,
+        "rows_done": info.rows_done,
+        "embed_dim": info.dim,
+        "dtype": info.dtype,
+        "size_bytes": info.size_bytes,
+        "created_at": info.created_at,
+    }

@@ -1,0 +1,105 @@
+"""Where stores live: one file per (dataset, model), plus its partial folder and lock file.
+
+Every other module asks this one for a path, so the on-disk layout is decided in one place:
+
+    <store_dir>/<dataset>/<model>.h5           the finished store (published atomically)
+    <store_dir>/<dataset>/<model>.h5.partial/  finished batches of an unfinished extraction
+    <store_dir>/<dataset>/<model>.h5.lock      the writers' lock file (may stay behind; harmless)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from embedcyto.errors import StoreError
+
+STORE_SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
+TMP_MARKER = ".tmp-"
+ENV_STORE = "EMBEDCYTO_STORE"
+DEFAULT_STORE_DIR = "cache"
+
+
+def default_store_dir(store: str | os.PathLike | None = None) -> Path:
+    """The store folder a command should use.
+
+    Resolution order: the explicit ``store`` argument (a ``--store`` option), else the
+    ``EMBEDCYTO_STORE`` environment variable read now (not at import, so tests and long-lived
+    processes see changes), else ``./cache``.
+    """
+    if store is not None and str(store) != "":
+        return Path(store).expanduser()
+    env = os.environ.get(ENV_STORE, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path(DEFAULT_STORE_DIR)
+
+
+def _check_name(kind: str, name: str) -> str:
+    """Refuse names that would escape the store folder or make odd file names."""
+    if not isinstance(name, str) or not name.strip():
+        raise StoreError(f"{kind} name must be a non-empty string, got {name!r}")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+        raise StoreError(
+            f"{kind} name {name!r} cannot be used as a file name (no slashes, no leading dot); "
+            f"choose a plain name such as 'sipakmed' or 'quilt'"
+        )
+    return name
+
+
+def store_path(store_dir: str | os.PathLike, dataset_name: str, model: str) -> Path:
+    """The finished store file of one (dataset, model): ``store_dir/dataset_name/model.h5``."""
+    _check_name("dataset", dataset_name)
+    _check_name("model", model)
+    return Path(store_dir) / dataset_name / f"{model}{STORE_SUFFIX}"
+
+
+def partial_dir(path: str | os.PathLike) -> Path:
+    """The folder holding finished batches of an unfinished extraction into ``path``."""
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file writers of ``path`` hold with ``flock`` while they run."""
+    path = Path(path)
+    return path.with_name(path.name + LOCK_SUFFIX)
+
+
+def tmp_store_path(path: str | os.PathLike) -> Path:
+    """A temporary file beside ``path`` (same file system, so ``os.replace`` is atomic)."""
+    path = Path(path)
+    return path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
+
+
+def resolve_store_file(
+    store: str | os.PathLike | None = None,
+    dataset: str | None = None,
+    model: str | None = None,
+    *,
+    store_dir: str | os.PathLike | None = None,
+) -> Path:
+    """Turn "a store file" or "a store folder + dataset + model" into the store file's path.
+
+    ``store`` may be a ``.h5`` file (then ``dataset``/``model`` are optional) or a store folder
+    (then both are required). With ``store=None`` the folder is ``store_dir`` or
+    :func:`default_store_dir`.
+    """
+    if store is not None and store_dir is not None:
+        raise StoreError("give either a store path or store_dir, not both")
+    if store is not None:
+        candidate = Path(store).expanduser()
+        looks_like_file = candidate.suffix == STORE_SUFFIX or candidate.is_file()
+        if looks_like_file:
+            return candidate
+        base = candidate
+    else:
+        base = default_store_dir(store_dir)
+    if not dataset or not model:
+        raise StoreError(
+            f"{base} is a store folder: also give the dataset and the model "
+            f"(e.g. --dataset sipakmed --model quilt), or pass the path of a .h5 store file"
+        )
+    return store_path(base, dataset, model)

@@ -1,0 +1,105 @@
+"""Provenance: what a store was made from, and which parts decide whether it can be reused.
+
+A store is reused only when its *identity* matches the request. Identity is every provenance
+key except the informational ones (times, library versions, device, host...): a key embedcyto
+does not know about counts as identity, so a new input (say, a LoRA adapter hash) can never be
+silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from embedcyto.errors import StoreError
+
+# Keys embedcyto itself records that decide what the features are. Listed for documentation
+# and for the order of messages; unknown keys are treated the same way.
+IDENTITY_KEYS = (
+    "dataset",
+    "model",
+    "card",
+    "weights_sha256",
+    "preprocessing",
+    "precision",
+    "dtype",
+    "embed_dim",
+    "dataset_fingerprint",
+    "split_hash",
+    "rows_sha256",
+)
+
+# Keys that describe how a store was made but not what it contains.
+INFORMATIONAL_KEYS = frozenset(
+    {
+        "created_at",
+        "started_at",
+        "versions",
+        "device",
+        "hostname",
+        "host",
+        "timings",
+        "duration_s",
+        "batch_size",
+        "num_workers",
+        "command",
+        "user",
+        "platform",
+        "python",
+        "rows_resumed",
+    }
+)
+
+
+def is_informational(key: str) -> bool:
+    """True for keys that never make a store stale (``*_version`` keys included)."""
+    return key in INFORMATIONAL_KEYS or key.endswith("_version")
+
+
+def normalize(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A JSON round-tripped copy (tuples become lists) so stored and requested values compare.
+
+    Raises:
+        StoreError: the provenance is not a dict of JSON-able values with string keys.
+    """
+    if not isinstance(provenance, dict):
+        raise StoreError(f"provenance must be a dict, got {type(provenance).__name__}")
+    try:
+        text = json.dumps(provenance, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise StoreError(
+            f"provenance must hold only JSON values (str, number, bool, None, list, dict with "
+            f"string keys): {err}"
+        ) from err
+    return json.loads(text)
+
+
+def identity(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The part of a provenance dict that decides whether a store can be reused."""
+    return {k: v for k, v in provenance.items() if not is_informational(k)}
+
+
+_MISSING = object()
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = "<missing>" if value is _MISSING else json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """Identity keys whose values differ, as (key, old, new); absent values are ``<missing>``."""
+    old_id, new_id = identity(old), identity(new)
+    keys = [k for k in IDENTITY_KEYS if k in old_id or k in new_id]
+    keys += sorted(k for k in set(old_id) | set(new_id) if k not in IDENTITY_KEYS)
+    diffs = []
+    for key in keys:
+        a, b = old_id.get(key, _MISSING), new_id.get(key, _MISSING)
+        if a != b:
+            diffs.append((key, a, b))
+    return diffs
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
+    """One line per differing key: ``key: old -> new``."""
+    return "; ".join(f"{key}: {_short(a)} -> {_short(b)}" for key, a, b in diffs)
