@@ -1,0 +1,342 @@
+"""Finding, hashing and reading a card's weights file.
+
+Weights are looked for, in this order: an explicit path (``--weights``), the card's folder in the
+local weights directory (``--weights-dir`` or ``EMBEDCYTO_WEIGHTS``, layout
+``<weights_dir>/<card name>/<file>``), the Hugging Face cache, and finally the hub itself unless
+``HF_HUB_OFFLINE`` is set. When all fail, :class:`WeightsNotFoundError` lists every place looked
+and the exact commands that fetch the file. Environment variables are read when a function runs,
+never at import.
+
+Checkpoints are untrusted input: they are read with safetensors or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import zipfile
+from pathlib import Path
+
+from embedcyto.backbones.cards import Card
+from embedcyto.errors import BackboneError, WeightsNotFoundError
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+WEIGHTS_ENV = "EMBEDCYTO_WEIGHTS"
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def default_weights_dir() -> Path | None:
+    """The local weights directory named by ``EMBEDCYTO_WEIGHTS``, or None when unset."""
+    value = os.environ.get(WEIGHTS_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, from the environment as it is now."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for no network access."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE
+
+
+def pick_weights_file(folder: Path, preferred: tuple[str, ...] = ()) -> Path:
+    """The weights file in ``folder``: a preferred name if present, else the only weights file.
+
+    Raises:
+        BackboneError: no weights file, or several and none of the preferred names.
+    """
+    for name in preferred:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(found) == 1:
+        return found[0]
+    listing = ", ".join(p.name for p in sorted(folder.iterdir())) or "nothing"
+    if not found:
+        raise BackboneError(
+            f"{folder} holds no weights file ({'/'.join(WEIGHT_SUFFIXES)}); it holds: {listing}"
+        )
+    raise BackboneError(
+        f"{folder} holds several weights files ({', '.join(p.name for p in found)}) and none is "
+        f"named {' or '.join(preferred) or 'as expected'}; pass the file itself with --weights"
+    )
+
+
+def _explicit(weights: str | Path) -> Path:
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return pick_weights_file(path)
+    raise WeightsNotFoundError(f"weights path {path} does not exist")
+
+
+def _hub_download(repo_id: str, filename: str, cache_dir: Path) -> str:
+    """Download one file into the cache (kept separate so it can be replaced in tests)."""
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=str(cache_dir))
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub import errors
+
+    types: list[type[BaseException]] = [OSError, ValueError, errors.EntryNotFoundError]
+    types.append(errors.HfHubHTTPError)
+    try:
+        import httpx
+
+        types.append(httpx.HTTPError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _from_cache(card: Card, cache: Path) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for name in card.weights_files:
+        hit = try_to_load_from_cache(card.hub_repo, name, cache_dir=str(cache))
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    return None
+
+
+def _from_hub(card: Card, cache: Path, looked: list[str]) -> Path | None:
+    errors = _hub_errors()
+    for name in card.weights_files:
+        try:
+            return Path(_hub_download(card.hub_repo, name, cache))
+        except errors as err:  # each failure is reported in the final message
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            looked.append(f"Hugging Face hub {card.hub_repo}/{name}: {reason}")
+    return None
+
+
+def resolve_weights(
+    card: Card, weights: str | Path | None = None, *, weights_dir: str | Path | None = None
+) -> Path:
+    """Find the weights file for ``card``.
+
+    Args:
+        card: The model card.
+        weights: Explicit file, or folder holding one weights file. Checked first and alone:
+            when given but wrong, the error says so rather than silently using another file.
+        weights_dir: Local weights directory; defaults to ``EMBEDCYTO_WEIGHTS``. The card's
+            file is looked for in ``<weights_dir>/<card.name>/``.
+
+    Returns:
+        Path of an existing weights file.
+
+    Raises:
+        WeightsNotFoundError: nothing found; the message lists the places and how to get it.
+    """
+    if weights is not None:
+        return _explicit(weights)
+    if card.random:
+        raise WeightsNotFoundError(
+            f"model {card.name!r} is a random-weight demonstration card: it has no weights to find"
+        )
+    looked = ["--weights: not given"]
+    wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
+    if wdir is None:
+        looked.append(f"weights folder: none set (use --weights-dir or {WEIGHTS_ENV})")
+    elif (wdir / card.name).is_dir():
+        return pick_weights_file(wdir / card.name, card.weights_files)
+    else:
+        looked.append(f"weights folder: {wdir / card.name} does not exist")
+    if card.hub_repo and card.weights_files:
+        cache = hf_cache_dir()
+        hit = _from_cache(card, cache)
+        if hit is not None:
+            return hit
+        looked.append(
+            f"Hugging Face cache {cache}: no {card.hub_repo} file "
+            f"({', '.join(card.weights_files)})"
+        )
+        if hub_offline():
+            looked.append("Hugging Face hub: not tried, HF_HUB_OFFLINE is set")
+        else:
+            hit = _from_hub(card, cache, looked)
+            if hit is not None:
+                return hit
+    raise WeightsNotFoundError(_not_found_message(card, looked, wdir))
+
+
+def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
+    lines = [f"no weights found for model {card.name!r}. Looked in:"]
+    lines += [f"  {i}. {place}" for i, place in enumerate(looked, 1)]
+    lines.append("To get them:")
+    lines.extend(f"  - {step}" for step in weights_instructions(card, wdir))
+    return "\n".join(lines)
+
+
+def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[str]:
+    """The steps that put a card's weights where :func:`resolve_weights` will find them."""
+    steps = []
+    if card.weights_help:
+        steps.append(card.weights_help)
+    if card.hub_repo and card.weights_files:
+        repo, first = card.hub_repo, card.weights_files[0]
+        if card.gated:
+            steps.append(
+                f"accept the licence at https://huggingface.co/{repo} (logged in), then run "
+                "`hf auth login` (older clients: `huggingface-cli login`) with a read token"
+            )
+        target = weights_dir / card.name if weights_dir else Path("WEIGHTS_DIR") / card.name
+        steps.append(
+            f"`hf download {repo} {first} --local-dir {target}` (older clients: "
+            f"`huggingface-cli download {repo} {first} --local-dir {target}`), then pass "
+            f"--weights-dir {target.parent} or set {WEIGHTS_ENV}={target.parent}"
+        )
+        steps.append(f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`")
+    steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
+    return steps
+
+
+def search_plan(
+    card: Card, weights: str | Path | None = None, *, weights_dir: str | Path | None = None
+) -> list[str]:
+    """Where :func:`resolve_weights` would look, in order, without touching the network."""
+    if card.random:
+        return ["none: random-weight demonstration card"]
+    plan = [f"--weights {weights}" if weights else "--weights PATH (not given)"]
+    wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
+    plan.append(
+        f"{wdir / card.name}/" if wdir else f"WEIGHTS_DIR/{card.name}/ (--weights-dir or {WEIGHTS_ENV})"
+    )
+    if card.hub_repo:
+        files = ", ".join(card.weights_files)
+        plan.append(f"Hugging Face cache {hf_cache_dir()}: {card.hub_repo} ({files})")
+        state = "off (HF_HUB_OFFLINE set)" if hub_offline() else "on"
+        plan.append(f"Hugging Face hub {card.hub_repo}: download {state}")
+    return plan
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, streamed (weights can be GBs) and remembered while the file is unchanged."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    types: list[type[BaseException]] = [OSError, RuntimeError, ValueError, EOFError]
+    types.append(pickle.UnpicklingError)
+    try:
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """Tensors of a checkpoint, read without running any code stored in it.
+
+    Raises:
+        BackboneError: unreadable file, a TorchScript archive, or no tensors inside.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except _read_errors() as err:
+        if _is_torchscript(path):
+            raise BackboneError(
+                f"{path} is a TorchScript archive (like OpenAI's original CLIP .pt files), which "
+                "embedcyto does not execute; use the open_clip-format file from the card's hub "
+                "repository instead (see `embedcyto models show NAME`)"
+            ) from err
+        raise BackboneError(f"cannot read weights {path} safely: {err}") from err
+    return _unwrap(state, path)
+
+
+def _unwrap(state, path: Path) -> dict:
+    import torch
+
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            inner = state[key]
+            if inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                state = inner
+                break
+    if not isinstance(state, dict) or not state:
+        raise BackboneError(f"{path} holds no state dict (got {type(state).__name__})")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise BackboneError(f"{path} holds no tensors")
+    return tensors
+
+
+def prepare_state_dict(state: dict, prefix: str = "") -> dict:
+    """Strip a DataParallel ``module.`` prefix, then keep and strip ``prefix`` keys if present.
+
+    A full CLIP checkpoint holds both towers; only the ``visual.`` keys belong to the image model.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if prefix and any(k.startswith(prefix) for k in state):
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def load_strict(module, state: dict, *, what: str) -> None:
+    """Load ``state`` into ``module``, refusing any missing, unexpected or mis-shaped key.
+
+    Raises:
+        BackboneError: the message lists the mismatches, so a wrong file is recognisable.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [f"weights do not fit {what}:"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+            if keys:
+                shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+                parts.append(f"{len(keys)} {label} ({shown})")
+        parts.append("Is this the checkpoint for this model? Check --weights / the card.")
+        raise BackboneError(" ".join(parts))
+    module.load_state_dict(state, strict=True)
