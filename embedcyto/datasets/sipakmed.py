@@ -66,10 +66,13 @@ def _class_dirs(root: Path) -> dict[str, Path]:
     present = {d.name: d for d in child_dirs(root)}
     missing = [f for f in FOLDERS if f not in present]
     if missing:
+        partly = f"missing {', '.join(missing)}; " if len(missing) < len(FOLDERS) else ""
+        below = [d.name for d in present.values() if (d / FOLDERS[0]).is_dir()]
+        hint = (f"; did you mean --root {root / below[0]}?" if below else
+                ". Point --root at the folder that holds the five im_* class folders")
         raise DatasetError(
             f"{root} is not a SIPaKMeD root: expected folders {', '.join(FOLDERS)}; "
-            f"missing {', '.join(missing)}; found: {short_list(visible_names(root))}. "
-            "Point --root at the folder that holds the five im_* class folders")
+            f"{partly}found: {short_list(visible_names(root))}{hint}")
     return {c: present[f"im_{c}"] for c in CLASSES}
 
 
