@@ -207,7 +207,8 @@ class FeatureWriter:
             raise StoreError(f"features must be floating point, got {feats.dtype}")
         self._check_rows(rows)
         self._check_finite(rows, feats, "NaN or infinite values")
-        cast = feats.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is reported just below, with the rows
+            cast = feats.astype(self.dtype, copy=False)
         self._check_finite(rows, cast, f"values too large for {self.dtype.name} (use float32)")
         self._partial.save_batch(rows, cast)
         self._done[rows] = True
