@@ -1,0 +1,126 @@
+"""``embedcyto store``: list, describe and export feature stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+_STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
+
+
+def _store_option(func):
+    return click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help=_STORE_HELP)(func)
+
+
+def _target_options(func):
+    """PATH argument or --dataset/--model (+ --store) naming one store."""
+    func = _store_option(func)
+    func = click.option("--model", default=None, help="Model name (with --dataset).")(func)
+    func = click.option("--dataset", default=None, help="Dataset name (with --model).")(func)
+    return click.argument("path", required=False, type=click.Path(path_type=Path))(func)
+
+
+def _resolve(path, dataset, model, store_dir) -> Path:
+    from embedcyto.store import default_store_dir, resolve_store_file
+
+    if path is not None:
+        return resolve_store_file(path, dataset, model)
+    return resolve_store_file(default_store_dir(store_dir), dataset, model)
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+@click.group()
+def store() -> None:
+    """Inspect and export feature stores (one HDF5 file per dataset and model)."""
+
+
+@store.command("ls")
+@_store_option
+def ls(store_dir: Path | None) -> None:
+    """List the stores and interrupted extractions in the store folder."""
+    from embedcyto.store import default_store_dir, list_stores
+
+    folder = default_store_dir(store_dir)
+    infos = list_stores(folder)
+    if not infos:
+        click.echo(f"no feature stores in {folder}")
+        return
+    rows = [("DATASET", "MODEL", "ROWS", "DIM", "DTYPE", "SIZE", "CREATED", "STATUS")]
+    for i in infos:
+        rows.append(
+            (
+                i.dataset,
+                i.model,
+                "" if i.rows is None else str(i.rows),
+                "" if i.dim is None else str(i.dim),
+                i.dtype or "",
+                _human_size(i.size_bytes),
+                i.created_at or "",
+                i.status,
+            )
+        )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
+@store.command("info")
+@_target_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(path, dataset, model, store_dir, as_json: bool) -> None:
+    """Describe one store: shapes, state, and how its features were made.
+
+    Name it by PATH (a .h5 file) or by --dataset and --model in the store folder.
+    """
+    from embedcyto.store import store_info
+
+    data = store_info(_resolve(path, dataset, model, store_dir))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    provenance = data.pop("provenance", {})
+    arrays = data.pop("arrays", {})
+    for key, value in data.items():
+        click.echo(f"{key}: {value}")
+    if arrays:
+        click.echo("arrays:")
+        for name, desc in arrays.items():
+            click.echo(f"  {name}: {desc}")
+    click.echo("provenance:")
+    for key in sorted(provenance):
+        value = provenance[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        click.echo(f"  {key}: {text}")
+
+
+@store.command("export")
+@_target_options
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output file.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npz", "csv"]),
+    default=None,
+    help="Output format (default: from --out's extension, else npz).",
+)
+@click.option("--split", default=None, help="Export only this split (train, val or test).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def export(path, dataset, model, store_dir, out: Path, fmt, split, overwrite: bool) -> None:
+    """Export a store's features and row metadata to .npz or .csv (no HDF5 needed to read)."""
+    from embedcyto.store import export_store
+
+    if fmt is None:
+        fmt = "csv" if out.suffix.lower() == ".csv" else "npz"
+    source = _resolve(path, dataset, model, store_dir)
+    written = export_store(source, out, format=fmt, split=split, overwrite=overwrite)
+    click.echo(f"wrote {written}")
