@@ -1,0 +1,63 @@
+"""Shared pieces of the probes: feature normalisation and input checks.
+
+Normalisation is fitted on the training features only (mean, scale) and applied unchanged to
+every other split, so nothing about validation or test rows leaks into the probe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedcyto.errors import ProbeError
+
+NORMALISATIONS = ("none", "standard", "l2", "center_l2")
+
+
+def check_normalisation(name: str) -> str:
+    """Validate a normalisation name early, with the list of valid ones in the message."""
+    if name not in NORMALISATIONS:
+        raise ProbeError(f"unknown normalisation {name!r}; choose one of {', '.join(NORMALISATIONS)}")
+    return name
+
+
+def fit_normaliser(X: np.ndarray, name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Statistics of a normalisation, learned from the training rows only.
+
+    Returns (mean, scale): ``standard`` uses the per-feature mean and standard deviation (a
+    constant feature gets scale 1, so it stays constant instead of dividing by zero);
+    ``center_l2`` only the mean; ``none`` and ``l2`` need no statistics.
+    """
+    check_normalisation(name)
+    if name == "standard":
+        mean = X.mean(axis=0)
+        scale = X.std(axis=0)
+        scale[scale < 1e-12] = 1.0
+        return mean, scale
+    if name == "center_l2":
+        return X.mean(axis=0), None
+    return None, None
+
+
+def l2_normalise(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean norm; an all-zero row stays zero."""
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(norms, 1e-12)
+
+
+def apply_normaliser(X: np.ndarray, name: str, mean, scale) -> np.ndarray:
+    """Apply statistics from :func:`fit_normaliser` to any split."""
+    if name in ("standard", "center_l2"):
+        X = X - mean
+    if name == "standard":
+        X = X / scale
+    if name in ("l2", "center_l2"):
+        X = l2_normalise(X)
+    return X
+
+
+def float_features(X) -> np.ndarray:
+    """Features as a float32 or float64 array (float16 stores are widened to float32)."""
+    X = np.asarray(X)
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float32)
+    return X

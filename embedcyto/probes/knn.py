@@ -1,0 +1,148 @@
+"""Cosine k-nearest-neighbour probe, k chosen on validation.
+
+Features are centred on the training mean and L2-normalised, so the dot product is the cosine
+similarity of centred embeddings (centring removes the common offset that makes every pair of
+CLIP-style embeddings look similar). The training rows' similarities to a query are computed in
+chunks of queries, the ``max(ks)`` nearest are kept once, and every k of the grid is scored from
+that single sorted list, so choosing k costs one neighbour search.
+
+Votes: ``"majority"`` counts neighbours; ``"distance"`` weights each neighbour by
+``exp(similarity / temperature)`` (temperature 0.07, as in DINO's kNN evaluation). Ties between
+classes go to the lowest class index. ``predict_proba`` is each class's share of the votes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import StratifiedShuffleSplit
+
+from embedcyto.errors import ProbeError
+from embedcyto.probes._base import l2_normalise
+from embedcyto.probes._sk import (ProbeInputError, require_two_classes, validate_fit,
+                                  validate_predict, validate_val)
+
+DEFAULT_KS = (1, 3, 5, 10, 20, 50)
+WEIGHTINGS = ("majority", "distance")
+
+
+def neighbours(queries: np.ndarray, bank: np.ndarray, k: int,
+               chunk_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and similarities of the ``k`` most similar bank rows per query, most similar first.
+
+    Both inputs must already be normalised; memory stays at ``chunk_size × len(bank)`` floats.
+    """
+    k = min(k, bank.shape[0])
+    idx = np.empty((queries.shape[0], k), dtype=np.int64)
+    sim = np.empty((queries.shape[0], k), dtype=bank.dtype)
+    for start in range(0, queries.shape[0], chunk_size):
+        s = queries[start:start + chunk_size] @ bank.T
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else \
+            np.broadcast_to(np.arange(s.shape[1]), s.shape).copy()
+        top_sim = np.take_along_axis(s, top, axis=1)
+        order = np.argsort(-top_sim, axis=1, kind="stable")
+        idx[start:start + s.shape[0]] = np.take_along_axis(top, order, axis=1)
+        sim[start:start + s.shape[0]] = np.take_along_axis(top_sim, order, axis=1)
+    return idx, sim
+
+
+def vote_scores(nb_labels: np.ndarray, nb_sim: np.ndarray, ks, n_classes: int,
+                weighting: str, temperature: float) -> np.ndarray:
+    """Class scores for each k of ``ks`` from one sorted neighbour list: ``(len(ks), n, C)``."""
+    w = np.ones_like(nb_sim, dtype=float) if weighting == "majority" else \
+        np.exp((nb_sim.astype(float) - 1.0) / temperature)  # shift by the max cosine (1) for range
+    onehot = np.zeros(nb_labels.shape + (n_classes,))
+    np.put_along_axis(onehot, nb_labels[..., None], w[..., None], axis=2)
+    cum = np.cumsum(onehot, axis=1)
+    return np.stack([cum[:, min(k, nb_labels.shape[1]) - 1] for k in ks])
+
+
+class KNNProbe(ClassifierMixin, BaseEstimator):
+    """Cosine kNN on centred, L2-normalised embeddings; k picked by validation accuracy.
+
+    Args:
+        ks: candidate k values (a single value skips the search); k larger than the number of
+            training rows is not considered.
+        weighting: "majority" or "distance" (see module docstring).
+        temperature: softness of distance weighting.
+        center: centre on the training mean before normalising.
+        holdout: fraction of training rows held out to choose k when no validation data is given
+            (all training rows are then used as neighbours).
+        random_state: seed of that holdout.
+        chunk_size: queries per similarity block (memory knob, results do not depend on it).
+
+    Attributes:
+        classes_, n_features_in_, k_, val_scores_ (accuracy per k, NaN if not evaluated),
+        mean_ (centring vector), bank_ (normalised training rows), bank_labels_, selection_.
+    """
+
+    def __init__(self, ks=DEFAULT_KS, weighting="majority", temperature=0.07, center=True,
+                 holdout=0.2, random_state=0, chunk_size=2048):
+        self.ks = ks
+        self.weighting = weighting
+        self.temperature = temperature
+        self.center = center
+        self.holdout = holdout
+        self.random_state = random_state
+        self.chunk_size = chunk_size
+
+    def _prepare(self, X: np.ndarray) -> np.ndarray:
+        return l2_normalise(X - self.mean_ if self.center else X)
+
+    def _scores(self, queries, bank, bank_labels, ks) -> np.ndarray:
+        idx, sim = neighbours(queries, bank, max(ks), self.chunk_size)
+        return vote_scores(bank_labels[idx], sim, ks, len(self.classes_), self.weighting,
+                           self.temperature)
+
+    def fit(self, X, y, X_val=None, y_val=None):
+        """Store the normalised training rows and choose k on validation (or a holdout)."""
+        if self.weighting not in WEIGHTINGS:
+            raise ProbeError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        X, y = validate_fit(self, X, y)
+        require_two_classes(self)
+        X_val, y_val = validate_val(self, X_val, y_val)
+        ks = sorted({int(k) for k in np.atleast_1d(self.ks)})
+        if not ks or ks[0] < 1:
+            raise ProbeError(f"ks must be positive integers, got {self.ks!r}")
+        self.mean_ = X.mean(axis=0) if self.center else np.zeros(X.shape[1], dtype=X.dtype)
+        self.bank_, self.bank_labels_ = self._prepare(X), y
+        usable = [k for k in ks if k <= y.size] or [y.size]
+        self.val_scores_ = np.full(len(ks), np.nan)
+        if len(usable) == 1:
+            self.k_, self.selection_ = usable[0], "fixed"
+            return self
+        if X_val is not None:
+            bank, bank_y, queries, q_y, self.selection_ = (
+                self.bank_, y, self._prepare(X_val), y_val, "validation")
+        else:
+            train_idx, hold_idx = self._holdout(y)
+            bank, bank_y, queries, q_y, self.selection_ = (
+                self.bank_[train_idx], y[train_idx], self.bank_[hold_idx], y[hold_idx], "holdout")
+            usable = [k for k in usable if k <= train_idx.size] or [train_idx.size]
+        acc = (self._scores(queries, bank, bank_y, usable).argmax(axis=2) == q_y).mean(axis=1)
+        for k, a in zip(usable, acc):
+            self.val_scores_[ks.index(k)] = a
+        self.k_ = int(usable[int(np.argmax(acc))])  # ties: the smallest k
+        return self
+
+    def _holdout(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.bincount(y)
+        n_hold = int(round(self.holdout * y.size))
+        if counts.min() < 2 or n_hold < counts.size or y.size - n_hold < counts.size:
+            raise ProbeInputError(
+                f"cannot hold out {self.holdout:.0%} of {y.size} training rows stratified over "
+                f"{counts.size} classes to choose k: pass validation data or a single k (ks=[5])"
+            )
+        split = StratifiedShuffleSplit(n_splits=1, test_size=n_hold, random_state=self.random_state)
+        return next(split.split(np.zeros(y.size), y))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Share of the (weighted) votes of the k nearest training rows for each class."""
+        X = validate_predict(self, X)
+        scores = self._scores(self._prepare(X), self.bank_, self.bank_labels_, [self.k_])[0]
+        return scores / scores.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """Class with the most (weighted) votes; ties to the lowest class index."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
