@@ -125,7 +125,11 @@ def _from_hub(card: Card, cache: Path, looked: list[str]) -> Path | None:
 
 
 def resolve_weights(
-    card: Card, weights: str | Path | None = None, *, weights_dir: str | Path | None = None
+    card: Card,
+    weights: str | Path | None = None,
+    *,
+    weights_dir: str | Path | None = None,
+    allow_download: bool = True,
 ) -> Path:
     """Find the weights file for ``card``.
 
@@ -135,6 +139,7 @@ def resolve_weights(
             when given but wrong, the error says so rather than silently using another file.
         weights_dir: Local weights directory; defaults to ``EMBEDCYTO_WEIGHTS``. The card's
             file is looked for in ``<weights_dir>/<card.name>/``.
+        allow_download: Try the hub last (unless ``HF_HUB_OFFLINE`` is set).
 
     Returns:
         Path of an existing weights file.
@@ -165,7 +170,9 @@ def resolve_weights(
             f"Hugging Face cache {cache}: no {card.hub_repo} file "
             f"({', '.join(card.weights_files)})"
         )
-        if hub_offline():
+        if not allow_download:
+            looked.append("Hugging Face hub: not tried (download not allowed here)")
+        elif hub_offline():
             looked.append("Hugging Face hub: not tried, HF_HUB_OFFLINE is set")
         else:
             hit = _from_hub(card, cache, looked)
