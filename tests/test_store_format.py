@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -177,3 +178,14 @@ def test_dataset_and_model_are_checked_against_the_file(hier_store):
     assert len(load_features(path, ds, "toymodel")) == 23
     with pytest.raises(StoreError, match="holds model 'toymodel', not 'uni'"):
         load_features(path, "toy", "uni")
+
+
+def test_plain_h5py_snippet_in_docs_runs(tmp_path, capsys):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "store.md").read_text(encoding="utf-8")
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    path = store_path(tmp_path, "sipakmed", "quilt")
+    write_full(path, make_dataset(9, name="sipakmed"))
+    namespace: dict = {}
+    exec(compile(snippet.replace("cache/sipakmed/quilt.h5", str(path)), "store.md", "exec"), namespace)
+    assert namespace["X"].shape == (9, 8) and namespace["train"].sum() == 4
+    assert namespace["card"]["family"] == "timm" and "quilt" in capsys.readouterr().out

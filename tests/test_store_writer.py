@@ -191,3 +191,16 @@ def test_leftover_temporary_files_are_cleaned(tmp_path):
         w.commit()
     with h5py.File(path, "r") as f:
         assert bool(f.attrs["complete"])
+
+
+class _DeviceTensor:
+    """Stands in for a GPU or bfloat16 tensor that numpy cannot convert."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_unconvertible_tensors_get_a_clear_error(tmp_path):
+    with _open(store_path(tmp_path, "toy", "m"), make_dataset(3)) as w:
+        with pytest.raises(StoreError, match=r"tensor.float\(\).cpu\(\).numpy\(\)"):
+            w.write([0], _DeviceTensor())

@@ -195,7 +195,13 @@ class FeatureWriter:
         if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
             raise StoreError(f"row indices must be a 1-D integer array, got shape {rows.shape} {rows.dtype}")
         rows = rows.astype(np.int64)
-        feats = np.asarray(features)
+        try:
+            feats = np.asarray(features)
+        except (TypeError, RuntimeError) as err:  # e.g. a bfloat16 or GPU tensor
+            raise StoreError(
+                f"features must be convertible to a numpy array ({err}); pass "
+                f"`tensor.float().cpu().numpy()`"
+            ) from err
         if feats.shape != (len(rows), self.embed_dim):
             raise StoreError(
                 f"features must have shape ({len(rows)}, {self.embed_dim}) for {len(rows)} rows, "
