@@ -7,10 +7,26 @@ import json
 
 import numpy as np
 import pytest
-from test_store_fixtures import CLASSES, LEVEL_1, LEVEL_2, LEVEL_NAMES, make_dataset, make_features, provenance, write_full
+from test_store_fixtures import (
+    CLASSES,
+    LEVEL_1,
+    LEVEL_2,
+    LEVEL_NAMES,
+    make_dataset,
+    make_features,
+    provenance,
+    write_full,
+)
 
 from embedcyto.errors import StoreError
-from embedcyto.store import export_store, list_stores, load_features, open_writer, store_info, store_path
+from embedcyto.store import (
+    export_store,
+    list_stores,
+    load_features,
+    open_writer,
+    store_info,
+    store_path,
+)
 
 
 @pytest.fixture()
@@ -24,7 +40,9 @@ def store(tmp_path):
 def test_list_stores_shows_complete_partial_and_invalid(tmp_path, store):
     path, _, _ = store
     ds = make_dataset(9)
-    with open_writer(store_path(tmp_path, "other", "uni"), dataset=ds, provenance=provenance(), embed_dim=8) as w:
+    with open_writer(
+        store_path(tmp_path, "other", "uni"), dataset=ds, provenance=provenance(), embed_dim=8
+    ) as w:
         w.write([0, 1, 2, 3], make_features(4))
     (tmp_path / "toy" / "junk.h5").write_text("no")
     (tmp_path / "toy" / "splits.json").write_text("{}")
@@ -34,7 +52,12 @@ def test_list_stores_shows_complete_partial_and_invalid(tmp_path, store):
     assert (done.state, done.rows, done.dim, done.dtype) == ("complete", 11, 8, "float32")
     assert done.size_bytes == path.stat().st_size and done.created_at
     part = infos[("other", "uni")]
-    assert (part.state, part.rows_done, part.rows, part.status) == ("partial", 4, 9, "partial 4/9 rows")
+    assert (part.state, part.rows_done, part.rows, part.status) == (
+        "partial",
+        4,
+        9,
+        "partial 4/9 rows",
+    )
     assert infos[("toy", "junk")].status.startswith("invalid: ")
     assert list_stores(tmp_path / "absent") == []
 
@@ -66,7 +89,9 @@ def test_export_npz_round_trip(store, tmp_path):
         assert json.loads(str(data["provenance"]))["model"] == "m"
     test = export_store(path, tmp_path / "test.npz", split="test")
     with np.load(test) as data:
-        assert set(data["splits"].tolist()) == {"test"} and len(data["X"]) == sum(r.split == "test" for r in ds.records)
+        assert set(data["splits"].tolist()) == {"test"} and len(data["X"]) == sum(
+            r.split == "test" for r in ds.records
+        )
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -78,9 +103,23 @@ def test_export_csv_round_trip(tmp_path, dtype):
     with open(out, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 11
-    assert list(rows[0])[:9] == ["id", "label", "class", "split", "group", "level_1", "level_1_class", "level_2", "level_2_class"]
+    assert list(rows[0])[:9] == [
+        "id",
+        "label",
+        "class",
+        "split",
+        "group",
+        "level_1",
+        "level_1_class",
+        "level_2",
+        "level_2_class",
+    ]
     for rec, row, x in zip(ds.records, rows, feats):
-        assert row["id"] == rec.path and int(row["label"]) == rec.label and row["class"] == CLASSES[rec.label]
+        assert (
+            row["id"] == rec.path
+            and int(row["label"]) == rec.label
+            and row["class"] == CLASSES[rec.label]
+        )
         assert row["split"] == rec.split and row["group"] == (rec.group or "")
         assert int(row["level_2"]) == rec.levels[1]
         assert row["level_2_class"] == (LEVEL_2[rec.levels[1]] if rec.levels[1] >= 0 else "")

@@ -25,7 +25,9 @@ HIERARCHY = {"normal": "negative", "lsil": "squamous", "hsil": "squamous"}
 SPLIT_CYCLE = ("train", "train", "val", "test", "test")
 
 
-def make_dataset(n: int = 23, *, levels: bool = False, root: Path | None = None, name: str = "toy") -> Dataset:
+def make_dataset(
+    n: int = 23, *, levels: bool = False, root: Path | None = None, name: str = "toy"
+) -> Dataset:
     """A dataset of ``n`` fake images (the files need not exist: the store never opens them)."""
     records = []
     for i in range(n):
@@ -43,7 +45,10 @@ def make_dataset(n: int = 23, *, levels: bool = False, root: Path | None = None,
     kwargs = {}
     if levels:
         kwargs = {
-            "label_spaces": {"level_1": LabelSpace("level_1", LEVEL_1), "level_2": LabelSpace("level_2", LEVEL_2)},
+            "label_spaces": {
+                "level_1": LabelSpace("level_1", LEVEL_1),
+                "level_2": LabelSpace("level_2", LEVEL_2),
+            },
             "level_names": LEVEL_NAMES,
             "hierarchy": dict(HIERARCHY),
             "level_maps": dict(LEVEL_MAPS),
@@ -60,7 +65,9 @@ def make_dataset(n: int = 23, *, levels: bool = False, root: Path | None = None,
 
 def make_features(n: int, dim: int = 8) -> np.ndarray:
     """Deterministic features: row i depends only on i, like a real backbone's output."""
-    return np.stack([np.random.default_rng(1000 + i).standard_normal(dim) for i in range(n)]).astype(np.float32)
+    return np.stack(
+        [np.random.default_rng(1000 + i).standard_normal(dim) for i in range(n)]
+    ).astype(np.float32)
 
 
 def provenance(**changes) -> dict:
@@ -79,11 +86,15 @@ def provenance(**changes) -> dict:
     return base
 
 
-def write_full(path: Path, dataset: Dataset, *, dim: int = 8, batch: int = 5, dtype: str = "float32", **kwargs) -> np.ndarray:
+def write_full(
+    path: Path, dataset: Dataset, *, dim: int = 8, batch: int = 5, dtype: str = "float32", **kwargs
+) -> np.ndarray:
     """Write every row in batches and commit; returns the features written."""
     feats = make_features(len(dataset.records), dim)
     prov = kwargs.pop("prov", None) or provenance()
-    with open_writer(path, dataset=dataset, provenance=prov, embed_dim=dim, dtype=dtype, **kwargs) as w:
+    with open_writer(
+        path, dataset=dataset, provenance=prov, embed_dim=dim, dtype=dtype, **kwargs
+    ) as w:
         pending = w.pending_rows()
         for start in range(0, len(pending), batch):
             rows = pending[start : start + batch]

@@ -40,7 +40,9 @@ def test_every_documented_field_reads_with_plain_h5py(hier_store):
         assert bool(a["complete"]) is True
         assert a["n_rows"] == 23 and a["embed_dim"] == 8 and a["dtype"] == "float32"
         assert a["dataset"] == "toy" and a["model"] == "toymodel"
-        assert a["weights_sha256"] == "ab" * 32 and a["precision"] == "fp32" and a["device"] == "cpu"
+        assert (
+            a["weights_sha256"] == "ab" * 32 and a["precision"] == "fp32" and a["device"] == "cpu"
+        )
         assert json.loads(a["card"])["family"] == "timm"
         assert json.loads(a["preprocessing"])["size"] == 224
         assert json.loads(a["versions"])["torch"] == "2.13.0"
@@ -110,7 +112,9 @@ def test_subset_and_split_argument(hier_store):
     assert test.ids.tolist() == [ds.records[i].path for i in want]
     np.testing.assert_array_equal(test.X, feats[want])
     assert test.levels.shape == (len(want), 2)
-    assert load_features(path).subset("val").splits.tolist() == ["val"] * sum(r.split == "val" for r in ds.records)
+    assert load_features(path).subset("val").splits.tolist() == ["val"] * sum(
+        r.split == "val" for r in ds.records
+    )
     with pytest.raises(StoreError, match="unknown split 'tset'"):
         load_features(path, split="tset")
 
@@ -144,7 +148,9 @@ def test_interrupted_store_is_refused_with_resume_hint(tmp_path):
     path = store_path(tmp_path, "toy", "m")
     with open_writer(path, dataset=ds, provenance=provenance(), embed_dim=8) as w:
         w.write([0, 1], np.ones((2, 8), np.float32))
-    with pytest.raises(StoreError, match=r"interrupted \(2/10 rows done\).*re-run the same `embedcyto extract`"):
+    with pytest.raises(
+        StoreError, match=r"interrupted \(2/10 rows done\).*re-run the same `embedcyto extract`"
+    ):
         load_features(path)
 
 
@@ -186,6 +192,9 @@ def test_plain_h5py_snippet_in_docs_runs(tmp_path, capsys):
     path = store_path(tmp_path, "sipakmed", "quilt")
     write_full(path, make_dataset(9, name="sipakmed"))
     namespace: dict = {}
-    exec(compile(snippet.replace("cache/sipakmed/quilt.h5", str(path)), "store.md", "exec"), namespace)
+    exec(
+        compile(snippet.replace("cache/sipakmed/quilt.h5", str(path)), "store.md", "exec"),
+        namespace,
+    )
     assert namespace["X"].shape == (9, 8) and namespace["train"].sum() == 4
     assert namespace["card"]["family"] == "timm" and "quilt" in capsys.readouterr().out

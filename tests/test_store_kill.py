@@ -22,8 +22,7 @@ from embedcyto.store.paths import partial_dir
 N_ROWS = 200
 BATCH = 4
 
-CHILD = textwrap.dedent(
-    """
+CHILD = textwrap.dedent("""
     import sys, time
     from test_store_fixtures import make_dataset, make_features, provenance
     from embedcyto.store import open_writer
@@ -38,8 +37,7 @@ CHILD = textwrap.dedent(
         time.sleep(0.05)
     w.commit()
     print("done", flush=True)
-    """
-).format(n=N_ROWS, batch=BATCH)
+    """).format(n=N_ROWS, batch=BATCH)
 
 
 def _child_env() -> dict:

@@ -65,19 +65,27 @@ def test_cache_hit_does_not_rewrite(tmp_path):
         with pytest.raises(StoreError, match="cache hit"):
             w.write([0], np.zeros((1, 8), np.float32))
     after = os.stat(path)
-    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
 
 
 def test_stale_store_is_refused_naming_the_difference(tmp_path):
     ds = make_dataset(12)
     path = store_path(tmp_path, "toy", "m")
     write_full(path, ds)
-    with pytest.raises(StaleStoreError, match=r'weights_sha256: "abab.*" -> "ffff.*--force.*--store'):
+    with pytest.raises(
+        StaleStoreError, match=r'weights_sha256: "abab.*" -> "ffff.*--force.*--store'
+    ):
         _open(path, ds, provenance=provenance(weights_sha256="ff" * 32))
     with pytest.raises(StaleStoreError, match="dtype"):
         _open(path, ds, dtype="float16")
     relabelled = make_dataset(12)
-    relabelled.records[3] = type(relabelled.records[3])(path=relabelled.records[3].path, label=0, split="train")
+    relabelled.records[3] = type(relabelled.records[3])(
+        path=relabelled.records[3].path, label=0, split="train"
+    )
     with pytest.raises(StaleStoreError, match="rows_sha256"):
         _open(path, relabelled)
 
@@ -103,7 +111,9 @@ def test_forced_rebuild_keeps_old_store_until_commit(tmp_path):
     w.write(np.arange(5), old[:5] + 1)
     w.close()  # interrupted rebuild
     np.testing.assert_array_equal(load_features(path).X, old)  # old store untouched
-    with pytest.raises(StaleStoreError, match="interrupted rebuild with these inputs has 5/10 rows"):
+    with pytest.raises(
+        StaleStoreError, match="interrupted rebuild with these inputs has 5/10 rows"
+    ):
         _open(path, ds, provenance=new_prov)
     with _open(path, ds, provenance=new_prov, force=True) as w:  # --force again resumes
         np.testing.assert_array_equal(w.pending_rows(), np.arange(5, 10))
@@ -136,7 +146,9 @@ def test_invalid_batches_are_refused_and_nothing_saved(tmp_path):
         bad = feats[:3].copy()
         bad[1, 2] = np.nan
         bad[2, 0] = np.inf
-        with pytest.raises(StoreError, match=r"NaN or infinite values in 2 row\(s\) \[1, 2\].*lsil/cell_0001"):
+        with pytest.raises(
+            StoreError, match=r"NaN or infinite values in 2 row\(s\) \[1, 2\].*lsil/cell_0001"
+        ):
             w.write([0, 1, 2], bad)
         with pytest.raises(StoreError, match="shape"):
             w.write([0, 1], feats[:3])

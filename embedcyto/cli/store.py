@@ -11,7 +11,9 @@ _STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
 
 
 def _store_option(func):
-    return click.option("--store", "store_dir", type=click.Path(path_type=Path), default=None, help=_STORE_HELP)(func)
+    return click.option(
+        "--store", "store_dir", type=click.Path(path_type=Path), default=None, help=_STORE_HELP
+    )(func)
 
 
 def _target_options(func):

@@ -43,7 +43,9 @@ def export_store(
         raise StoreError(f"export format must be one of {EXPORT_FORMATS}, got {format!r}")
     out = Path(out)
     if out.exists() and not overwrite:
-        raise StoreError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+        raise StoreError(
+            f"{out} already exists; pass --overwrite to replace it or choose another --out"
+        )
     if not out.parent.is_dir():
         raise StoreError(f"folder {out.parent} does not exist; create it first")
     feats = load_features(path, split=split)
@@ -86,12 +88,20 @@ def _write_csv(handle, feats: Features) -> None:
     fmt = ",".join([f"%.{_DIGITS.get(feats.X.dtype.name, 17)}g"] * dim)
     for i in range(len(feats)):
         label = int(feats.labels[i])
-        cells = [feats.ids[i], label, _class_name(feats.classes, label), feats.splits[i], feats.groups[i]]
+        cells = [
+            feats.ids[i],
+            label,
+            _class_name(feats.classes, label),
+            feats.splits[i],
+            feats.groups[i],
+        ]
         for j, level in enumerate(levels):
             index = int(feats.levels[i, j])
             cells += [index, _class_name(feats.label_spaces.get(level, ()), index)]
         buffer = io.StringIO()
         csv.writer(buffer).writerow(cells)
-        text.write(buffer.getvalue().rstrip("\r\n") + "," + fmt % tuple(feats.X[i].tolist()) + "\r\n")
+        text.write(
+            buffer.getvalue().rstrip("\r\n") + "," + fmt % tuple(feats.X[i].tolist()) + "\r\n"
+        )
     text.flush()
     text.detach()

@@ -56,14 +56,18 @@ def row_table(dataset: Dataset) -> RowTable:
     if len(set(ids.tolist())) != len(ids):
         seen: set[str] = set()
         dup = next(i for i in ids.tolist() if i in seen or seen.add(i))
-        raise StoreError(f"dataset {dataset.name!r} lists image {dup!r} twice; row ids must be unique")
+        raise StoreError(
+            f"dataset {dataset.name!r} lists image {dup!r} twice; row ids must be unique"
+        )
     levels = None
     if dataset.level_names:
         n_levels = len(dataset.level_names)
         rows = [tuple(r.levels) if r.levels is not None else (-1,) * n_levels for r in records]
         bad = next((r.path for r, lv in zip(records, rows) if len(lv) != n_levels), None)
         if bad is not None:
-            raise StoreError(f"record {bad!r} does not have {n_levels} levels ({dataset.level_names})")
+            raise StoreError(
+                f"record {bad!r} does not have {n_levels} levels ({dataset.level_names})"
+            )
         levels = np.asarray(rows, dtype=np.int64).reshape(len(records), n_levels)
     return RowTable(
         ids=ids,

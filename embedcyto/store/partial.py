@@ -113,7 +113,9 @@ class PartialFolder:
                 rows = np.asarray(data["rows"], dtype=np.int64)
                 feats = np.asarray(data["features"]) if with_features else None
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-            log.warning("ignoring damaged batch file %s (%s); its rows will be recomputed", path, err)
+            log.warning(
+                "ignoring damaged batch file %s (%s); its rows will be recomputed", path, err
+            )
             return None
         return rows, feats
 
@@ -122,7 +124,11 @@ class PartialFolder:
         mask = np.zeros(n_rows, dtype=bool)
         for path in self._batch_files():
             loaded = self._load(path, with_features=False)
-            if loaded is None or loaded[0].size and (loaded[0].min() < 0 or loaded[0].max() >= n_rows):
+            if (
+                loaded is None
+                or loaded[0].size
+                and (loaded[0].min() < 0 or loaded[0].max() >= n_rows)
+            ):
                 if drop_damaged:
                     path.unlink(missing_ok=True)
                 continue

@@ -73,6 +73,7 @@ class Features:
 
     def take(self, rows) -> Features:
         """A Features holding only ``rows`` (a boolean mask or integer indices)."""
+
         def pick(a):
             return None if a is None else _readonly(np.asarray(a[rows]))
 
@@ -93,7 +94,9 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def open_store_file(path: str | os.PathLike, *, require_complete: bool = True) -> Iterator[h5py.File]:
+def open_store_file(
+    path: str | os.PathLike, *, require_complete: bool = True
+) -> Iterator[h5py.File]:
     """Open a store for reading after checking it is a complete embedcyto store.
 
     Raises:
@@ -106,11 +109,15 @@ def open_store_file(path: str | os.PathLike, *, require_complete: bool = True) -
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        raise StoreError(f"{path} is not a readable HDF5 file ({err}); is it a feature store?") from err
+        raise StoreError(
+            f"{path} is not a readable HDF5 file ({err}); is it a feature store?"
+        ) from err
     with handle as f:
         fmt = decode_attr(f.attrs.get("format"))
         if fmt != FORMAT_NAME:
-            raise StoreError(f"{path} is an HDF5 file but not an embedcyto feature store (format={fmt!r})")
+            raise StoreError(
+                f"{path} is an HDF5 file but not an embedcyto feature store (format={fmt!r})"
+            )
         version = decode_attr(f.attrs.get("format_version"))
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise StoreError(
@@ -164,7 +171,9 @@ def _read_meta(f: h5py.File) -> dict[str, Any]:
     parents = _strings(hier["parent"]).tolist() if hier is not None else []
     return {
         "classes": tuple(_strings(f["classes"]).tolist()),
-        "label_spaces": {k: tuple(_strings(v).tolist()) for k, v in f.get("label_spaces", {}).items()},
+        "label_spaces": {
+            k: tuple(_strings(v).tolist()) for k, v in f.get("label_spaces", {}).items()
+        },
         "level_names": tuple(_strings(f["level_names"]).tolist()) if "level_names" in f else (),
         "level_maps": {k: tuple(int(x) for x in v[()]) for k, v in f.get("level_maps", {}).items()},
         "hierarchy": dict(zip(children, parents)),
@@ -261,11 +270,15 @@ def load_features(
             "ids": _readonly(_strings(f["image_id"])),
             "splits": _readonly(_strings(f["split"])),
             "groups": _readonly(_strings(f["group"])),
-            "levels": _readonly(np.asarray(f["levels"][()], dtype=np.int64)) if "levels" in f else None,
+            "levels": (
+                _readonly(np.asarray(f["levels"][()], dtype=np.int64)) if "levels" in f else None
+            ),
         }
         meta = _read_meta(f)
     bad = [k for k, v in rows.items() if v is not None and len(v) != n]
     if len(X) != n or bad:
-        raise StoreError(f"{path} is malformed: row counts disagree ({bad or 'features'} vs n_rows={n})")
+        raise StoreError(
+            f"{path} is malformed: row counts disagree ({bad or 'features'} vs n_rows={n})"
+        )
     features = Features(X=X, **rows, **meta, provenance=provenance, path=path)
     return features.subset(split) if split is not None else features

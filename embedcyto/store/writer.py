@@ -32,8 +32,10 @@ from embedcyto.store.reader import read_store_provenance
 
 log = logging.getLogger(__name__)
 
-_FIX = "pass --force to rebuild it (the old store stays until the new one is complete), or " \
-       "write to another store folder with --store"
+_FIX = (
+    "pass --force to rebuild it (the old store stays until the new one is complete), or "
+    "write to another store folder with --store"
+)
 
 
 def utc_now() -> str:
@@ -73,7 +75,11 @@ class FeatureWriter:
     ):
         if dtype not in DTYPES:
             raise StoreError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if isinstance(embed_dim, bool) or not isinstance(embed_dim, (int, np.integer)) or embed_dim < 1:
+        if (
+            isinstance(embed_dim, bool)
+            or not isinstance(embed_dim, (int, np.integer))
+            or embed_dim < 1
+        ):
             raise StoreError(f"embed_dim must be a positive integer, got {embed_dim!r}")
         if compression not in (None, "gzip"):
             raise StoreError(f"compression must be None or 'gzip', got {compression!r}")
@@ -150,7 +156,10 @@ class FeatureWriter:
         if prov.differences(manifest.get("provenance", {}), self.provenance):
             return ""
         done = int(self._partial.done_mask(self.n_rows).sum())
-        return f" (an interrupted rebuild with these inputs has {done}/{self.n_rows} rows; --force resumes it)"
+        return (
+            f" (an interrupted rebuild with these inputs has {done}/{self.n_rows} rows; "
+            f"--force resumes it)"
+        )
 
     def _open_partial(self, force: bool) -> None:
         """Resume a matching partial extraction or start a fresh one."""
@@ -167,7 +176,12 @@ class FeatureWriter:
                 partial.clean_tmp()
                 self._done = partial.done_mask(self.n_rows, drop_damaged=True)
                 self.resumed_rows = int(self._done.sum())
-                log.info("resuming %s: %d/%d rows already done", self.path, self.resumed_rows, self.n_rows)
+                log.info(
+                    "resuming %s: %d/%d rows already done",
+                    self.path,
+                    self.resumed_rows,
+                    self.n_rows,
+                )
                 return
             if not force:
                 raise StaleStoreError(
@@ -175,7 +189,9 @@ class FeatureWriter:
                     f"({prov.describe_differences(diffs)}); pass --force to discard it and start "
                     f"again, or write to another store folder with --store"
                 )
-        partial.create({"n_rows": self.n_rows, "provenance": self.provenance, "started_at": utc_now()})
+        partial.create(
+            {"n_rows": self.n_rows, "provenance": self.provenance, "started_at": utc_now()}
+        )
 
     def pending_rows(self) -> np.ndarray:
         """Indices (into ``dataset.records``) of rows still to compute, in order."""
@@ -193,7 +209,9 @@ class FeatureWriter:
             raise StoreError(f"{self.path} is complete (cache hit): there is nothing to write")
         rows = np.asarray(row_indices)
         if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-            raise StoreError(f"row indices must be a 1-D integer array, got shape {rows.shape} {rows.dtype}")
+            raise StoreError(
+                f"row indices must be a 1-D integer array, got shape {rows.shape} {rows.dtype}"
+            )
         rows = rows.astype(np.int64)
         try:
             feats = np.asarray(features)
@@ -221,12 +239,16 @@ class FeatureWriter:
 
     def _check_rows(self, rows: np.ndarray) -> None:
         if rows.min() < 0 or rows.max() >= self.n_rows:
-            raise StoreError(f"row indices must be in [0, {self.n_rows}), got {rows.min()}..{rows.max()}")
+            raise StoreError(
+                f"row indices must be in [0, {self.n_rows}), got {rows.min()}..{rows.max()}"
+            )
         if len(np.unique(rows)) != len(rows):
             raise StoreError("a batch lists the same row twice")
         already = rows[self._done[rows]]
         if already.size:
-            raise StoreError(f"rows {already[:5].tolist()} were already written; write only pending_rows()")
+            raise StoreError(
+                f"rows {already[:5].tolist()} were already written; write only pending_rows()"
+            )
 
     def _check_finite(self, rows: np.ndarray, feats: np.ndarray, what: str) -> None:
         bad = rows[~np.isfinite(feats).all(axis=1)]
