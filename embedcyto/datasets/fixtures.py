@@ -27,6 +27,7 @@ from embedcyto.datasets.records import SPLITS
 from embedcyto.errors import DatasetError
 
 DEFAULT_SIZE = 64
+_MAX_DRAWN = 512
 GENERIC_CLASSES = ("high_grade", "low_grade", "negative")
 _MLCC_PREFIX = {"HSIL": "HSIL_", "LSIL": "LSIL_", "NILM": "NL_", "SCC": "SCC_"}
 _REAL = {  # (min side, max side) or fixed (width, height)
@@ -58,9 +59,13 @@ class _Painter:
     def save(self, path: Path, class_index: int, key: tuple[int, ...], cluster: bool = False):
         rng = np.random.default_rng([self.seed, class_index, *key])
         width, height = self.size(rng)
-        pixels = (draw_cluster if cluster else draw_cell)(rng, class_index, height, width)
+        scale = min(1.0, _MAX_DRAWN / max(width, height))
+        drawn = (max(int(height * scale), 1), max(int(width * scale), 1))
+        pixels = (draw_cluster if cluster else draw_cell)(rng, class_index, *drawn)
         path.parent.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(pixels, mode="RGB")
+        if scale < 1.0:  # large images (MLCC's 2048x1536) are drawn small and upsampled
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
         if path.suffix.lower() in (".jpg", ".jpeg"):
             image.save(path, quality=90)
         else:
