@@ -8,8 +8,7 @@ from collections import Counter
 
 import pytest
 
-from embedcyto.datasets import list_adapters, open_dataset
-from embedcyto.datasets import bcfc, mlcc, sipakmed
+from embedcyto.datasets import bcfc, list_adapters, mlcc, open_dataset, sipakmed
 from embedcyto.datasets.fixtures import GENERIC_CLASSES, make_fixture
 from embedcyto.errors import DatasetError
 

@@ -22,7 +22,7 @@ def _deviation(labels, splits, ratios):
     labels, worst = np.asarray(labels), 0.0
     for cls in np.unique(labels):
         n = (labels == cls).sum()
-        for split, ratio in zip(SPLITS, ratios):
+        for split, ratio in zip(SPLITS, ratios, strict=True):
             worst = max(worst, abs(((labels == cls) & (splits == split)).sum() - n * ratio))
     return worst
 

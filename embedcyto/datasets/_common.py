@@ -7,8 +7,8 @@ Adapters only list files and assign labels; they never decode pixels (that is
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 from embedcyto.datasets.records import SPLITS, Dataset, Record
 from embedcyto.errors import DatasetError

@@ -70,7 +70,7 @@ def stratified_split(labels, ratios=DEFAULT_RATIOS, seed: int = 0) -> np.ndarray
         idx = np.flatnonzero(labels == cls)
         idx = idx[rng.permutation(len(idx))]
         start = 0
-        for split, count in zip(SPLITS, _quotas(len(idx), ratios)):
+        for split, count in zip(SPLITS, _quotas(len(idx), ratios), strict=True):
             out[idx[start:start + count]] = split
             start += count
     return out
@@ -117,7 +117,7 @@ def _generate(dataset: Dataset, seed: int, ratios) -> dict[str, str]:
         splits = grouped_split(labels, groups, ratios, seed)
     else:
         splits = stratified_split(labels, ratios, seed)
-    return {r.path: str(s) for r, s in zip(dataset.records, splits)}
+    return {r.path: str(s) for r, s in zip(dataset.records, splits, strict=True)}
 
 
 def _write_atomic(path: Path, payload: dict) -> None:

@@ -109,7 +109,7 @@ def read_table(root, *, name: str = "csv", csv_file=None, path_column: str = "pa
     spaces = {c: LabelSpace(c, tuple(sorted({r[c].strip() for _, r in rows} - {""})))
               for c in levels}
     records, missing, seen = [], [], {}
-    for (line, row), label in zip(rows, labels):
+    for (line, row), label in zip(rows, labels, strict=True):
         where = f"{csv_path}, line {line}"
         if label not in order:
             raise DatasetError(f"{where}: label {label!r} is not among the classes "
