@@ -120,14 +120,14 @@ def test_subset_and_split_argument(hier_store):
 
 
 def test_mmap_matches_and_falls_back_when_compressed(tmp_path):
-    ds = make_dataset(2100)  # three chunks of rows
+    ds = make_dataset(3000)  # three chunks of rows, each larger than HDF5's chunk cache
     plain = store_path(tmp_path, "toy", "plain")
-    feats = write_full(plain, ds, batch=500)
+    feats = write_full(plain, ds, dim=1024, batch=500)
     mapped = load_features(plain, mmap=True)
     assert isinstance(mapped.X, np.memmap)
     np.testing.assert_array_equal(mapped.X, feats)
     gz = store_path(tmp_path, "toy", "gz")
-    write_full(gz, ds, batch=500, compression="gzip")
+    write_full(gz, ds, dim=1024, batch=500, compression="gzip")
     with h5py.File(gz, "r") as f:
         assert f["features"].compression == "gzip"
     got = load_features(gz, mmap=True)

@@ -216,3 +216,19 @@ def test_unconvertible_tensors_get_a_clear_error(tmp_path):
     with _open(store_path(tmp_path, "toy", "m"), make_dataset(3)) as w:
         with pytest.raises(StoreError, match=r"tensor.float\(\).cpu\(\).numpy\(\)"):
             w.write([0], _DeviceTensor())
+
+
+def test_damaged_batch_file_is_recomputed(tmp_path):
+    ds = make_dataset(8)
+    path = store_path(tmp_path, "toy", "m")
+    feats = make_features(8)
+    with _open(path, ds) as w:
+        w.write(np.arange(4), feats[:4])
+        w.write(np.arange(4, 6), feats[4:6])
+    first = sorted(partial_dir(path).glob("batch-*.npz"))[0]
+    first.write_bytes(first.read_bytes()[:20])  # e.g. a disk error
+    with _open(path, ds) as w:
+        np.testing.assert_array_equal(w.pending_rows(), [0, 1, 2, 3, 6, 7])
+        w.write(w.pending_rows(), feats[w.pending_rows()])
+        w.commit()
+    np.testing.assert_array_equal(load_features(path).X, feats)

@@ -118,9 +118,11 @@ def write_store_file(
             dtype=features.dtype,
             chunks=(min(n, CHUNK_ROWS), dim),
             compression=compression,
+            **_early_allocation(compression),
         )
-        for start in range(0, n, CHUNK_ROWS):  # in row order, so chunks sit in order on disk
+        for start in range(0, n, CHUNK_ROWS):
             dset[start : start + CHUNK_ROWS] = features[start : start + CHUNK_ROWS]
+        f.flush()
         _write_rows(f, table)
         _write_label_spaces(f, dataset)
         _write_attrs(f, provenance, n_rows=n)
@@ -128,6 +130,19 @@ def write_store_file(
         f.flush()
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _early_allocation(compression: str | None) -> dict[str, Any]:
+    """Allocate every uncompressed chunk at creation, back to back in row order.
+
+    Chunks allocated lazily can land after other data, which stops readers from mapping the
+    whole matrix with one ``np.memmap`` (``load_features(mmap=True)``).
+    """
+    if compression is not None:
+        return {}
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return {"dcpl": dcpl, "fill_time": "never"}
 
 
 def _strings(f: h5py.Group, name: str, values) -> None:

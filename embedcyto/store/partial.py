@@ -124,15 +124,15 @@ class PartialFolder:
         mask = np.zeros(n_rows, dtype=bool)
         for path in self._batch_files():
             loaded = self._load(path, with_features=False)
-            if (
-                loaded is None
-                or loaded[0].size
-                and (loaded[0].min() < 0 or loaded[0].max() >= n_rows)
-            ):
+            rows = None if loaded is None else loaded[0]
+            in_range = rows is not None and (
+                rows.size == 0 or (rows.min() >= 0 and rows.max() < n_rows)
+            )
+            if not in_range:
                 if drop_damaged:
                     path.unlink(missing_ok=True)
                 continue
-            mask[loaded[0]] = True
+            mask[rows] = True
         return mask
 
     def fill(self, out: np.ndarray) -> np.ndarray:
