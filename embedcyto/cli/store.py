@@ -118,7 +118,7 @@ def info(path, dataset, model, store_dir, as_json: bool) -> None:
 @click.option("--split", default=None, help="Export only this split (train, val or test).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def export(path, dataset, model, store_dir, out: Path, fmt, split, overwrite: bool) -> None:
-    """Export a store's features and row metadata to .npz or .csv (no HDF5 needed to read)."""
+    """Export a store to .npz or .csv (features and row metadata; no HDF5 needed to read)."""
     from embedcyto.store import export_store
 
     if fmt is None:
