@@ -260,3 +260,24 @@ def test_unknown_adapter_and_option(tmp_path):
     root = make_fixture("mlcc", tmp_path / "m", per_class=1)
     with pytest.raises(DatasetError, match="has no option csv_dir"):
         open_dataset("mlcc", root, csv_dir="x")
+
+
+def test_bad_image_policy_is_validated(tmp_path):
+    root = make_fixture("folder", tmp_path / "d", per_class=1)
+    with pytest.raises(DatasetError, match="on_bad_image must be 'skip' or 'error'"):
+        open_dataset("folder", root, on_bad_image="ignore")
+
+
+def test_check_reports_classes_missing_from_a_split(tmp_path):
+    from embedcyto.datasets import check_dataset
+
+    root = make_fixture("mlcc", tmp_path / "m", per_class=4)
+    nilm = root / mlcc.FOLDERS["NILM"]
+    for i in range(6):
+        shutil.copy(nilm / "NL_1_ (1).jpg", nilm / f"NL_9_ ({i}).jpg")
+    report = check_dataset("mlcc", root)
+    assert report.total == 22
+    assert report.counts["NILM"] == {"train": 7, "val": 1, "test": 2}
+    assert report.counts["SCC"] == {"train": 3, "val": 0, "test": 1}
+    assert report.problems == ("no val images for class(es) HSIL, LSIL, SCC",)
+    assert "problem: no val images for class(es) HSIL, LSIL, SCC" in report.lines()
