@@ -189,7 +189,9 @@ def mean_std(values) -> tuple[float, float]:
     v = np.asarray(values, dtype=float).ravel()
     if v.size == 0:
         raise ProbeError("mean_std needs at least one value")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+    if np.all(v == v[0]):
+        return float(v[0]), 0.0  # exactly 0, not a rounding residue
+    return float(v.mean()), float(v.std(ddof=1))
 
 
 def batch_confusion(y_true, y_pred, n_classes: int) -> np.ndarray:

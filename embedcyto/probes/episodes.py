@@ -51,12 +51,13 @@ class _Pool:
             raise ProbeError("image ids are not unique: the store rows cannot be told apart")
         k = int(n_classes) if n_classes is not None else int(labels.max(initial=-1)) + 1
         self.members = [order[labels[order] == c] for c in range(k)]
-        for c, rows in enumerate(self.members):
-            if rows.size < shots:
-                name = class_names[c] if class_names is not None else str(c)
-                raise ProbeError(
-                    f"class {name!r} has {rows.size} training images, fewer than shots={shots}: "
-                    f"lower --shots to at most {rows.size} or leave this class out")
+        short = [(class_names[c] if class_names is not None else str(c), rows.size)
+                 for c, rows in enumerate(self.members) if rows.size < shots]
+        if short:
+            listing = ", ".join(f"class {name!r} has {n} training images" for name, n in short)
+            raise ProbeError(
+                f"{listing}, fewer than shots={shots}: lower --shots to at most "
+                f"{min(n for _, n in short)} or leave those classes out")
         self.digest = _ids_digest(sorted_ids)
         self.shots = int(shots)
 
