@@ -247,6 +247,13 @@ def file_sha256(path: str | Path) -> str:
     return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
+_TORCHSCRIPT_MESSAGE = (
+    "{path} is a TorchScript archive (like OpenAI's original CLIP .pt files), which embedcyto "
+    "does not execute; use the open_clip-format file from the card's hub repository instead "
+    "(see `embedcyto models show NAME`)"
+)
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -277,6 +284,8 @@ def read_state_dict(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
+    if path.suffix != ".safetensors" and _is_torchscript(path):
+        raise BackboneError(_TORCHSCRIPT_MESSAGE.format(path=path))
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -285,12 +294,6 @@ def read_state_dict(path: str | Path) -> dict:
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except _read_errors() as err:
-        if _is_torchscript(path):
-            raise BackboneError(
-                f"{path} is a TorchScript archive (like OpenAI's original CLIP .pt files), which "
-                "embedcyto does not execute; use the open_clip-format file from the card's hub "
-                "repository instead (see `embedcyto models show NAME`)"
-            ) from err
         raise BackboneError(f"cannot read weights {path} safely: {err}") from err
     return _unwrap(state, path)
 

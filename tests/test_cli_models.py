@@ -1,0 +1,70 @@
+"""`embedcyto models list` and `embedcyto models show`."""
+
+from __future__ import annotations
+
+import importlib.util  # noqa: F401  (the lazy command group looks modules up with it)
+import json
+
+from click.testing import CliRunner
+from safetensors.torch import save_file
+import torch
+
+from embedcyto.backbones.cards import list_cards
+from embedcyto.cli.main import cli
+
+
+def _run(*args, env=None):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_list_shows_every_card_with_its_columns():
+    result = _run("models", "list")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split()[:6] == ["NAME", "FAMILY", "EMBED", "INPUT", "GATED", "KIND"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {c.name for c in list_cards()}
+    assert rows["uni"][1:6] == ["timm", "1024", "224", "yes", "study"]
+    assert rows["clip"][1:6] == ["open_clip", "512", "224", "no", "study"]
+    assert rows["tiny-clip"][5] == "RANDOM"
+
+
+def test_list_json_round_trips_the_cards():
+    result = _run("models", "list", "--json")
+    assert result.exit_code == 0
+    names = [c["name"] for c in json.loads(result.output)]
+    assert names == [c.name for c in list_cards()]
+
+
+def test_show_prints_the_card_and_where_weights_are_looked_for(tmp_path):
+    result = _run("models", "show", "uni", "--weights-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    card_json = result.output.split("\nweights are looked for")[0]
+    assert json.loads(card_json)["hub_repo"] == "MahmoodLab/UNI"
+    assert str(tmp_path / "uni") in result.output
+    assert "found: nothing on this machine" in result.output
+    assert "hf download MahmoodLab/UNI pytorch_model.bin" in result.output
+
+
+def test_show_finds_weights_in_the_environment_weights_dir(tmp_path):
+    file = tmp_path / "vit" / "model.safetensors"
+    file.parent.mkdir()
+    save_file({"w": torch.zeros(1)}, str(file))
+    result = _run("models", "show", "vit", env={"EMBEDCYTO_WEIGHTS": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    assert f"found: {file}" in result.output
+
+
+def test_show_json_only_and_random_card():
+    result = _run("models", "show", "tiny-vit", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["random"] is True
+    plain = _run("models", "show", "tiny-vit")
+    assert "random-weight demonstration card" in plain.output
+
+
+def test_show_unknown_model_is_a_clean_error():
+    result = _run("models", "show", "clipp")
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert "unknown model 'clipp'" in result.output and "Did you mean clip" in result.output
