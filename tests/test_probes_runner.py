@@ -164,6 +164,8 @@ def test_hierarchical_rows_carry_levels(tmp_path):
     linear = next(r for r in rows if r["method"] == "linear")
     assert linear["levels"]["level_1"]["n"] == 4 * 5
     assert linear["levels"]["level_2"]["n"] == 3 * 5  # agc rows have no level-2 label
+    assert linear["metrics"]["accuracy"] == 1.0  # well separated: every level is right too
+    assert linear["levels"]["level_1"]["accuracy"] == 1.0 == linear["levels"]["average"]
     shot = next(r for r in rows if r["method"] == "simpleshot")
     assert set(shot["levels"]) == {"level_1", "level_2", "average"}
 

@@ -123,19 +123,23 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def _search(self, grid, X, y, Xv, yv) -> tuple[float, LogisticRegression]:
         """Walk the C path with warm starts; keep the coefficients of the best validation C.
 
-        Ties go to the smallest C (the strongest regularisation reaching the best accuracy).
+        Ties in accuracy (common when validation saturates) go to the lowest validation
+        log-loss: accuracy alone would pick the strongest regularisation, whose nearly uniform
+        probabilities distort AUROC and the HiCervix level sums.
         """
         model = self._model(float(grid[0]))
         self.val_scores_ = np.full(grid.size, np.nan)
-        best = (-1.0, None, None, None, None)
+        best = ((-1.0, -np.inf), None, None, None, None)
         for i, c in enumerate(grid):
             model.set_params(C=float(c))
             self._fit_one(model, X, y)
-            score = float(np.mean(model.predict(Xv) == yv))
+            proba = model.predict_proba(Xv)
+            score = float(np.mean(np.argmax(proba, axis=1) == yv))
+            log_loss = -float(np.mean(np.log(np.maximum(proba[np.arange(yv.size), yv], 1e-300))))
             self.val_scores_[i] = score
-            if score > best[0]:
-                best = (score, float(c), model.coef_.copy(), model.intercept_.copy(),
-                        np.copy(model.n_iter_))
+            if (score, -log_loss) > best[0]:
+                best = ((score, -log_loss), float(c), model.coef_.copy(),
+                        model.intercept_.copy(), np.copy(model.n_iter_))
         kept = self._model(best[1])
         kept.classes_, kept.coef_, kept.intercept_, kept.n_iter_ = (
             model.classes_, best[2], best[3], best[4])
