@@ -1,4 +1,4 @@
-"""Model cards: JSON round trip, validation, lookup, and agreement with the libraries' own configs."""
+"""Model cards: JSON round trip, validation, lookup, agreement with the libraries' configs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Loaders: the real architectures (random weights), embedding sizes, weight loading and provenance."""
+"""Loaders: real architectures (random weights), embedding sizes, weight loading, provenance."""
 
 from __future__ import annotations
 

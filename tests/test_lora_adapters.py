@@ -192,7 +192,7 @@ def test_saved_config_names_only_the_chosen_layers(tmp_path):
 
 @pytest.mark.slow
 def test_study_setting_on_real_vit_b16_architecture():
-    """BiomedCLIP's ViT-B/16 with r=2 on q and v trains 2 * 12 * 2 * (768 + 768) = 73,728 parameters."""
+    """BiomedCLIP's ViT-B/16, r=2 on q and v: 2 * 12 * 2 * (768 + 768) = 73,728 parameters."""
     backbone = build_backbone("biomedclip", random_init=True)
     model = apply_lora(backbone)
     assert trainable_parameters(model) == 73_728 == expected_lora_parameters(backbone.card)

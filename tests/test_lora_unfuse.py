@@ -66,7 +66,8 @@ def fused_and_unfused(request):
 
 
 def _images(card, n=2):
-    return torch.randn(n, 3, card.input_size, card.input_size, generator=torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(2)
+    return torch.randn(n, 3, card.input_size, card.input_size, generator=generator)
 
 
 def test_unfused_output_equals_fused(fused_and_unfused):
@@ -100,7 +101,8 @@ def test_equivalence_test_would_catch_a_wrong_split(name):
     _wake_layerscale(backbone)
     broken = copy.deepcopy(backbone)
     unfuse_attention(broken)
-    first = next(m for m in broken.modules() if isinstance(m, (UnfusedMultiheadAttention, SplitQKV)))
+    kinds = (UnfusedMultiheadAttention, SplitQKV)
+    first = next(m for m in broken.modules() if isinstance(m, kinds))
     with torch.no_grad():
         q = first.q_proj.weight.clone()
         first.q_proj.weight.copy_(first.k_proj.weight)
@@ -179,8 +181,8 @@ def test_target_names_are_uniform_across_families():
         "encoder.blocks.0.attn.proj",
     ]
     assert len(clip_names) == len(vit_names) == 2 * 3
-    for name in clip_names + vit_names:
-        assert isinstance(clip.get_submodule(name) if name in clip_names else vit.get_submodule(name), nn.Linear)
+    for model, names in ((clip, clip_names), (vit, vit_names)):
+        assert all(isinstance(model.get_submodule(name), nn.Linear) for name in names)
 
 
 def test_target_names_need_an_unfused_model_and_known_targets():

@@ -140,7 +140,8 @@ def _timm_encoder(card: Card) -> nn.Module:
     try:
         model = timm.create_model(card.source, pretrained=False, **_timm_kwargs(card))
     except (RuntimeError, TypeError, ValueError) as err:
-        raise BackboneError(f"card {card.name!r}: timm cannot build {card.source!r}: {err}") from err
+        message = f"card {card.name!r}: timm cannot build {card.source!r}: {err}"
+        raise BackboneError(message) from err
     if card.proj_dim is not None:
         return ProjectedTrunk(model, card.proj_dim)
     return model
@@ -205,10 +206,11 @@ def build_backbone(
     card = get_card(card) if isinstance(card, str) else card
     if random_init and weights is not None:
         raise BackboneError("pass either weights or random_init=True, not both")
-    encoder = build_encoder(card, seed=seed)
     path = sha = None
     if not random_init and not (card.random and weights is None):
-        path = resolve_weights(card, weights, weights_dir=weights_dir)
+        path = resolve_weights(card, weights, weights_dir=weights_dir)  # fail before building
+    encoder = build_encoder(card, seed=seed)
+    if path is not None:
         load_weights(encoder, card, path)
         sha = file_sha256(path)
         log.info("loaded %s weights from %s (sha256 %s)", card.name, path, sha[:12])

@@ -7,7 +7,8 @@ local weights directory (``--weights-dir`` or ``EMBEDCYTO_WEIGHTS``, layout
 and the exact commands that fetch the file. Environment variables are read when a function runs,
 never at import.
 
-Checkpoints are untrusted input: they are read with safetensors or ``torch.load(weights_only=True)``.
+Checkpoints are untrusted input: they are read with safetensors or
+``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ def _from_hub(card: Card, cache: Path, looked: list[str]) -> Path | None:
         try:
             return Path(_hub_download(card.hub_repo, name, cache))
         except errors as err:  # each failure is reported in the final message
-            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            text = str(err).strip()
+            reason = text.splitlines()[0][:200] if text else type(err).__name__
             looked.append(f"Hugging Face hub {card.hub_repo}/{name}: {reason}")
     return None
 
@@ -207,7 +209,9 @@ def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[st
             f"`huggingface-cli download {repo} {first} --local-dir {target}`), then pass "
             f"--weights-dir {target.parent} or set {WEIGHTS_ENV}={target.parent}"
         )
-        steps.append(f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`")
+        steps.append(
+            f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`"
+        )
     steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
     return steps
 
@@ -221,7 +225,9 @@ def search_plan(
     plan = [f"--weights {weights}" if weights else "--weights PATH (not given)"]
     wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
     plan.append(
-        f"{wdir / card.name}/" if wdir else f"WEIGHTS_DIR/{card.name}/ (--weights-dir or {WEIGHTS_ENV})"
+        f"{wdir / card.name}/"
+        if wdir
+        else f"WEIGHTS_DIR/{card.name}/ (--weights-dir or {WEIGHTS_ENV})"
     )
     if card.hub_repo:
         files = ", ".join(card.weights_files)
@@ -241,7 +247,7 @@ def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, streamed (weights can be GBs) and remembered while the file is unchanged."""
+    """SHA-256 of a file, streamed (weights can be GBs), remembered while the file is unchanged."""
     path = Path(path).resolve()
     stat = path.stat()
     return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
@@ -343,7 +349,8 @@ def load_strict(module, state: dict, *, what: str) -> None:
     )
     if missing or unexpected or shapes:
         parts = [f"weights do not fit {what}:"]
-        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes))
+        for label, keys in groups:
             if keys:
                 shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")

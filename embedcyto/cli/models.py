@@ -1,4 +1,4 @@
-"""``embedcyto models``: list the model cards and show one, with where its weights are looked for."""
+"""``embedcyto models``: list the model cards; show one and where its weights are looked for."""
 
 from __future__ import annotations
 
@@ -61,7 +61,12 @@ def list_(as_json: bool) -> None:
     default=None,
     help=_WEIGHTS_DIR_HELP,
 )
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Explicit weights file or folder.")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Explicit weights file or folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print only the card as JSON.")
 def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: bool) -> None:
     """Show the card NAME and where its weights would be found (nothing is downloaded)."""

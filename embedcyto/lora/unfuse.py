@@ -61,7 +61,7 @@ class UnfusedMultiheadAttention(nn.Module):
     def from_mha(cls, mha: nn.MultiheadAttention) -> "UnfusedMultiheadAttention":
         """Copy the weights of ``mha`` (packed in q, k, v order) into separate layers."""
         if mha.bias_k is not None or mha.add_zero_attn:
-            raise LoraError("nn.MultiheadAttention with add_bias_kv/add_zero_attn cannot be unfused")
+            raise LoraError("attention with add_bias_kv or add_zero_attn cannot be unfused")
         if mha._qkv_same_embed_dim:
             weights = mha.in_proj_weight.chunk(3, dim=0)
         else:
@@ -131,9 +131,10 @@ class UnfusedMultiheadAttention(nn.Module):
 
 
 def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask (True = not allowed, as in nn.MultiheadAttention) as an additive float mask."""
+    """A boolean mask (True = not allowed, as nn.MultiheadAttention has it) as an additive mask."""
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+        zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+        return zeros.masked_fill(mask, float("-inf"))
     return mask.to(dtype)
 
 
@@ -182,7 +183,7 @@ def unfuse_attention(model: nn.Module) -> int:
                 setattr(module, child_name, UnfusedMultiheadAttention.from_mha(child))
                 replaced += 1
         if _is_timm_fused(module):
-            if getattr(module, "q_bias", None) is not None or getattr(module, "v_bias", None) is not None:
+            if any(getattr(module, b, None) is not None for b in ("q_bias", "v_bias")):
                 raise LoraError(
                     f"attention {name!r} keeps its q/v biases outside the fused qkv layer; "
                     "unfusing it is not supported"
