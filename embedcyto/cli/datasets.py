@@ -4,23 +4,8 @@ from __future__ import annotations
 
 import click
 
-
-def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--option")
-        options[key.strip().replace("-", "_")] = value
-    return options
-
-
-def _parse_ratios(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not three numbers like 0.7,0.1,0.2",
-                                 param_hint="--ratios") from None
+from embedcyto.cli._common import parse_options as _parse_options
+from embedcyto.cli._common import parse_ratios as _parse_ratios
 
 
 @click.group()

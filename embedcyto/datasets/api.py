@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from embedcyto.datasets._common import short_list
@@ -31,11 +33,18 @@ def _reader_kwargs(reader, adapter: str, name: str, on_bad_image: str, options: 
     return kwargs
 
 
-def _verify(dataset: Dataset, on_bad_image: str) -> None:
-    """Decode every image; drop (and report) or raise on the ones that fail."""
+def _verify(dataset: Dataset, on_bad_image: str, target_size: int | None = None) -> None:
+    """Decode every image; drop (and report) or raise on the ones that fail.
+
+    PIL releases the GIL while decoding, so a thread pool checks images in parallel.
+    """
+    def problem_of(rec):
+        return image_problem(dataset.root / rec.path, target_size=target_size)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(problem_of, dataset.records))
     kept = []
-    for rec in dataset.records:
-        problem = image_problem(dataset.root / rec.path)
+    for rec, problem in zip(dataset.records, problems):
         if problem is None:
             kept.append(rec)
         elif on_bad_image == "error":
@@ -52,7 +61,7 @@ def _verify(dataset: Dataset, on_bad_image: str) -> None:
 
 def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None, seed: int = 0,
                  ratios=DEFAULT_RATIOS, on_bad_image: str = "skip", verify_images: bool = False,
-                 **options) -> Dataset:
+                 verify_size: int | None = None, **options) -> Dataset:
     """Read a dataset root into records with every split assigned.
 
     Args:
@@ -68,6 +77,8 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
             out and listed in ``Dataset.skipped`` with the reason; "error": the first raises.
         verify_images: decode every image now (slow on large datasets) instead of failing
             later at extraction.
+        verify_size: decode large JPEGs at reduced size (at least this short side) when
+            verifying, as extraction does.
         **options: adapter-specific options (e.g. ``csv_dir`` for hicervix; ``csv_file``,
             ``path_column``, ``label_column``... for csv).
 
@@ -88,7 +99,7 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
                            f"{reason}; fix them or use on_bad_image='skip'")
     assign_splits(dataset, split_dir=split_dir, seed=seed, ratios=ratios)
     if verify_images:
-        _verify(dataset, on_bad_image)
+        _verify(dataset, on_bad_image, verify_size)
     if not dataset.records:
         raise DatasetError(f"no usable images under {dataset.root}; skipped: "
                            f"{short_list(p for p, _ in dataset.skipped)}")

@@ -47,6 +47,9 @@ INFORMATIONAL_KEYS = frozenset(
         "platform",
         "python",
         "rows_resumed",
+        "dataset_root",
+        "weights_path",
+        "skipped_images",
     }
 )
 

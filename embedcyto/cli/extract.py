@@ -1,0 +1,90 @@
+"""``embedcyto extract``: run frozen backbones over datasets into feature stores."""
+
+from __future__ import annotations
+
+import click
+
+from embedcyto.cli._common import open_for_store, split_options, store_option
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, required=True,
+              help="Backbone card (repeatable; see `embedcyto models list`).")
+@click.option("--dataset", "adapters", multiple=True, required=True,
+              help="Dataset adapter (repeatable, paired in order with --root).")
+@click.option("--root", "roots", multiple=True, required=True, type=click.Path(),
+              help="Dataset root folder (one per --dataset).")
+@click.option("--name", default=None, help="Dataset name for folder/csv datasets.")
+@store_option
+@click.option("--weights", type=click.Path(), default=None,
+              help="Weights file or folder (one --model only).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              help="Local weights folder holding <model>/<file> (default: $EMBEDCYTO_WEIGHTS).")
+@click.option("--random-weights", is_flag=True,
+              help="Real architecture, random weights (benchmarks and smoke runs only).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              default="auto", show_default=True,
+              help="Model precision (auto: bf16 on CUDA and on CPUs with bf16 units).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--workers", type=int, default=None,
+              help="Image decoding processes (default: min(4, CPUs - 1)).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Feature dtype on disk.")
+@click.option("--force", is_flag=True,
+              help="Rebuild a store made from other inputs (the old one stays until done).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@split_options
+def extract(models, adapters, roots, name, store, weights, weights_dir, random_weights, device,
+            precision, batch_size, workers, dtype, force, quiet, split_seed, ratios,
+            on_bad_image, options) -> None:
+    """Extract embeddings of each --model over each --dataset/--root pair into the store.
+
+    Re-running the same command is a cache hit; an interrupted run resumes where it stopped.
+    """
+    from embedcyto.backbones import get_card
+    from embedcyto.extract import ExtractConfig, extract_features
+    from embedcyto.store import default_store_dir
+
+    if len(adapters) != len(roots):
+        raise click.UsageError(f"{len(adapters)} --dataset but {len(roots)} --root: give one "
+                               "--root per --dataset, in the same order")
+    if weights and len(models) > 1:
+        raise click.UsageError("--weights names one model's file: use it with one --model")
+    cards = [get_card(m) for m in models]
+    store_dir = default_store_dir(store)
+    config = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device,
+                           precision=precision, store_dtype=dtype, force=force,
+                           progress=not quiet)
+    for adapter, root in zip(adapters, roots):
+        verify_size = max(c.input_size for c in cards)
+        dataset, split_dir = open_for_store(
+            adapter, root, store_dir=store_dir, name=name, split_seed=split_seed,
+            ratios=ratios, on_bad_image=on_bad_image, options=options,
+            verify_size=verify_size if on_bad_image == "skip" else None)
+        _report_skipped(dataset)
+        for card in cards:
+            result = extract_features(dataset, card, store_dir=store_dir, split_dir=split_dir,
+                                      weights=weights, weights_dir=weights_dir,
+                                      random_init=random_weights, config=config)
+            click.echo(_summary(dataset.name, card.name, result))
+
+
+def _report_skipped(dataset) -> None:
+    if not dataset.skipped:
+        return
+    click.echo(f"{dataset.name}: {len(dataset.skipped)} image(s) left out:", err=True)
+    for path, reason in dataset.skipped[:20]:
+        click.echo(f"  {path}: {reason}", err=True)
+    if len(dataset.skipped) > 20:
+        click.echo(f"  ... and {len(dataset.skipped) - 20} more (all listed in the store's "
+                   "skipped_images attribute)", err=True)
+
+
+def _summary(dataset: str, model: str, result) -> str:
+    head = f"{dataset}/{model}: {result.rows} rows"
+    if result.cache_hit:
+        return f"{head}, cache hit (nothing computed) -> {result.path}"
+    resumed = f", {result.resumed} resumed" if result.resumed else ""
+    return (f"{head}, {result.computed} computed{resumed} in {result.seconds:.1f} s "
+            f"({result.images_per_second:.1f} img/s) -> {result.path}")

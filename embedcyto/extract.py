@@ -1,0 +1,303 @@
+"""Images → frozen backbone → feature store: the only stage that runs a backbone without gradients.
+
+One call extracts one (dataset, model) pair. It is built around the store's writer, so that:
+
+- a finished store with the same inputs is a cache hit: the model is not even built;
+- an interrupted run resumes with only the rows that were not written yet;
+- a store made from other inputs (weights, preprocessing, split, images) is refused, or rebuilt
+  with ``force=True``.
+
+Images are decoded in DataLoader workers (PIL, with reduced-size JPEG decoding), the model runs
+under ``torch.no_grad()`` in the requested precision. ``no_grad`` rather than
+``inference_mode`` on purpose: with bf16 on the CPU, open_clip ran several times slower under
+``inference_mode`` (see docs/models.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedcyto.datasets.records import Dataset
+from embedcyto.errors import EmbedcytoError, ImageReadError
+
+log = logging.getLogger(__name__)
+
+STORE_DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """How to run an extraction (what does not change the features, apart from precision).
+
+    Attributes:
+        batch_size: images per forward pass.
+        num_workers: DataLoader decoding processes; None picks ``min(4, cpus - 1)`` (0 on a
+            single core, where decoding in the main process is fastest).
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        precision: "auto", "fp32", "bf16" or "fp16" (model weights; part of the store identity).
+        store_dtype: "float32" (default) or "float16" on disk.
+        force: rebuild a store (or discard an unfinished one) made from other inputs.
+        progress: show a progress bar on stderr.
+    """
+
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    store_dtype: str = "float32"
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise EmbedcytoError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise EmbedcytoError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.store_dtype not in STORE_DTYPES:
+            raise EmbedcytoError(
+                f"store dtype must be one of {', '.join(STORE_DTYPES)}, got {self.store_dtype!r}"
+            )
+
+    def workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclass
+class ExtractResult:
+    """What one extraction did.
+
+    Attributes:
+        path: the store file.
+        rows: rows in the store.
+        computed: rows computed by this call (0 on a cache hit).
+        resumed: rows found already done in an interrupted earlier run.
+        cache_hit: True when the store already existed with the same inputs.
+        seconds: wall time of the call.
+        skipped: (image path, reason) left out of the store, reported.
+    """
+
+    path: Path
+    rows: int
+    computed: int = 0
+    resumed: int = 0
+    cache_hit: bool = False
+    seconds: float = 0.0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 and self.computed else 0.0
+
+
+class RowImages:
+    """A map-style dataset of (row index, image tensor, error) for the rows still to compute.
+
+    Errors are returned, not raised, so that a worker never turns an unreadable image into an
+    opaque worker traceback: the main process raises a clean :class:`ImageReadError`.
+    """
+
+    def __init__(self, root: Path, paths: list[str], rows: np.ndarray, transform, input_size: int):
+        self.root = Path(root)
+        self.paths = paths
+        self.rows = rows
+        self.transform = transform
+        self.input_size = input_size
+        self._blank = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        from embedcyto.datasets import read_image
+
+        row = int(self.rows[i])
+        try:
+            image = read_image(self.root / self.paths[row], target_size=self.input_size)
+            return row, self.transform(image), ""
+        except ImageReadError as err:
+            if self._blank is None:
+                import torch
+
+                self._blank = torch.zeros(3, self.input_size, self.input_size)
+            return row, self._blank, err.reason
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what shaped the features, for provenance (informational)."""
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("embedcyto", "torch", "open_clip_torch", "timm", "h5py", "numpy", "pillow"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precision, *,
+                     split_hash: str, device, config: ExtractConfig,
+                     weights_path: Path | None = None) -> dict[str, Any]:
+    """The store identity of an extraction, plus informational context."""
+    from embedcyto.backbones import preprocess_spec
+
+    return {
+        "model": card.name,
+        "card": card.to_dict(),
+        "weights_sha256": weights_sha256 or "random-init",
+        "preprocessing": preprocess_spec(card),
+        "precision": str(precision).replace("torch.", ""),
+        "split_hash": split_hash,
+        "adapter": dataset.adapter,
+        "dataset_root": str(dataset.root),
+        "weights_path": str(weights_path) if weights_path else None,
+        "skipped_images": [list(s) for s in dataset.skipped],
+        "device": str(device),
+        "batch_size": config.batch_size,
+        "num_workers": config.workers(),
+        "versions": library_versions(),
+    }
+
+
+def dataset_split_hash(dataset: Dataset, split_dir: Path | None) -> str:
+    """The split's identity: the saved split file's hash, or "official" for given splits."""
+    from embedcyto.datasets import SPLIT_FILE, split_hash
+
+    if dataset.official_split:
+        return "official"
+    if split_dir is None or not (Path(split_dir) / SPLIT_FILE).exists():
+        raise EmbedcytoError(
+            f"dataset {dataset.name!r} has no saved split file; open it with split_dir= so its "
+            "split is saved once and shared by every model"
+        )
+    return split_hash(Path(split_dir) / SPLIT_FILE)
+
+
+def resolve_model_weights(card, weights=None, weights_dir=None, *,
+                          random_init: bool = False) -> tuple[Path | None, str | None]:
+    """(weights file, sha256) without building the model; (None, None) for random weights."""
+    from embedcyto.backbones.weights import file_sha256, resolve_weights
+
+    if random_init or (card.random and weights is None):
+        return None, None
+    path = resolve_weights(card, weights, weights_dir=weights_dir)
+    return path, file_sha256(path)
+
+
+def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | None = None,
+                     weights=None, weights_dir=None, random_init: bool = False,
+                     config: ExtractConfig = ExtractConfig()) -> ExtractResult:
+    """Run ``card``'s frozen backbone over ``dataset`` into ``store_dir/<dataset>/<card>.h5``.
+
+    Args:
+        dataset: records with splits assigned (``open_dataset``), in store row order.
+        card: a backbone card or card name.
+        store_dir: the store folder (``cache/`` by default on the command line).
+        split_dir: where the dataset's ``splits.json`` lives (generated splits only).
+        weights: explicit weights file or folder; else the usual search (see docs/models.md).
+        weights_dir: local weights directory.
+        random_init: use the real architecture with random weights (benchmarks, tests).
+        config: batch size, workers, device, precision, dtype, force.
+
+    Returns:
+        What was done; a cache hit computes nothing and builds no model.
+
+    Raises:
+        StaleStoreError: the store exists with other inputs and ``force`` is off.
+        StoreLockedError: another process is writing this store.
+        WeightsNotFoundError: no weights found (the message says how to get them).
+        ImageReadError: an image failed to decode during extraction (rows done so far are kept).
+    """
+    from embedcyto.backbones import get_card, resolve_device, resolve_precision
+    from embedcyto.store import open_writer, store_path
+
+    start = time.perf_counter()
+    card = get_card(card) if isinstance(card, str) else card
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random_init)
+    provenance = build_provenance(
+        dataset, card, sha, dtype, split_hash=dataset_split_hash(dataset, split_dir),
+        device=device, config=config, weights_path=wpath,
+    )
+    path = store_path(store_dir, dataset.name, card.name)
+    result = ExtractResult(path=path, rows=len(dataset.records), skipped=list(dataset.skipped))
+    with open_writer(path, dataset=dataset, provenance=provenance, embed_dim=card.embed_dim,
+                     dtype=config.store_dtype, force=config.force) as writer:
+        result.resumed = writer.resumed_rows
+        if writer.is_cache_hit:
+            result.cache_hit = True
+        else:
+            pending = writer.pending_rows()
+            if len(pending):
+                backbone = _build(card, wpath, random_init, device, dtype)
+                result.computed = _run(backbone, dataset, pending, writer, device, config)
+            writer.commit()
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _build(card, weights_path, random_init, device, dtype):
+    from embedcyto.backbones import build_backbone
+
+    if weights_path is None:
+        return build_backbone(card, random_init=True, device=device, dtype=dtype)
+    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
+
+
+def make_loader(dataset: Dataset, rows: np.ndarray, card, config: ExtractConfig, device):
+    """A DataLoader yielding (rows, images, errors) batches in row order."""
+    import torch
+
+    from embedcyto.backbones import make_transform
+
+    images = RowImages(dataset.root, [r.path for r in dataset.records], rows,
+                       make_transform(card), card.input_size)
+    workers = min(config.workers(), max(0, len(rows) // config.batch_size))
+    return torch.utils.data.DataLoader(
+        images, batch_size=config.batch_size, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
+         config: ExtractConfig) -> int:
+    """Forward every pending row, writing each finished batch (so a kill loses one batch)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    loader = make_loader(dataset, pending, backbone.card, config, device)
+    done = 0
+    bar = tqdm(total=len(pending), unit="img", disable=not config.progress,
+               desc=f"{dataset.name}/{backbone.card.name}", leave=False)
+    try:
+        with torch.no_grad():
+            for rows, images, errors in loader:
+                bad = [(int(r), e) for r, e in zip(rows, errors) if e]
+                if bad:
+                    row, reason = bad[0]
+                    raise ImageReadError(
+                        dataset.root / dataset.records[row].path,
+                        f"{reason}; the {done} rows computed so far are kept. Replace or delete "
+                        "the file and run the same command again (with --on-bad-image skip, "
+                        "unreadable images are checked for and left out before extraction)",
+                    )
+                feats = backbone(images.to(device, non_blocking=True))
+                writer.write(rows.numpy(), feats.float().cpu().numpy())
+                done += len(rows)
+                bar.update(len(rows))
+    finally:
+        bar.close()
+    return done
