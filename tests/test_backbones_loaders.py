@@ -151,3 +151,51 @@ def test_unknown_timm_mlp_layer_is_refused():
     kwargs = dict(card.model_kwargs, mlp_layer="os.system")
     with pytest.raises(BackboneError, match="mlp_layer"):
         build_backbone(dataclasses.replace(card, model_kwargs=kwargs))
+
+
+def _open_clip():
+    from embedcyto._torchvision_compat import ensure_torchvision
+
+    ensure_torchvision()
+    import open_clip
+
+    return open_clip
+
+
+@pytest.mark.slow
+def test_full_open_clip_model_checkpoint_gives_encode_image(tmp_path):
+    """A whole open_clip CLIP state dict (both towers) loads into the clip card's image tower."""
+    open_clip = _open_clip()
+    torch.manual_seed(0)
+    full = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(full.state_dict(), str(path))
+    backbone = build_backbone("clip", weights=path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), full.encode_image(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_biomedclip_image_path_matches_open_clip_timm_tower(tmp_path):
+    """The image-only BiomedCLIP path equals open_clip's own timm tower with BiomedCLIP's config."""
+    open_clip = _open_clip()
+    from open_clip.model import CLIP
+
+    vision_cfg = {
+        "timm_model_name": "vit_base_patch16_224",
+        "timm_model_pretrained": False,
+        "timm_pool": "",
+        "timm_proj": "linear",
+        "image_size": 224,
+    }
+    text_cfg = {"context_length": 8, "vocab_size": 50, "width": 64, "heads": 2, "layers": 1}
+    torch.manual_seed(0)
+    clip = CLIP(embed_dim=512, vision_cfg=vision_cfg, text_cfg=text_cfg).eval()
+    assert isinstance(clip.visual, open_clip.timm_model.TimmModel)
+    path = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save(clip.state_dict(), str(path))
+    backbone = build_backbone("biomedclip", weights=path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), clip.encode_image(x), rtol=1e-5, atol=1e-5)

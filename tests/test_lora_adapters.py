@@ -200,3 +200,15 @@ def test_study_setting_on_real_vit_b16_architecture():
     x = _images(backbone, n=1)
     with torch.no_grad():
         torch.testing.assert_close(model(x), backbone(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lora_on_gpu_in_bf16():
+    backbone = build_backbone("tiny-clip", device="cuda", dtype=torch.bfloat16)
+    model = apply_lora(backbone)
+    x = _images(backbone).cuda()
+    with torch.no_grad():
+        out = model(x)
+    assert out.device.type == "cuda" and out.dtype == torch.bfloat16
+    assert all(p.device.type == "cuda" for p in model.parameters())
