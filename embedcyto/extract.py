@@ -290,9 +290,10 @@ def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
                     row, reason = bad[0]
                     raise ImageReadError(
                         dataset.root / dataset.records[row].path,
-                        f"{reason}; the {done} rows computed so far are kept. Replace or delete "
-                        "the file and run the same command again (with --on-bad-image skip, "
-                        "unreadable images are checked for and left out before extraction)",
+                        f"{reason}; the rows computed so far are kept in the unfinished store. "
+                        "Run again with --on-bad-image skip (the default) to check every image "
+                        "first and leave unreadable ones out, or replace the file and run again "
+                        "with --force (the dataset changed, so the unfinished rows are redone)",
                     )
                 feats = backbone(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())
