@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util  # noqa: F401  (the lazy command group looks modules up with it)
 import json
 
 from click.testing import CliRunner
