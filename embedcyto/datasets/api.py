@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from embedcyto.datasets._common import short_list
-from embedcyto.datasets.images import image_problem
+from embedcyto.datasets.verify import image_problems
 from embedcyto.datasets.records import Dataset
 from embedcyto.datasets.registry import KNOWN_DATASETS, get_adapter
 from embedcyto.datasets.splits import DEFAULT_RATIOS, assign_splits
@@ -33,16 +31,11 @@ def _reader_kwargs(reader, adapter: str, name: str, on_bad_image: str, options: 
     return kwargs
 
 
-def _verify(dataset: Dataset, on_bad_image: str, target_size: int | None = None) -> None:
-    """Decode every image; drop (and report) or raise on the ones that fail.
-
-    PIL releases the GIL while decoding, so a thread pool checks images in parallel.
-    """
-    def problem_of(rec):
-        return image_problem(dataset.root / rec.path, target_size=target_size)
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(problem_of, dataset.records))
+def _verify(dataset: Dataset, on_bad_image: str, target_size: int | None = None,
+            cache_dir=None) -> None:
+    """Decode every image (or recall the result for unchanged files); drop (and report) or
+    raise on the ones that fail."""
+    problems = image_problems(dataset, target_size=target_size, cache_dir=cache_dir)
     kept = []
     for rec, problem in zip(dataset.records, problems):
         if problem is None:
@@ -75,8 +68,9 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
         on_bad_image: "skip" (default): images that cannot be used (unreadable with
             ``verify_images``, listed in a CSV but missing, of unknown class or cluster) are left
             out and listed in ``Dataset.skipped`` with the reason; "error": the first raises.
-        verify_images: decode every image now (slow on large datasets) instead of failing
-            later at extraction.
+        verify_images: decode every image now instead of failing later at extraction. With
+            ``split_dir``, results are remembered in ``image_check.json`` there and only new
+            or changed files are decoded on later calls.
         verify_size: decode large JPEGs at reduced size (at least this short side) when
             verifying, as extraction does.
         **options: adapter-specific options (e.g. ``csv_dir`` for hicervix; ``csv_file``,
@@ -99,7 +93,7 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
                            f"{reason}; fix them or use on_bad_image='skip'")
     assign_splits(dataset, split_dir=split_dir, seed=seed, ratios=ratios)
     if verify_images:
-        _verify(dataset, on_bad_image, verify_size)
+        _verify(dataset, on_bad_image, verify_size, split_dir)
     if not dataset.records:
         raise DatasetError(f"no usable images under {dataset.root}; skipped: "
                            f"{short_list(p for p, _ in dataset.skipped)}")
