@@ -13,6 +13,10 @@ Protocol (why it is this way):
       (the holdout rows are training rows, so keeping them out would only waste labels).
     * The C path runs from strong to weak regularisation with warm starts: each fit starts from
       the previous solution, which is close, so the whole grid costs little more than one fit.
+      The path stops once ``patience`` consecutive C values fail to improve the validation score
+      (accuracy, ties by log-loss): past the optimum the score only degrades, and the weakly
+      regularised fits skipped this way are the slowest to converge. ``patience=None`` walks
+      the whole grid.
     * Features are standardised by default (training mean and std): logistic regression on
       standardised features converges in far fewer L-BFGS iterations and C means the same thing
       for every backbone. ``l2`` and ``center_l2`` are offered for cosine-style probes.
@@ -54,6 +58,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         tol: L-BFGS gradient tolerance.
         holdout: fraction of training rows held out to choose C when no validation data is given.
         random_state: seed of the internal holdout split (the only randomness).
+        patience: stop the C path after this many grid values without improvement (None: never).
 
     Attributes:
         classes_, n_features_in_: as in scikit-learn.
@@ -65,7 +70,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, Cs=None, normalisation="standard", class_weight=None, max_iter=1000,
-                 tol=1e-4, holdout=0.2, random_state=0):
+                 tol=1e-4, holdout=0.2, random_state=0, patience=3):
         self.Cs = Cs
         self.normalisation = normalisation
         self.class_weight = class_weight
@@ -73,6 +78,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.tol = tol
         self.holdout = holdout
         self.random_state = random_state
+        self.patience = patience
 
     def _grid(self) -> np.ndarray:
         grid = np.atleast_1d(np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=float))
@@ -129,7 +135,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """
         model = self._model(float(grid[0]))
         self.val_scores_ = np.full(grid.size, np.nan)
-        best = ((-1.0, -np.inf), None, None, None, None)
+        best, since_best = ((-1.0, -np.inf), None, None, None, None), 0
         for i, c in enumerate(grid):
             model.set_params(C=float(c))
             self._fit_one(model, X, y)
@@ -140,6 +146,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             if (score, -log_loss) > best[0]:
                 best = ((score, -log_loss), float(c), model.coef_.copy(),
                         model.intercept_.copy(), np.copy(model.n_iter_))
+                since_best = 0
+            else:
+                since_best += 1
+                if self.patience is not None and since_best >= self.patience:
+                    break
         kept = self._model(best[1])
         kept.classes_, kept.coef_, kept.intercept_, kept.n_iter_ = (
             model.classes_, best[2], best[3], best[4])
