@@ -14,9 +14,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _isolated_hf_home(tmp_path_factory, monkeypatch):
-    """Point the Hugging Face cache at an empty folder so a developer's cache never leaks in."""
-    home = tmp_path_factory.getbasetemp() / "hf_home"
-    home.mkdir(exist_ok=True)
+    """Give each test an empty Hugging Face cache: neither a developer's cache nor another
+    test's fake one can leak in."""
+    home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("EMBEDCYTO_WEIGHTS", raising=False)
