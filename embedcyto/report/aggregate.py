@@ -1,0 +1,338 @@
+"""Records → table and curve data: mean ± std over seeds, averages, the study's layouts.
+
+Pure functions: lists of records (see :mod:`embedcyto.report.records`) in, :class:`Table` and
+:class:`Curve` values out. Nothing here reads files or draws; rendering lives in
+:mod:`embedcyto.report.render` and :mod:`embedcyto.report.figures`.
+
+Honesty rules:
+    * a cell averages the seeds of exactly one (dataset, model, method, shots, fraction) and one
+      variant of settings; records of two variants, or two records of one seed, are an error
+      rather than a silently blended number;
+    * an average over datasets (or models) is given only when every averaged cell exists; its
+      std is the std over seeds of the per-seed averages, which needs the same seeds in every
+      cell, otherwise the average is shown without a std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from embedcyto.report.records import LEVELS, LORA, ReportError
+
+DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
+DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
+METHOD_LABELS = {"linear": "linear probe", "study_head": "study head", "knn": "kNN",
+                 "simpleshot": "SimpleShot", "protonet": "ProtoNet", LORA: "LoRA"}
+METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+                 "macro_f1": "macro-F1"}
+LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
+                "average": "average"}
+FEW_SHOT_METHODS = ("simpleshot", "protonet")
+AVERAGE = "average"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table entry: the per-seed values and their mean and std (fractions, not percent).
+
+    ``std`` is None where no honest std exists (a reference number, or an average over cells
+    with different seeds).
+    """
+
+    values: tuple[tuple[int | None, float], ...]
+    mean: float
+    std: float | None
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows × columns of cells (None where nothing was measured), with a title and a note."""
+
+    title: str
+    row_header: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, tuple[Cell | None, ...]], ...]
+    note: str = ""
+
+    def cell(self, row: str, column: str) -> Cell | None:
+        """The cell at (row name, column name)."""
+        names = [name for name, _ in self.rows]
+        if row not in names or column not in self.columns:
+            raise KeyError(f"no cell ({row!r}, {column!r}) in table {self.title!r}")
+        return self.rows[names.index(row)][1][self.columns.index(column)]
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a figure: x positions and mean ± std over seeds at each."""
+
+    label: str
+    model: str
+    method: str
+    x: tuple[float, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A horizontal line (a model's full-data linear probe, or a published number)."""
+
+    label: str
+    model: str | None
+    value: float
+    std: float | None = None
+
+
+def make_cell(values: Iterable[tuple[int | None, float]]) -> Cell:
+    """Mean and std (``ddof=1``; exactly 0 for identical values) of per-seed values."""
+    from embedcyto.metrics import mean_std
+
+    pairs = tuple(sorted(values, key=lambda p: (p[0] is None, p[0] or 0)))
+    if not pairs:
+        raise ReportError("a table cell needs at least one value")
+    mean, std = mean_std([v for _, v in pairs])
+    return Cell(pairs, mean, std)
+
+
+def reference_cell(value: float) -> Cell:
+    """A single published number: no seeds, no std."""
+    return Cell(((None, float(value)),), float(value), None)
+
+
+def average_cell(cells: Sequence[Cell | None]) -> Cell | None:
+    """The average of cells: None if any is missing; per-seed when the seeds agree."""
+    if not cells or any(c is None for c in cells):
+        return None
+    seeds = [tuple(s for s, _ in c.values) for c in cells]
+    same = len(set(seeds)) == 1 and None not in seeds[0] and len(set(seeds[0])) == len(seeds[0])
+    if same:
+        per_seed = [(seed, sum(dict(c.values)[seed] for c in cells) / len(cells))
+                    for seed in seeds[0]]
+        return make_cell(per_seed)
+    mean = sum(c.mean for c in cells) / len(cells)
+    return Cell((), mean, None)
+
+
+def _order(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
+    names = set(names)
+    return [n for n in preferred if n in names] + sorted(names - set(preferred))
+
+
+def model_order(names: Iterable[str]) -> list[str]:
+    """Models in the card list's order (study models first), unknown names after."""
+    from embedcyto.backbones.cards import list_cards
+
+    return _order(names, [c.name for c in list_cards()])
+
+
+def dataset_order(names: Iterable[str]) -> list[str]:
+    """The study's datasets in its order (BCFC, MLCC, SIPaKMeD, HiCervix), then others."""
+    return _order(names, DATASET_ORDER)
+
+
+def _group_key(record: Mapping) -> tuple:
+    return (record["dataset"], record["model"], record["method"], record["shots"],
+            record["fraction"])
+
+
+def group_seeds(records: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
+    """Records grouped by (dataset, model, method, shots, fraction), checked for honesty.
+
+    Raises:
+        ReportError: two variants of settings in one group, or one seed twice.
+    """
+    groups: dict[tuple, list[Mapping]] = {}
+    for record in records:
+        groups.setdefault(_group_key(record), []).append(record)
+    for key, members in groups.items():
+        variants = sorted({m["variant"] for m in members})
+        if len(variants) > 1:
+            raise ReportError(
+                f"{'/'.join(str(k) for k in key[:3])} (shots {key[3]}, fraction {key[4]}) has "
+                f"results made with different settings ({' vs '.join(variants)}): keep one set "
+                "of results per folder (separate --results / --runs folders)")
+        seeds = [m["seed"] for m in members]
+        if len(set(seeds)) != len(seeds):
+            raise ReportError(f"{'/'.join(str(k) for k in key[:3])} holds seed(s) twice "
+                              f"({sorted(seeds, key=str)}); remove the duplicate rows")
+    return groups
+
+
+def _value(record: Mapping, metric: str, level: str | None) -> float | None:
+    if level is None:
+        return record[metric]
+    levels = record.get("levels") or {}
+    return levels.get(level)
+
+
+def _cell(members: Sequence[Mapping] | None, metric: str = "accuracy",
+          level: str | None = None) -> Cell | None:
+    if not members:
+        return None
+    values = [(m["seed"], _value(m, metric, level)) for m in members]
+    values = [(s, v) for s, v in values if v is not None]
+    return make_cell(values) if values else None
+
+
+def model_dataset_table(records: Sequence[Mapping], method: str = "linear",
+                        metric: str = "accuracy") -> Table:
+    """Table 1 of the study: models × datasets, mean ± std over seeds, average row and column.
+
+    Only full-data results (no shots, no fraction) of ``method`` are used.
+    """
+    chosen = [r for r in records if r["method"] == method and r["shots"] is None
+              and r["fraction"] is None]
+    groups = group_seeds(chosen)
+    models = model_order({r["model"] for r in chosen})
+    datasets = dataset_order({r["dataset"] for r in chosen})
+    body = [[_cell(groups.get((d, m, method, None, None)), metric) for d in datasets]
+            for m in models]
+    rows = [(m, tuple(cells + [average_cell(cells)])) for m, cells in zip(models, body)]
+    if models:
+        columns = [average_cell([body[i][j] for i in range(len(models))])
+                   for j in range(len(datasets))]
+        rows.append((AVERAGE, tuple(columns + [average_cell(columns)])))
+    title = (f"{METRIC_LABELS.get(metric, metric).capitalize()} (%), "
+             f"{METHOD_LABELS.get(method, method)} on frozen features, mean ± std over seeds")
+    note = "An average is left empty when one of its cells is missing."
+    if "hicervix" in datasets:
+        note = ("HiCervix: the 26 annotated classes (per-level results in their own table). "
+                + note)
+    return Table(title, "model", tuple(datasets + [AVERAGE]), tuple(rows), note=note)
+
+
+def levels_table(records: Sequence[Mapping], method: str = "linear",
+                 dataset: str = "hicervix", reference: Mapping[str, float] | None = None,
+                 reference_name: str = "HierSwin (published)") -> Table:
+    """Per-level accuracy (level 1/2/3 and their average) of each model, with a reference row.
+
+    ``reference`` is in percent as published (e.g. :data:`embedcyto.metrics.HIERSWIN`).
+    """
+    chosen = [r for r in records if r["method"] == method and r["dataset"] == dataset
+              and r["shots"] is None and r["fraction"] is None and r.get("levels")]
+    groups = group_seeds(chosen)
+    rows = [(m, tuple(_cell(groups[(dataset, m, method, None, None)], level=lv)
+                      for lv in LEVELS)) for m in model_order({r["model"] for r in chosen})]
+    if reference:
+        rows.append((reference_name, tuple(
+            reference_cell(reference[lv] / 100) if lv in reference else None for lv in LEVELS)))
+    title = (f"{DATASET_LABELS.get(dataset, dataset)} accuracy (%) per level, "
+             f"{METHOD_LABELS.get(method, method)}, mean ± std over seeds")
+    return Table(title, "model", LEVELS, tuple(rows),
+                 note="Official per-level test subsets; coarse levels from fine probabilities "
+                      "summed up the tree.")
+
+
+def _shot_columns(records: Sequence[Mapping]) -> list:
+    shots = sorted({r["shots"] for r in records if r["shots"] is not None})
+    return shots + [ALL]
+
+
+def shots_table(records: Sequence[Mapping], dataset: str, metric: str = "accuracy",
+                reference_method: str = "linear") -> Table:
+    """Few-shot table of one dataset: for each model, LoRA and frozen few-shot rows over shots.
+
+    The "all" column holds LoRA trained on the whole training split and, on its own row, the
+    frozen ``reference_method`` (the Experiment 1 line).
+    """
+    wanted = (LORA, *FEW_SHOT_METHODS, reference_method)
+    chosen = [r for r in records if r["dataset"] == dataset and r["fraction"] is None
+              and r["method"] in wanted]
+    groups = group_seeds(chosen)
+    columns = _shot_columns([r for r in chosen if r["method"] in (LORA, *FEW_SHOT_METHODS)])
+    rows = []
+    for model in model_order({r["model"] for r in chosen}):
+        for method in wanted:
+            cells = tuple(_cell(groups.get((dataset, model, method,
+                                            None if k == ALL else k, None)), metric)
+                          for k in columns)
+            if any(c is not None for c in cells):
+                rows.append((f"{model} · {METHOD_LABELS.get(method, method)}", cells))
+    title = (f"{DATASET_LABELS.get(dataset, dataset)}: {METRIC_LABELS.get(metric, metric)} (%) "
+             "vs shots per class, mean ± std over seeds")
+    return Table(title, "model · method", tuple(str(c) for c in columns), tuple(rows),
+                 note="Few-shot frozen rows: mean over episodes per seed. 'all': the whole "
+                      "training split.")
+
+
+def _fraction_label(value: float) -> str:
+    return f"{value:g} %"
+
+
+def fraction_table(records: Sequence[Mapping], dataset: str, model: str,
+                   reference: Mapping[str, float] | None = None,
+                   reference_name: str = "HierSwin (published)") -> Table:
+    """LoRA on growing fractions of a dataset: fractions × levels (or accuracy without levels)."""
+    chosen = [r for r in records if r["dataset"] == dataset and r["model"] == model
+              and r["method"] == LORA and r["fraction"] is not None]
+    groups = group_seeds(chosen)
+    fractions = sorted({r["fraction"] for r in chosen})
+    has_levels = any(r.get("levels") for r in chosen)
+    columns = LEVELS if has_levels else ("accuracy",)
+    rows = []
+    for f in fractions:
+        members = groups[(dataset, model, LORA, None, f)]
+        rows.append((_fraction_label(f), tuple(
+            _cell(members, level=c) if has_levels else _cell(members) for c in columns)))
+    if reference and has_levels:
+        rows.append((reference_name, tuple(
+            reference_cell(reference[c] / 100) if c in reference else None for c in columns)))
+    title = (f"{DATASET_LABELS.get(dataset, dataset)}: {model} with LoRA on a fraction of the "
+             "training data, accuracy (%) mean ± std over seeds")
+    return Table(title, "fraction", tuple(columns), tuple(rows))
+
+
+def _curve(groups, keys: Sequence[tuple], xs: Sequence[float], label: str, model: str,
+           method: str, metric: str = "accuracy", level: str | None = None) -> Curve | None:
+    points = [(x, _cell(groups.get(k), metric, level)) for x, k in zip(xs, keys)]
+    points = [(x, c) for x, c in points if c is not None]
+    if not points:
+        return None
+    return Curve(label, model, method, tuple(float(x) for x, _ in points),
+                 tuple(c.mean for _, c in points), tuple(c.std or 0.0 for _, c in points))
+
+
+def shot_curves(records: Sequence[Mapping], dataset: str, metric: str = "accuracy",
+                reference_method: str = "linear") -> tuple[list[Curve], list[Reference]]:
+    """Lines of the Experiment 2 figure: accuracy vs shots per model (LoRA and frozen few-shot),
+    and each model's full-data frozen probe as a horizontal reference."""
+    chosen = [r for r in records if r["dataset"] == dataset and r["fraction"] is None]
+    groups = group_seeds(chosen)
+    curves, refs = [], []
+    for model in model_order({r["model"] for r in chosen}):
+        for method in (LORA, *FEW_SHOT_METHODS):
+            shots = sorted({r["shots"] for r in chosen if r["model"] == model
+                            and r["method"] == method and r["shots"] is not None})
+            keys = [(dataset, model, method, k, None) for k in shots]
+            curve = _curve(groups, keys, shots, f"{model} {METHOD_LABELS[method]}", model,
+                           method, metric)
+            if curve is not None:
+                curves.append(curve)
+        ref = _cell(groups.get((dataset, model, reference_method, None, None)), metric)
+        if ref is not None:
+            refs.append(Reference(f"{model} {METHOD_LABELS.get(reference_method)} (all data)",
+                                  model, ref.mean, ref.std))
+    return curves, refs
+
+
+def fraction_curves(records: Sequence[Mapping], dataset: str,
+                    level: str | None) -> list[Curve]:
+    """Lines of the Experiment 3 figure for one level (None: plain accuracy): one per model."""
+    chosen = [r for r in records if r["dataset"] == dataset and r["method"] == LORA
+              and r["fraction"] is not None]
+    groups = group_seeds(chosen)
+    curves = []
+    for model in model_order({r["model"] for r in chosen}):
+        fractions = sorted({r["fraction"] for r in chosen if r["model"] == model})
+        keys = [(dataset, model, LORA, None, f) for f in fractions]
+        curve = _curve(groups, keys, fractions, f"{model} LoRA", model, LORA, level=level)
+        if curve is not None:
+            curves.append(curve)
+    return curves

@@ -1,0 +1,168 @@
+"""``build_report``: probe results and LoRA run folders → Markdown, CSV tables and PNG figures.
+
+Output folder layout::
+
+    OUT/report.md                         every table, links to the CSVs and figures
+    OUT/tables/<name>.csv                 one CSV per table (percent; mean, std, n per column)
+    OUT/figures/fewshot_<dataset>.png     accuracy vs shots (Experiment 2)
+    OUT/figures/fractions_<dataset>.png   accuracy vs training fraction per level (Experiment 3)
+
+Tables: the study's Table 1 (models × datasets, average row and column) for accuracy and
+balanced accuracy and each full-data method found (linear probe, the study's head, kNN); the
+per-level table of each hierarchical dataset (HiCervix with HierSwin's published row); the
+few-shot table of each dataset (shots × model and method); the fraction table of each
+(dataset, model) trained with LoRA on fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedcyto.report import aggregate as agg
+from embedcyto.report.figures import FigureSummary, plot_fraction_curves, plot_shot_curves
+from embedcyto.report.records import (LEVELS, LORA, ReportError, load_lora_records,
+                                      load_probe_records)
+from embedcyto.report.render import to_csv, to_markdown
+
+FULL_DATA_METHODS = ("linear", "study_head", "knn")
+TABLE_METRICS = ("accuracy", "balanced_accuracy")
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` wrote and from what."""
+
+    out_dir: Path
+    markdown: Path
+    tables: dict[str, agg.Table] = field(default_factory=dict)
+    csv_files: dict[str, Path] = field(default_factory=dict)
+    figures: list[FigureSummary] = field(default_factory=list)
+    n_probe_rows: int = 0
+    n_lora_runs: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
+    """Every table the records support, by file stem, in report order (pure)."""
+    from embedcyto.metrics import HIERSWIN
+
+    tables: dict[str, agg.Table] = {}
+    methods = {r["method"] for r in records if r["shots"] is None and r["fraction"] is None}
+    for method in (m for m in FULL_DATA_METHODS if m in methods):
+        for metric in TABLE_METRICS:
+            tables[f"table1_{metric}_{method}"] = agg.model_dataset_table(records, method, metric)
+    for dataset in agg.dataset_order({r["dataset"] for r in records if r.get("levels")}):
+        reference = HIERSWIN if dataset == "hicervix" else None
+        for method in (m for m in FULL_DATA_METHODS if m in methods):
+            table = agg.levels_table(records, method, dataset, reference)
+            if any(name != "HierSwin (published)" for name, _ in table.rows):
+                tables[f"{dataset}_levels_{method}"] = table
+    few = {r["dataset"] for r in records if r["shots"] is not None and r["fraction"] is None}
+    for dataset in agg.dataset_order(few):
+        tables[f"fewshot_{dataset}"] = agg.shots_table(records, dataset)
+    fractions = {(r["dataset"], r["model"]) for r in records
+                 if r["method"] == LORA and r["fraction"] is not None}
+    for dataset, model in sorted(fractions):
+        reference = HIERSWIN if dataset == "hicervix" else None
+        tables[f"fractions_{dataset}_{model}"] = agg.fraction_table(records, dataset, model,
+                                                                    reference)
+    return tables
+
+
+def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
+    """The Experiment 2 figure of every dataset with few-shot results, and the Experiment 3
+    figure of every dataset with fraction runs."""
+    from embedcyto.metrics import HIERSWIN
+
+    out = []
+    few = {r["dataset"] for r in records if r["shots"] is not None and r["fraction"] is None}
+    for dataset in agg.dataset_order(few):
+        curves, refs = agg.shot_curves(records, dataset)
+        label = agg.DATASET_LABELS.get(dataset, dataset)
+        out.append(plot_shot_curves(curves, refs, f"{label}: accuracy vs shots per class",
+                                    figures_dir / f"fewshot_{dataset}.png"))
+    fractions = {r["dataset"] for r in records if r["method"] == LORA
+                 and r["fraction"] is not None}
+    for dataset in agg.dataset_order(fractions):
+        chosen = [r for r in records if r["dataset"] == dataset]
+        has_levels = any(r.get("levels") for r in chosen if r["fraction"] is not None)
+        if has_levels:
+            by_level = {lv: agg.fraction_curves(chosen, dataset, lv) for lv in LEVELS}
+        else:
+            by_level = {"accuracy": agg.fraction_curves(chosen, dataset, None)}
+        reference = HIERSWIN if dataset == "hicervix" and has_levels else None
+        label = agg.DATASET_LABELS.get(dataset, dataset)
+        out.append(plot_fraction_curves(by_level, reference,
+                                        f"{label}: LoRA accuracy vs training data used",
+                                        figures_dir / f"fractions_{dataset}.png"))
+    return out
+
+
+def _random_models(records: list[dict]) -> list[str]:
+    from embedcyto.backbones.cards import get_card
+    from embedcyto.errors import BackboneError
+
+    found = []
+    for model in agg.model_order({r["model"] for r in records}):
+        try:
+            if get_card(model.split("+", 1)[0]).random:
+                found.append(model)
+        except BackboneError:
+            continue
+    return found
+
+
+def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) -> str:
+    lines = ["# embedcyto report", "",
+             f"From {result.n_probe_rows} probe result rows in `{results_dir}` and "
+             f"{result.n_lora_runs} finished LoRA runs in `{runs_dir}`. Numbers are percent, "
+             "mean ± std over seeds.", ""]
+    random = _random_models(records)
+    if random:
+        lines += [f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
+                  "about any real model.**", ""]
+    if result.skipped:
+        lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
+    for name, table in result.tables.items():
+        lines += [to_markdown(table), f"CSV: [tables/{name}.csv](tables/{name}.csv)", ""]
+    if result.figures:
+        lines += ["## Figures", ""]
+        for fig in result.figures:
+            rel = fig.path.relative_to(result.out_dir).as_posix()
+            lines += [f"![{fig.title}]({rel})", ""]
+    return "\n".join(lines)
+
+
+def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report") -> ReportResult:
+    """Read every probe row and finished LoRA run; write tables, figures and ``report.md``.
+
+    Args:
+        results_dir: folder of the probe stage's ``<dataset>.jsonl`` files.
+        runs_dir: root of the LoRA run folders (holding ``lora/``); may not exist.
+        out_dir: where the report goes (created; files of the same name are replaced).
+
+    Raises:
+        ReportError: no results at all, an unreadable file, or results that cannot be
+            averaged honestly (two settings or a repeated seed in one cell).
+    """
+    probe = load_probe_records(results_dir)
+    lora = load_lora_records(runs_dir)
+    records = probe.records + lora.records
+    if not records:
+        raise ReportError(f"no results found: no probe rows in {results_dir} and no finished "
+                          f"LoRA run in {runs_dir}; run `embedcyto probe` or `embedcyto lora` "
+                          "first, or point --results / --runs at their folders")
+    out = Path(out_dir)
+    result = ReportResult(out, out / "report.md", n_probe_rows=len(probe.records),
+                          n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)
+    result.tables = plan_tables(records)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    for name, table in result.tables.items():
+        path = out / "tables" / f"{name}.csv"
+        path.write_text(to_csv(table), encoding="utf-8")
+        result.csv_files[name] = path
+    result.figures = draw_figures(records, out / "figures")
+    result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
+                               encoding="utf-8")
+    return result

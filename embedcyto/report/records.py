@@ -1,0 +1,191 @@
+"""Result rows from probes and LoRA runs, read and turned into one flat record shape.
+
+The probe stage writes one JSON line per task (``<results>/<dataset>.jsonl``) and the LoRA stage
+one folder per run (``<runs>/lora/<dataset>/<model>/<mode>/seed-S/``). Their fields differ (an
+episode row holds a mean over episodes, a HiCervix row nests per-level metrics), so every source
+is normalised here into a *record*, a plain dict with the same keys whatever its origin::
+
+    dataset, model, method, shots (int | None), fraction (float | None), seed (int | None),
+    accuracy, balanced_accuracy, macro_f1 (fractions in [0, 1]),
+    levels ({"level_1": acc, ..., "average": acc} or None), variant (str), source (str)
+
+``method`` is the probe method ("linear", "knn", "study_head", "simpleshot", "protonet") or
+"lora". ``variant`` is a canonical JSON of the settings that change a result without being part
+of the grid (probe options, LoRA settings and schedule); the aggregation refuses to average
+records of different variants. The normalisers are pure functions so they can be tested on
+hand-made rows; only :func:`load_probe_records` and :func:`load_lora_records` read files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embedcyto.errors import EmbedcytoError
+
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+LEVELS = ("level_1", "level_2", "level_3", "average")
+LORA = "lora"
+#: The run folder's file names (the LoRA stage's documented layout; not imported from it so that
+#: reading results never imports torch).
+COMPLETE, CONFIG_FILE, METRICS_FILE = "COMPLETE", "config.json", "metrics.json"
+#: LoRA config fields that say where or how fast a run executed, not what it learned.
+_LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", "device", "num_workers"}
+
+
+class ReportError(EmbedcytoError):
+    """Result files that cannot be read or that cannot be summarised honestly."""
+
+
+@dataclass
+class Loaded:
+    """Records read from disk, and what was found but left out (with the reason)."""
+
+    records: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _number(value: Any, where: str) -> float:
+    """A metric value; episode summaries nest it as ``{"mean": ...}``."""
+    if isinstance(value, Mapping):
+        value = value.get("mean")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ReportError(f"{where}: expected a number, found {value!r}")
+    return float(value)
+
+
+def _levels(levels: Mapping | None, where: str) -> dict[str, float] | None:
+    """Per-level accuracies from either a full-data or an episode ``levels`` entry."""
+    if not levels:
+        return None
+    out = {}
+    for name, entry in levels.items():
+        value = entry.get("accuracy") if isinstance(entry, Mapping) and "accuracy" in entry \
+            else entry
+        out[name] = _number(value, f"{where} levels.{name}")
+    return out
+
+
+def _canonical(data: Mapping) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
+    """One probe results row (a line of ``<dataset>.jsonl``) as a record.
+
+    Raises:
+        ReportError: a required field is missing or not a number.
+    """
+    where = source or "probe row"
+    try:
+        metrics = row["metrics"]
+        record = {"dataset": str(row["dataset"]), "model": str(row["model"]),
+                  "method": str(row["method"]), "shots": row.get("shots"), "fraction": None,
+                  "seed": row.get("seed")}
+    except (KeyError, TypeError) as err:
+        raise ReportError(f"{where}: not a probe results row (missing {err}); delete the line "
+                          "or point --results at embedcyto probe's output folder") from err
+    for name in METRICS:
+        if name not in metrics:
+            raise ReportError(f"{where}: no {name} in its metrics")
+        record[name] = _number(metrics[name], f"{where} {name}")
+    record["levels"] = _levels(row.get("levels"), where)
+    record["variant"] = _canonical(row.get("options") or {})
+    record["source"] = source
+    return record
+
+
+def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: str = "") -> dict:
+    """One finished LoRA run (its ``config.json`` and ``metrics.json``) as a record.
+
+    Raises:
+        ReportError: the files do not hold what a finished run writes.
+    """
+    where = source or "LoRA run"
+    run = config.get("config") if isinstance(config.get("config"), Mapping) else None
+    test = metrics.get("test")
+    if run is None or not isinstance(test, Mapping):
+        raise ReportError(f"{where}: config.json has no 'config' or metrics.json no 'test' "
+                          "entry; rerun it with `embedcyto lora --rerun`")
+    try:
+        record = {"dataset": str(run["dataset"]), "model": str(run["model"]), "method": LORA,
+                  "shots": run.get("shots"), "fraction": run.get("fraction"),
+                  "seed": run.get("seed")}
+    except KeyError as err:
+        raise ReportError(f"{where}: its config lacks {err}") from err
+    for name in METRICS:
+        record[name] = _number(test.get(name), f"{where} test.{name}")
+    record["levels"] = _levels(metrics.get("levels"), where)
+    learned = {k: v for k, v in run.items() if k not in _LORA_RUNTIME}
+    learned["iterations"] = metrics.get("iterations", learned.get("iterations"))
+    record["variant"] = _canonical(learned)
+    record["source"] = source
+    return record
+
+
+def load_probe_records(results_dir) -> Loaded:
+    """Every row of every ``*.jsonl`` file in ``results_dir`` (none when it does not exist).
+
+    Raises:
+        ReportError: a line that is not JSON or not a probe row (file and line named).
+    """
+    out = Loaded()
+    folder = Path(results_dir)
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.glob("*.jsonl")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{where} is not JSON ({err}); delete that line or the file "
+                                  "and probe again") from err
+            out.records.append(probe_record(row, where))
+    return out
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ReportError(f"cannot read {path} ({err}); rerun that LoRA run with "
+                          "`embedcyto lora --rerun`") from err
+    if not isinstance(data, dict):
+        raise ReportError(f"{path} does not hold a JSON object")
+    return data
+
+
+def lora_run_folders(runs_dir) -> list[Path]:
+    """Run folders under ``runs_dir/lora`` (or ``runs_dir`` itself when it is that folder).
+
+    The layout is ``lora/<dataset>/<model>/<mode>/seed-S``; hidden folders (runs being written
+    or left by an interrupted process) are not runs.
+    """
+    root = Path(runs_dir)
+    base = root / "lora" if (root / "lora").is_dir() else root
+    if not base.is_dir():
+        return []
+    return sorted(p for p in base.glob("*/*/*/seed-*") if p.is_dir()
+                  and not any(part.startswith(".") for part in p.relative_to(base).parts))
+
+
+def load_lora_records(runs_dir) -> Loaded:
+    """Records of every finished LoRA run; unfinished folders are listed in ``skipped``.
+
+    Raises:
+        ReportError: a finished run whose files cannot be read.
+    """
+    out = Loaded()
+    for folder in lora_run_folders(runs_dir):
+        if not (folder / COMPLETE).is_file():
+            out.skipped.append((str(folder), f"no {COMPLETE} marker (unfinished run)"))
+            continue
+        out.records.append(lora_record(_read(folder / CONFIG_FILE),
+                                       _read(folder / METRICS_FILE), str(folder)))
+    return out
