@@ -1,0 +1,176 @@
+"""``embedcyto lora``: LoRA fine-tuning runs, their test metrics, and adapted features."""
+
+from __future__ import annotations
+
+import click
+
+from embedcyto.cli._common import open_for_store, split_options, store_option
+
+
+def _numbers(kind):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            out = tuple(kind(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") \
+                from None
+        if not out:
+            raise click.BadParameter("give at least one value")
+        return out
+    return parse
+
+
+def _targets(ctx, param, value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _amounts(shots, fractions, all_data) -> list[dict]:
+    given = [name for name, v in (("--shots", shots), ("--fraction", fractions),
+                                  ("--all", all_data or None)) if v]
+    if len(given) != 1:
+        raise click.UsageError(
+            "give exactly one of --shots K (few-shot support sets), --fraction P (percent of "
+            "each class) or --all" + (f"; got {' and '.join(given)}" if given else ""))
+    if shots:
+        return [{"shots": k} for k in shots]
+    if fractions:
+        return [{"fraction": p} for p in fractions]
+    return [{}]
+
+
+def _configs(models, dataset_name, amounts, seeds, settings, options) -> list:
+    from embedcyto.lora.config import LoraRunConfig
+
+    return [LoraRunConfig(model=m, dataset=dataset_name, seed=s, settings=settings, **amount,
+                          **options)
+            for m in models for amount in amounts for s in seeds]
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def summary_line(result) -> str:
+    """One line per run: what it was, its test metrics, and where its folder is."""
+    config, metrics = result.config, result.metrics
+    head = f"{config.dataset}/{config.model} {config.mode} seed-{config.seed}"
+    test = metrics.get("test", {})
+    text = (f"{head}: accuracy {_percent(test.get('accuracy'))}, balanced accuracy "
+            f"{_percent(test.get('balanced_accuracy'))}, macro-F1 "
+            f"{_percent(test.get('macro_f1'))}")
+    levels = metrics.get("levels")
+    if levels:
+        parts = [f"{name} {_percent(level['accuracy'])}" for name, level in levels.items()
+                 if name != "average"]
+        text += f"; {', '.join(parts)}, average {_percent(levels['average'])}"
+    if result.skipped:
+        text += " (already done; --rerun to redo)"
+    else:
+        text += f" ({metrics.get('iterations')} steps, {result.seconds:.1f} s)"
+    return f"{text} -> {result.run_dir}"
+
+
+@click.command("lora")
+@click.option("--model", "models", multiple=True, required=True,
+              help="Backbone card (repeatable; see `embedcyto models list`).")
+@click.option("--dataset", "adapter", required=True, help="Dataset adapter (sipakmed, mlcc, "
+              "bcfc, hicervix, folder, csv).")
+@click.option("--root", required=True, type=click.Path(), help="Dataset root folder.")
+@click.option("--name", default=None, help="Dataset name for folder/csv datasets.")
+@click.option("--shots", callback=_numbers(int), default=None,
+              help="Few-shot: K training images per class, e.g. 1,2,4 (the probe stage's "
+                   "support sets).")
+@click.option("--fraction", "fractions", callback=_numbers(float), default=None,
+              help="Percent of each class of train and val, e.g. 1,10,100.")
+@click.option("--all", "all_data", is_flag=True, help="Train on the whole training split.")
+@click.option("--seeds", "--seed", "seeds", callback=_numbers(int), default="1",
+              show_default=True, help="Seeds, e.g. 1,2,3 (one run per seed).")
+@click.option("--targets", callback=_targets, default="q,v", show_default=True,
+              help="Attention projections to adapt, from q, k, v, o.")
+@click.option("--rank", type=int, default=2, show_default=True, help="LoRA rank r.")
+@click.option("--alpha", type=float, default=1.0, show_default=True, help="LoRA alpha.")
+@click.option("--dropout", type=float, default=0.25, show_default=True,
+              help="Dropout on the LoRA input.")
+@click.option("--scaling", type=click.Choice(["rslora", "standard"]), default="rslora",
+              show_default=True, help="rslora: alpha/sqrt(r) (the study); standard: alpha/r.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate.")
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option("--warmup", type=int, default=50, show_default=True, help="Warm-up steps.")
+@click.option("--min-lr", type=float, default=1e-6, show_default=True,
+              help="Learning rate at the end of the cosine decay.")
+@click.option("--iterations", type=int, default=None,
+              help="Training steps (default: 50 + 50*K for K shots, about 10 epochs otherwise).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--eval-every", type=int, default=None,
+              help="Validation every N steps (default: ten times per run; 0: at the end).")
+@click.option("--best-val", is_flag=True,
+              help="Test the adapters and head of the step with the best validation accuracy.")
+@click.option("--grad-checkpointing", is_flag=True,
+              help="Recompute activations in the backward pass: less memory, more compute.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+              default="auto", show_default=True,
+              help="Autocast precision (auto: bf16 on CUDA and on CPUs with bf16 units).")
+@click.option("--workers", type=int, default=None,
+              help="Image decoding processes (default: min(4, CPUs - 1)).")
+@click.option("--weights", type=click.Path(), default=None,
+              help="Backbone weights file or folder (one --model only).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              help="Local weights folder holding <model>/<file> (default: $EMBEDCYTO_WEIGHTS).")
+@click.option("--random-weights", is_flag=True,
+              help="Real architecture, random weights (benchmarks and smoke runs only).")
+@store_option
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folders go to RUNS/lora/... (default: ./runs).")
+@click.option("--export-features", is_flag=True,
+              help="Write the adapted embeddings of the whole dataset into the store as model "
+                   "<model>+lora-<shots-K|frac-P|all>-s<seed>.")
+@click.option("--rerun", is_flag=True, help="Train again even when the run is already done.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@split_options
+def lora(models, adapter, root, name, shots, fractions, all_data, seeds, targets, rank, alpha,
+         dropout, scaling, lr, weight_decay, warmup, min_lr, iterations, batch_size, eval_every,
+         best_val, grad_checkpointing, device, precision, workers, weights, weights_dir,
+         random_weights, store, runs_dir, export_features, rerun, quiet, split_seed, ratios,
+         on_bad_image, options) -> None:
+    """Fine-tune LoRA adapters (q and v by default) and a linear head; test; save the run.
+
+    Few-shot runs (--shots K --seeds S) train on exactly the support set that `embedcyto probe`
+    uses for episode 0 of (K, S). A finished run is not redone (--rerun); an interrupted one
+    leaves no finished-looking folder and is simply started again.
+    """
+    from embedcyto.backbones import get_card
+    from embedcyto.lora.adapters import LoraSettings
+    from embedcyto.lora.export import export_features as export
+    from embedcyto.lora.train import train_lora
+    from embedcyto.store import default_store_dir
+
+    if weights and len(models) > 1:
+        raise click.UsageError("--weights names one model's file: use it with one --model")
+    amounts = _amounts(shots, fractions, all_data)
+    cards = [get_card(m) for m in models]
+    settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets,
+                            rslora=scaling == "rslora")
+    store_dir = default_store_dir(store)
+    dataset, split_dir = open_for_store(
+        adapter, root, store_dir=store_dir, name=name, split_seed=split_seed, ratios=ratios,
+        on_bad_image=on_bad_image, options=options,
+        verify_size=max(c.input_size for c in cards) if on_bad_image == "skip" else None)
+    options = dict(lr=lr, weight_decay=weight_decay, warmup=warmup, min_lr=min_lr,
+                   batch_size=batch_size, iterations=iterations, eval_every=eval_every,
+                   best_val=best_val, grad_checkpointing=grad_checkpointing, device=device,
+                   precision=precision, num_workers=workers)
+    configs = _configs([c.name for c in cards], dataset.name, amounts, seeds, settings, options)
+    for config in configs:
+        result = train_lora(dataset, config, runs_dir=runs_dir, split_dir=split_dir,
+                            weights=weights, weights_dir=weights_dir, random_init=random_weights,
+                            rerun=rerun, progress=not quiet)
+        click.echo(summary_line(result))
+        if export_features:
+            done = export(dataset, result.run_dir, store_dir=store_dir, split_dir=split_dir,
+                          weights=weights, weights_dir=weights_dir, num_workers=workers,
+                          force=rerun and not result.skipped, progress=not quiet)
+            state = "cache hit" if done.cache_hit else f"{done.computed} rows computed"
+            click.echo(f"  adapted features ({done.rows} rows, {state}) -> {done.path}")

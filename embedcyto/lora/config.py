@@ -1,0 +1,218 @@
+"""What one LoRA run is: a frozen, validated, JSON round-tripping description.
+
+A run is identified by (dataset, model, amount of training data, seed); everything else is a
+setting whose study value is the default. The amount of data is one of:
+
+- ``shots=K``: the few-shot support set, K images per class of the training split, the very
+  images the probe stage uses for (dataset, K, seed) (see :mod:`embedcyto.lora.data`);
+- ``fraction=P``: P percent of every class of the training and validation splits;
+- neither: all of the training split.
+
+``iterations=None`` means the default schedule length (:meth:`LoraRunConfig.resolved_iterations`):
+50 + 50*K steps for K shots, as in the study, and :data:`DEFAULT_EPOCHS` passes over the training
+images otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from embedcyto.errors import LoraError
+from embedcyto.lora.adapters import LoraSettings
+
+#: Passes over the training images when training on a fraction or on all data.
+DEFAULT_EPOCHS = 10
+#: Never fewer steps than this by default (the warm-up alone is 50).
+MIN_DEFAULT_ITERATIONS = 100
+#: Settings that say where and how fast a run executes, not what it learns; a finished run is
+#: reused whatever these were.
+RUNTIME_KEYS = ("device", "num_workers")
+
+
+def _positive_int(name: str, value, *, allow_zero: bool = False) -> None:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise LoraError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _format_fraction(value: float) -> str:
+    """``10.0 -> "10"``, ``2.5 -> "2.5"``: short, stable folder and store names."""
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class LoraRunConfig:
+    """One LoRA fine-tuning run.
+
+    Attributes:
+        model: backbone card name.
+        dataset: dataset name (names its store folder and its run folder).
+        shots: K images per class (the probe stage's support set), or None.
+        fraction: percent of each class of train and val, in (0, 100], or None.
+        seed: draws the support set / fraction, the head initialisation, the batch order, the
+            augmentation and LoRA dropout.
+        settings: where the adapters go and how big they are (study: r=2, alpha=1, q and v).
+        lr: peak learning rate of AdamW (adapters and head alike).
+        weight_decay: AdamW weight decay.
+        warmup: linear warm-up steps from 0 to ``lr``; a cosine decay to ``min_lr`` follows.
+        min_lr: learning rate at the last step.
+        batch_size: images per step (fewer when the training set is smaller).
+        iterations: optimizer steps; None picks the default (see the module docstring).
+        eval_every: validation accuracy every that many steps (0: only at the end); None picks
+            about ten evaluations per run.
+        best_val: restore the adapters and head with the best validation accuracy before testing.
+        grad_checkpointing: recompute block activations in the backward pass (less memory,
+            about a third more compute), through the model library's own switch.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        precision: "auto", "fp32", "bf16" or "fp16": autocast dtype of the forward pass (the
+            trained parameters stay float32).
+        num_workers: image decoding processes; None picks ``min(4, cpus - 1)``.
+    """
+
+    model: str
+    dataset: str
+    shots: int | None = None
+    fraction: float | None = None
+    seed: int = 1
+    settings: LoraSettings = field(default_factory=LoraSettings)
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    warmup: int = 50
+    min_lr: float = 1e-6
+    batch_size: int = 32
+    iterations: int | None = None
+    eval_every: int | None = None
+    best_val: bool = False
+    grad_checkpointing: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.settings, Mapping):
+            object.__setattr__(self, "settings", LoraSettings.from_dict(self.settings))
+        if not isinstance(self.settings, LoraSettings):
+            raise LoraError(f"settings must be LoraSettings, got {type(self.settings).__name__}")
+        for name in ("model", "dataset"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise LoraError(f"{name} must be a non-empty name, got {value!r}")
+        self._check_amount()
+        _positive_int("seed", self.seed, allow_zero=True)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("warmup", self.warmup, allow_zero=True)
+        if self.iterations is not None:
+            _positive_int("iterations", self.iterations)
+        if self.eval_every is not None:
+            _positive_int("eval_every", self.eval_every, allow_zero=True)
+        if self.num_workers is not None:
+            _positive_int("num_workers", self.num_workers, allow_zero=True)
+        self._check_rates()
+
+    def _check_amount(self) -> None:
+        if self.shots is not None and self.fraction is not None:
+            raise LoraError("give either shots or fraction, not both (--shots or --fraction)")
+        if self.shots is not None:
+            _positive_int("shots", self.shots)
+        if self.fraction is not None:
+            value = self.fraction
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and 0 < value <= 100):
+                raise LoraError(f"fraction is a percentage in (0, 100], got {value!r}; "
+                                "e.g. --fraction 10 trains on 10% of each class")
+            object.__setattr__(self, "fraction", float(value))
+
+    def _check_rates(self) -> None:
+        for name in ("lr", "min_lr", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                    math.isfinite(value) and value >= 0):
+                raise LoraError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not self.lr > 0:
+            raise LoraError(f"lr must be positive, got {self.lr!r}")
+        if self.min_lr > self.lr:
+            raise LoraError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.iterations is not None and self.warmup >= self.iterations:
+            raise LoraError(f"warmup ({self.warmup} steps) must be shorter than iterations "
+                            f"({self.iterations}); lower --warmup or raise --iterations")
+
+    # -- names ---------------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        """``shots-K``, ``frac-P`` or ``all``: names the run folder and the exported features."""
+        if self.shots is not None:
+            return f"shots-{self.shots}"
+        if self.fraction is not None:
+            return f"frac-{_format_fraction(self.fraction)}"
+        return "all"
+
+    @property
+    def variant(self) -> str:
+        """Model name of the adapted features in the store: ``<card>+lora-<mode>-s<seed>``."""
+        return f"{self.model}+lora-{self.mode}-s{self.seed}"
+
+    # -- derived values ------------------------------------------------------------------------
+
+    def resolved_iterations(self, n_train: int) -> int:
+        """Steps actually run: ``iterations``, or 50 + 50*K (shots), or about ten epochs.
+
+        Raises:
+            LoraError: the warm-up would not be shorter than the default schedule.
+        """
+        if self.iterations is not None:
+            return self.iterations
+        if self.shots is not None:
+            steps = 50 + 50 * self.shots
+        else:
+            per_epoch = math.ceil(max(n_train, 1) / self.batch_size)
+            steps = max(MIN_DEFAULT_ITERATIONS, DEFAULT_EPOCHS * per_epoch)
+        if self.warmup >= steps:
+            raise LoraError(f"warmup ({self.warmup} steps) must be shorter than the default "
+                            f"{steps} iterations; lower --warmup or set --iterations")
+        return steps
+
+    def resolved_eval_every(self, iterations: int) -> int:
+        """Steps between validation evaluations (0: only at the end)."""
+        if self.eval_every is not None:
+            return self.eval_every
+        return max(1, iterations // 10)
+
+    # -- JSON ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["settings"] = self.settings.to_dict()
+        return data
+
+    def identity(self) -> dict:
+        """What decides the result: every field except :data:`RUNTIME_KEYS`."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_KEYS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "LoraRunConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise LoraError(f"unknown LoRA run setting(s) {unknown}; valid: {sorted(known)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoraRunConfig":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise LoraError(f"malformed LoRA run config: {err}") from err
+        if not isinstance(data, dict):
+            raise LoraError("malformed LoRA run config: expected a JSON object")
+        try:
+            return cls.from_dict(data)
+        except TypeError as err:
+            raise LoraError(f"malformed LoRA run config: {err}") from err

@@ -1,0 +1,200 @@
+"""Run folders: where a LoRA run's results live, and how they appear only once finished.
+
+Layout (``runs`` is ``./runs`` unless ``--runs DIR``)::
+
+    runs/lora/<dataset>/<model>/<shots-K | frac-P | all>/seed-S/
+        adapter/             peft safetensors + embedcyto_lora.json (save_adapter)
+        head.safetensors     the linear head
+        config.json          the run config, the card, hashes of the support set, split, weights
+        rows.json            image ids (and labels) of the train / val rows
+        metrics.json         test metrics (per level for HiCervix), validation, timings
+        predictions.npz      test ids, labels, predictions and probabilities
+        train_log.jsonl      one line per step: step, loss, lr (and val accuracy when evaluated)
+        COMPLETE             written last
+
+A run is written into ``.seed-S.tmp-<pid>`` beside its final place and renamed into place only
+after ``COMPLETE`` is written, so an interrupted run never leaves a folder that looks finished.
+A Python exception removes the temporary folder at once; a killed process leaves it behind, and
+the next launch of the same run removes it (after checking that its process is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from embedcyto.errors import LoraError
+from embedcyto.lora.config import LoraRunConfig
+
+DEFAULT_RUNS_DIR = "runs"
+COMPLETE = "COMPLETE"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+LOG_FILE = "train_log.jsonl"
+HEAD_FILE = "head.safetensors"
+ADAPTER_DIR = "adapter"
+ROWS_FILE = "rows.json"
+PREDICTIONS_FILE = "predictions.npz"
+_TMP, _OLD = ".tmp-", ".old-"
+
+
+def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
+    """The explicit ``runs`` folder, else ``./runs``."""
+    return Path(runs).expanduser() if runs not in (None, "") else Path(DEFAULT_RUNS_DIR)
+
+
+def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:
+    """``runs_root/lora/<dataset>/<model>/<mode>/seed-<seed>``."""
+    for kind, name in (("dataset", config.dataset), ("model", config.model)):
+        if "/" in name or "\\" in name or name.startswith("."):
+            raise LoraError(f"{kind} name {name!r} cannot name a folder (no slashes, no "
+                            "leading dot)")
+    return (Path(runs_root) / "lora" / config.dataset / config.model / config.mode
+            / f"seed-{config.seed}")
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """True for a published run folder (its ``COMPLETE`` marker exists)."""
+    return (Path(path) / COMPLETE).is_file()
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise LoraError(f"cannot read {path}: {err}; run again with --rerun to redo the run") \
+            from err
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n",
+                    encoding="utf-8")
+
+
+def read_run_config(path: str | os.PathLike) -> dict:
+    """``config.json`` of a finished run.
+
+    Raises:
+        LoraError: the folder is not a finished run.
+    """
+    path = Path(path)
+    if not is_complete(path):
+        raise LoraError(f"{path} is not a finished LoRA run (no {COMPLETE} marker); run "
+                        "`embedcyto lora` to completion first")
+    return read_json(path / CONFIG_FILE)
+
+
+def _differences(old: dict, new: dict) -> str:
+    keys = sorted(set(old) | set(new))
+    diffs = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+             for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs)
+
+
+def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
+    """Whether a finished run with this identity is already at ``path`` (then it is skipped).
+
+    Raises:
+        LoraError: something else is there and ``rerun`` is off (the message says what differs).
+    """
+    if not path.exists() or rerun:
+        return False
+    if not is_complete(path):
+        raise LoraError(f"{path} exists but is not a finished run (no {COMPLETE} marker); "
+                        "remove it or pass --rerun to replace it")
+    old = read_json(path / CONFIG_FILE).get("identity", {})
+    if old == identity:
+        return True
+    raise LoraError(f"{path} holds a finished run made with other inputs "
+                    f"({_differences(old, identity)}); pass --rerun to replace it, or --runs "
+                    "DIR to keep both")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not running that run: it is a leftover
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(path: Path) -> list[Path]:
+    """Remove temporary folders of this run left by killed processes; returns what was removed.
+
+    Raises:
+        LoraError: a live process is writing this run right now.
+    """
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for marker in (_TMP, _OLD):
+        for leftover in sorted(path.parent.glob(f".{path.name}{marker}*")):
+            suffix = leftover.name.rsplit(marker, 1)[-1]
+            pid = int(suffix) if suffix.isdigit() else -1
+            if pid > 0 and _pid_alive(pid):
+                raise LoraError(f"another process (pid {pid}) is running this LoRA run in "
+                                f"{leftover}; wait for it to finish or stop it")
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed.append(leftover)
+    return removed
+
+
+class Staging:
+    """A temporary run folder that becomes ``final`` only through :meth:`publish`.
+
+    Use as a context manager: leaving it with an exception (including ``KeyboardInterrupt``)
+    deletes the temporary folder.
+    """
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+        self.tmp = self.final.parent / f".{self.final.name}{_TMP}{os.getpid()}"
+        self.published = False
+
+    def __enter__(self) -> "Staging":
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.published:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def publish(self) -> Path:
+        """Write ``COMPLETE``, then rename the folder into place (replacing an older run)."""
+        marker = self.tmp / COMPLETE
+        with marker.open("w", encoding="utf-8") as handle:
+            handle.write("finished\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        old = None
+        if self.final.exists():
+            old = self.final.parent / f".{self.final.name}{_OLD}{os.getpid()}"
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        self.published = True
+        _fsync_dir(self.final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

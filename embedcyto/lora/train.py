@@ -1,0 +1,361 @@
+"""LoRA fine-tuning of one backbone on one dataset: train, evaluate, save a run folder.
+
+The recipe is the study's (after CLIP-LoRA): LoRA rank 2 on the attention q and v projections,
+a linear head on the card's embedding, AdamW (weight decay 1e-2), 50 warm-up steps then a cosine
+decay to 1e-6, batches of 32 augmented images (random resized crop 0.7-1, horizontal flip),
+cross-entropy on the dataset's primary labels, a fixed number of steps. Only the LoRA matrices
+and the head train; the forward pass runs under autocast in the requested precision while the
+trained parameters stay float32.
+
+Randomness: the support set / fraction (numpy generators seeded from the seed and the ids), the
+head initialisation (a torch generator), the batch order and each image's augmentation (seeds
+drawn in advance, see :func:`embedcyto.lora.data.batch_plan`) all derive from ``seed``. LoRA
+dropout uses torch's global generator, which is seeded from ``seed`` inside a forked RNG state,
+so the caller's global RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from embedcyto.datasets.records import Dataset
+from embedcyto.errors import ImageReadError, LoraError
+from embedcyto.lora import runs
+from embedcyto.lora.config import LoraRunConfig
+from embedcyto.lora.data import AugmentedImages, RunRows, batch_plan, select_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoraResult:
+    """What one call of :func:`train_lora` did.
+
+    Attributes:
+        run_dir: the finished run folder.
+        config: the run's configuration.
+        metrics: the content of ``metrics.json``.
+        skipped: True when an identical finished run was found and nothing was trained.
+        seconds: wall time of the call.
+        export: the feature export's result, when features were exported.
+    """
+
+    run_dir: Path
+    config: LoraRunConfig
+    metrics: dict = field(default_factory=dict)
+    skipped: bool = False
+    seconds: float = 0.0
+    export: object = None
+
+
+def _ids_sha256(ids) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def _autocast(device, dtype):
+    import torch
+
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _raise_read_errors(errors, dataset: Dataset) -> None:
+    bad = [e for e in errors if e]
+    if bad:
+        path, _, reason = bad[0].partition(": ")
+        raise ImageReadError(dataset.root / path, f"{reason}; replace the file, or read the "
+                             "dataset with --on-bad-image skip to leave it out")
+
+
+def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, dtype,
+                  batch_size: int = 64, num_workers: int | None = 0) -> np.ndarray:
+    """Class probabilities of ``model`` for ``rows`` (evaluation transform, no augmentation)."""
+    import torch
+
+    from embedcyto.extract import ExtractConfig, make_loader
+
+    card = model.encoder.card
+    config = ExtractConfig(batch_size=batch_size, num_workers=num_workers, device=str(device),
+                           progress=False)
+    position = {int(r): i for i, r in enumerate(rows)}
+    out = np.zeros((len(rows), model.head.out_features), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(device, dtype):
+            for batch_rows, images, errors in make_loader(dataset, np.asarray(rows), card,
+                                                          config, device):
+                if any(errors):
+                    paths = [dataset.records[int(r)].path + ": " + e
+                             for r, e in zip(batch_rows, errors) if e]
+                    _raise_read_errors(paths, dataset)
+                logits = model(images.to(device, non_blocking=True)).float()
+                idx = [position[int(r)] for r in batch_rows]
+                out[idx] = torch.softmax(logits, dim=1).cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict:
+    """Test metrics: ``{"test": classification_metrics}`` plus ``"levels"`` for HiCervix."""
+    from embedcyto.metrics import classification_metrics, hierarchical_metrics
+
+    labels = np.array([dataset.records[i].label for i in rows], dtype=np.int64)
+    out = {"test": classification_metrics(labels, proba.argmax(axis=1), proba,
+                                          len(dataset.classes))}
+    if dataset.level_names:
+        levels = np.array([dataset.records[i].levels for i in rows], dtype=np.int64)
+        sizes = {n: len(dataset.label_spaces[n].classes) for n in dataset.level_names
+                 if n in dataset.label_spaces}
+        out["levels"] = hierarchical_metrics(proba, levels, dataset.level_maps,
+                                             dataset.level_names, sizes)
+    return out
+
+
+class _Validation:
+    """Validation accuracy during training, and the best-so-far snapshot when asked for."""
+
+    def __init__(self, model, dataset, rows, device, dtype, keep_best: bool, workers):
+        self.model, self.dataset, self.rows = model, dataset, rows
+        self.device, self.dtype, self.keep_best, self.workers = device, dtype, keep_best, workers
+        self.best_accuracy, self.best_step, self.best_state, self.last = -1.0, None, None, None
+
+    def __call__(self, step: int) -> float | None:
+        from embedcyto.lora.model import trainable_state
+
+        if len(self.rows) == 0:
+            return None
+        proba = predict_proba(self.model, self.dataset, self.rows, device=self.device,
+                              dtype=self.dtype, num_workers=self.workers)
+        labels = np.array([self.dataset.records[i].label for i in self.rows])
+        self.last = float(np.mean(proba.argmax(axis=1) == labels))
+        if self.last > self.best_accuracy:
+            self.best_accuracy, self.best_step = self.last, step
+            if self.keep_best:
+                self.best_state = trainable_state(self.model)
+        return self.last
+
+    def summary(self) -> dict:
+        return {"n": int(len(self.rows)), "final_accuracy": self.last,
+                "best_accuracy": None if self.best_step is None else self.best_accuracy,
+                "best_step": self.best_step, "restored_best": self.best_state is not None}
+
+
+def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device):
+    import torch
+
+    from embedcyto.backbones import make_transform
+    from embedcyto.extract import ExtractConfig
+
+    images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
+    plan = batch_plan(len(rows), config.batch_size, iterations, config.seed)
+    workers = ExtractConfig(num_workers=config.num_workers).workers()
+    return torch.utils.data.DataLoader(
+        images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None, persistent_workers=False)
+
+
+def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, device, dtype,
+         log_path: Path, progress: bool) -> dict:
+    """The training loop; writes one JSON line per step to ``log_path``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from embedcyto.lora.schedule import lr_lambda
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(iterations, config.lr, config.warmup, config.min_lr))
+    every = config.resolved_eval_every(iterations)
+    validate = _Validation(model, dataset, rows.val, device, dtype, config.best_val,
+                           config.num_workers if config.num_workers is not None else 0)
+    loader = _loader(dataset, rows.train, model.encoder.card, config, iterations, device)
+    losses, start = [], time.perf_counter()
+    model.train()
+    with log_path.open("w", encoding="utf-8") as log_file, tqdm(
+            total=iterations, disable=not progress, unit="step", leave=False) as bar:
+        for step, (images, labels, errors) in enumerate(loader, start=1):
+            _raise_read_errors(errors, dataset)
+            lr_now = optimizer.param_groups[0]["lr"]
+            with _autocast(device, dtype):
+                logits = model(images.to(device, non_blocking=True))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
+                                "or use --precision fp32")
+            entry = {"step": step, "loss": round(value, 6), "lr": lr_now}
+            if (every and step % every == 0) or step == iterations:
+                entry["val_accuracy"] = validate(step)
+            log_file.write(json.dumps(entry) + "\n")
+            log_file.flush()
+            losses.append(value)
+            bar.update(1)
+    seconds = time.perf_counter() - start
+    if validate.best_state is not None:
+        from embedcyto.lora.model import restore_state
+
+        restore_state(model, validate.best_state)
+    return {"val": validate.summary(), "train_seconds": round(seconds, 3),
+            "train_images_per_second": round(iterations * min(config.batch_size,
+                                                              len(rows.train)) / seconds, 2),
+            "first_loss": losses[0], "final_loss": losses[-1]}
+
+
+def _backbone(card, weights_path, device):
+    from embedcyto.backbones import build_backbone
+
+    if weights_path is None:
+        return build_backbone(card, random_init=True, device=device)
+    return build_backbone(card, weights=weights_path, device=device)
+
+
+def _identity(dataset: Dataset, config: LoraRunConfig, card, sha, split_hash, rows) -> dict:
+    """What decides a run's result; a finished run is reused only when this matches."""
+    train_ids = [dataset.records[i].path for i in rows.train]
+    return {"config": config.identity(), "card": card.to_dict(),
+            "weights_sha256": sha or "random-init", "split_hash": split_hash,
+            "dataset_fingerprint": dataset.fingerprint(),
+            "train_ids_sha256": _ids_sha256(train_ids)}
+
+
+def _rows_file(dataset: Dataset, rows: RunRows) -> dict:
+    def part(idx):
+        return {"ids": [dataset.records[i].path for i in idx],
+                "labels": [int(dataset.records[i].label) for i in idx]}
+
+    return {"train": part(rows.train), "val": part(rows.val), "n_test": int(len(rows.test))}
+
+
+def _save_outputs(folder: Path, model, dataset: Dataset, rows: RunRows, proba) -> None:
+    from safetensors.torch import save_file
+
+    from embedcyto.lora.adapters import save_adapter
+
+    save_adapter(model.encoder, folder / runs.ADAPTER_DIR)
+    head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    save_file(head, str(folder / runs.HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
+    runs.write_json(folder / runs.ROWS_FILE, _rows_file(dataset, rows))
+    np.savez(folder / runs.PREDICTIONS_FILE,
+             ids=np.array([dataset.records[i].path for i in rows.test], dtype=str),
+             labels=np.array([dataset.records[i].label for i in rows.test], dtype=np.int64),
+             predictions=proba.argmax(axis=1), proba=proba.astype(np.float32))
+
+
+def _run_config(dataset, config, card, identity, iterations, device, dtype, wpath, model,
+                ckpt_module) -> dict:
+    from embedcyto.extract import library_versions
+    from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
+
+    lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)
+    return {
+        "config": config.to_dict(), "identity": identity, "card": card.to_dict(),
+        "support_ids_sha256": identity["train_ids_sha256"],
+        "weights_sha256": identity["weights_sha256"],
+        "weights_path": str(wpath) if wpath else None,
+        "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
+                    "classes": list(dataset.classes)},
+        "resolved": {"iterations": iterations,
+                     "eval_every": config.resolved_eval_every(iterations),
+                     "device": str(device), "precision": str(dtype).replace("torch.", ""),
+                     "grad_checkpointing_module": ckpt_module},
+        "parameters": {"trainable": trainable_parameters(model), "lora": lora,
+                       "lora_expected": expected_lora_parameters(
+                           card.width, card.depth, config.settings.rank,
+                           len(config.settings.targets)) if card.width else None},
+        "versions": library_versions(),
+    }
+
+
+def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_dir=None,
+               weights=None, weights_dir=None, random_init: bool = False, rerun: bool = False,
+               progress: bool = False) -> LoraResult:
+    """Fine-tune ``config.model`` with LoRA on ``dataset`` and write its run folder.
+
+    Args:
+        dataset: records with splits assigned, opened like the store's (``open_for_store``).
+        config: the run (data amount, seed, LoRA settings, optimisation).
+        runs_dir: root of the run folders (default ``./runs``).
+        split_dir: where the dataset's ``splits.json`` lives (generated splits only).
+        weights, weights_dir, random_init: backbone weights, as for extraction.
+        rerun: train again even when an identical finished run exists.
+        progress: show a progress bar.
+
+    Returns:
+        The run folder and its metrics; ``skipped`` when an identical run was already done.
+
+    Raises:
+        LoraError: impossible request (too many shots, unknown target...), a run with other
+            inputs already in the folder, or a failed training (non-finite loss).
+    """
+    import torch
+
+    from embedcyto.backbones import get_card, resolve_device, resolve_precision
+    from embedcyto.extract import dataset_split_hash, resolve_model_weights
+
+    start = time.perf_counter()
+    card = get_card(config.model)
+    if card.name != config.model or dataset.name != config.dataset:
+        raise LoraError(f"config names {config.dataset}/{config.model} but the dataset is "
+                        f"{dataset.name} and the card {card.name}")
+    rows = select_rows(dataset, config)
+    iterations = config.resolved_iterations(len(rows.train))
+    if config.best_val and len(rows.val) == 0:
+        raise LoraError(f"{dataset.name} has no validation images, so --best-val cannot pick a "
+                        "step; drop --best-val or re-split with a validation part (--ratios)")
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random_init)
+    identity = _identity(dataset, config, card, sha, dataset_split_hash(dataset, split_dir), rows)
+    final = runs.run_dir(runs.default_runs_dir(runs_dir), config)
+    runs.clean_leftovers(final)
+    if runs.check_existing(final, identity, rerun):
+        return LoraResult(final, config, runs.read_json(final / runs.METRICS_FILE), skipped=True,
+                          seconds=time.perf_counter() - start)
+    with runs.Staging(final) as stage:
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            metrics = _train_and_test(dataset, config, card, rows, iterations, device, dtype,
+                                      wpath, identity, stage.tmp, progress)
+        stage.publish()
+    return LoraResult(final, config, metrics, seconds=time.perf_counter() - start)
+
+
+def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpath, identity,
+                    folder: Path, progress: bool) -> dict:
+    """Build, train, test and save everything into ``folder`` (the staging folder)."""
+    from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
+
+    model = build_classifier(_backbone(card, wpath, device), config.settings,
+                             len(dataset.classes), config.seed)
+    ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
+    runs.write_json(folder / runs.CONFIG_FILE, _run_config(
+        dataset, config, card, identity, iterations, device, dtype, wpath, model, ckpt))
+    fit = _fit(model, dataset, rows, config, iterations, device, dtype,
+               folder / runs.LOG_FILE, progress)
+    test_start = time.perf_counter()
+    proba = predict_proba(model, dataset, rows.test, device=device, dtype=dtype,
+                          num_workers=config.num_workers)
+    metrics = score(dataset, rows.test, proba)
+    metrics.update(fit, n_train=int(len(rows.train)), n_val=int(len(rows.val)),
+                   n_test=int(len(rows.test)), iterations=iterations,
+                   test_seconds=round(time.perf_counter() - test_start, 3))
+    _save_outputs(folder, model, dataset, rows, proba)
+    runs.write_json(folder / runs.METRICS_FILE, metrics)
+    return metrics
