@@ -90,6 +90,8 @@ class ExtractResult:
         build_seconds: time spent building the model and loading its weights.
         loop_seconds: time spent decoding, forwarding and writing rows.
         skipped: (image path, reason) left out of the store, reported.
+        shard: "i/N" when only one shard was computed (``path`` is then its part file, or the
+            merged store on a cache hit).
     """
 
     path: Path
@@ -101,6 +103,7 @@ class ExtractResult:
     build_seconds: float = 0.0
     loop_seconds: float = 0.0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    shard: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -208,7 +211,7 @@ def resolve_model_weights(card, weights=None, weights_dir=None, *,
 
 def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | None = None,
                      weights=None, weights_dir=None, random_init: bool = False,
-                     config: ExtractConfig = ExtractConfig()) -> ExtractResult:
+                     config: ExtractConfig = ExtractConfig(), shard=None) -> ExtractResult:
     """Run ``card``'s frozen backbone over ``dataset`` into ``store_dir/<dataset>/<card>.h5``.
 
     Args:
@@ -220,9 +223,14 @@ def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | Non
         weights_dir: local weights directory.
         random_init: use the real architecture with random weights (benchmarks, tests).
         config: batch size, workers, device, precision, dtype, force.
+        shard: an :class:`embedcyto.store.shards.Shard` (or "i/N"): compute only that shard's
+            contiguous block of rows into its own part file, to be joined by
+            :func:`embedcyto.store.merge.merge_shards`. None computes every row.
 
     Returns:
-        What was done; a cache hit computes nothing and builds no model.
+        What was done; a cache hit computes nothing and builds no model. With ``shard``,
+        ``cache_hit`` means the merged store is already current (the shard's own part being
+        finished already only makes ``computed`` 0).
 
     Raises:
         StaleStoreError: the store exists with other inputs and ``force`` is off.
@@ -231,7 +239,7 @@ def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | Non
         ImageReadError: an image failed to decode during extraction (rows done so far are kept).
     """
     from embedcyto.backbones import get_card, resolve_device, resolve_precision
-    from embedcyto.store import open_writer, store_path
+    from embedcyto.store import store_path
 
     start = time.perf_counter()
     card = get_card(card) if isinstance(card, str) else card
@@ -243,23 +251,34 @@ def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | Non
         device=device, config=config, weights_path=wpath,
     )
     path = store_path(store_dir, dataset.name, card.name)
-    result = ExtractResult(path=path, rows=len(dataset.records), skipped=list(dataset.skipped))
-    with open_writer(path, dataset=dataset, provenance=provenance, embed_dim=card.embed_dim,
-                     dtype=config.store_dtype, force=config.force) as writer:
-        result.resumed = writer.resumed_rows
-        if writer.is_cache_hit:
-            result.cache_hit = True
-        else:
-            pending = writer.pending_rows()
-            if len(pending):
-                t0 = time.perf_counter()
-                backbone = _build(card, wpath, random_init, device, dtype)
-                t1 = time.perf_counter()
-                result.computed = _run(backbone, dataset, pending, writer, device, config)
-                result.build_seconds, result.loop_seconds = t1 - t0, time.perf_counter() - t1
-            writer.commit()
+    with _open(path, dataset, provenance, card, config, shard) as writer:
+        result = ExtractResult(path=writer.path, rows=len(writer.dataset.records),
+                               skipped=list(dataset.skipped), resumed=writer.resumed_rows,
+                               shard=None if shard is None else str(shard))
+        result.cache_hit = writer.is_cache_hit and (shard is None or writer.path == path)
+        pending = writer.pending_rows()
+        if len(pending):
+            t0 = time.perf_counter()
+            backbone = _build(card, wpath, random_init, device, dtype)
+            t1 = time.perf_counter()
+            result.computed = _run(backbone, writer.dataset, pending, writer, device, config)
+            result.build_seconds, result.loop_seconds = t1 - t0, time.perf_counter() - t1
+        writer.commit()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _open(path, dataset: Dataset, provenance, card, config: ExtractConfig, shard):
+    """The store's writer, or one shard's writer (its ``dataset`` is the shard's rows)."""
+    from embedcyto.store import open_writer
+    from embedcyto.store.shards import Shard, open_shard_writer
+
+    kwargs = {"dataset": dataset, "provenance": provenance, "embed_dim": card.embed_dim,
+              "dtype": config.store_dtype, "force": config.force}
+    if shard is None:
+        return open_writer(path, **kwargs)
+    shard = Shard.parse(shard) if isinstance(shard, str) else shard
+    return open_shard_writer(path, shard=shard, block=config.batch_size, **kwargs)
 
 
 def _build(card, weights_path, random_init, device, dtype):

@@ -1,4 +1,4 @@
-"""``embedcyto store``: list, describe and export feature stores."""
+"""``embedcyto store``: list, describe, export feature stores and merge shards."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _human_size(size: int) -> str:
 
 @click.group()
 def store() -> None:
-    """Inspect and export feature stores (one HDF5 file per dataset and model)."""
+    """Inspect, export and merge feature stores (one HDF5 file per dataset and model)."""
 
 
 @store.command("ls")
@@ -126,3 +126,24 @@ def export(path, dataset, model, store_dir, out: Path, fmt, split, overwrite: bo
     source = _resolve(path, dataset, model, store_dir)
     written = export_store(source, out, format=fmt, split=split, overwrite=overwrite)
     click.echo(f"wrote {written}")
+
+
+@store.command("merge")
+@_target_options
+@click.option("--shards", "count", type=click.IntRange(min=1), default=None,
+              help="Number of shards, when parts of several runs are present.")
+@click.option("--force", is_flag=True, help="Replace an existing store made from other inputs.")
+def merge(path, dataset, model, store_dir, count, force: bool) -> None:
+    """Join the finished shards of `embedcyto extract --shard I/N` into one store.
+
+    The result equals a single-process extraction (same rows, order, features and identity);
+    the shard parts are deleted afterwards. Refuses, naming the shard, when one is missing,
+    unfinished or made from other inputs.
+    """
+    from embedcyto.store.merge import merge_shards
+
+    result = merge_shards(_resolve(path, dataset, model, store_dir), count=count, force=force)
+    if result.merged:
+        click.echo(f"merged {result.shards} shards into {result.path} ({result.rows} rows)")
+    else:
+        click.echo(f"{result.path} is already complete ({result.rows} rows); nothing to merge")

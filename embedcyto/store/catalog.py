@@ -12,7 +12,7 @@ import h5py
 from embedcyto.errors import StoreError
 from embedcyto.store.h5format import decode_attr, read_provenance
 from embedcyto.store.partial import PartialFolder
-from embedcyto.store.paths import PARTIAL_SUFFIX, STORE_SUFFIX, partial_dir
+from embedcyto.store.paths import PARTIAL_SUFFIX, SHARDS_SUFFIX, STORE_SUFFIX, partial_dir
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,8 @@ class StoreInfo:
     """One entry of :func:`list_stores`.
 
     ``state`` is "complete" (a finished store), "partial" (an interrupted extraction:
-    ``rows_done`` of ``rows``) or "invalid" (``problem`` says why).
+    ``rows_done`` of ``rows``), "sharded" (shards of ``--shard`` runs not merged yet:
+    ``rows_done`` of ``rows`` written) or "invalid" (``problem`` says why).
     """
 
     dataset: str
@@ -40,6 +41,8 @@ class StoreInfo:
         """A short human description: "complete", "partial 120/400 rows", "invalid: ..."."""
         if self.state == "partial":
             return f"partial {self.rows_done}/{self.rows} rows"
+        if self.state == "sharded":
+            return f"sharded {self.rows_done}/{self.rows} rows (then: embedcyto store merge)"
         if self.state == "invalid":
             return f"invalid: {self.problem}"
         return "complete"
@@ -95,6 +98,40 @@ def _partial_info(folder: Path) -> StoreInfo:
     )
 
 
+def _sharded_info(folder: Path) -> StoreInfo:
+    """Progress of the shard parts in ``<model>.h5.shards/`` (finished and unfinished rows)."""
+    path = folder.with_name(folder.name[: -len(SHARDS_SUFFIX)])
+    base = {"dataset": path.parent.name, "model": path.name[: -len(STORE_SUFFIX)], "path": folder}
+    rows, done, dim, dtype = None, 0, None, None
+    for entry in sorted(folder.iterdir()):
+        info = None
+        if entry.is_file() and entry.name.endswith(STORE_SUFFIX):
+            info = _finished_info(entry)
+        elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + PARTIAL_SUFFIX):
+            info = _partial_info(entry)
+        if info is None or info.state == "invalid":
+            continue
+        done += info.rows_done or 0
+        dim, dtype = info.dim, info.dtype
+        rows = rows if rows is not None else _total_rows(entry)
+    return StoreInfo(**base, state="sharded", rows=rows, rows_done=done, dim=dim, dtype=dtype,
+                     size_bytes=sum(_size(p) for p in folder.iterdir()))
+
+
+def _total_rows(entry: Path) -> int | None:
+    """The whole store's row count, from a shard part's provenance or manifest."""
+    from embedcyto.store.reader import read_store_provenance
+
+    try:
+        if entry.is_file():
+            meta = read_store_provenance(entry).get("shard", {})
+        else:
+            meta = PartialFolder(entry).read_manifest()["provenance"].get("shard", {})
+        return int(meta["rows"])
+    except (StoreError, KeyError, TypeError, ValueError):
+        return None
+
+
 def list_stores(store_dir: str | os.PathLike) -> list[StoreInfo]:
     """Every store file and interrupted extraction under ``store_dir/<dataset>/``.
 
@@ -110,6 +147,8 @@ def list_stores(store_dir: str | os.PathLike) -> list[StoreInfo]:
                 out.append(_finished_info(entry))
             elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + PARTIAL_SUFFIX):
                 out.append(_partial_info(entry))
+            elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + SHARDS_SUFFIX):
+                out.append(_sharded_info(entry))
     return out
 
 

@@ -100,13 +100,21 @@ def write_store_file(
     provenance: dict[str, Any],
     *,
     compression: str | None = None,
+    table: RowTable | None = None,
 ) -> None:
     """Write a complete store to ``path`` (a temporary name) and fsync it.
 
     ``complete`` is set last, after every array, so a file is never marked complete unless
     everything before it was written.
+
+    Args:
+        table: the per-row arrays, when they do not come from ``dataset.records`` (merging
+            shards rebuilds them from the shard files; ``dataset`` then only gives the label
+            spaces and hierarchy).
     """
-    table = row_table(dataset)
+    table = row_table(dataset) if table is None else table
+    if table.n_rows != len(features):
+        raise StoreError(f"{table.n_rows} rows but {len(features)} feature rows")
     n, dim = features.shape
     with h5py.File(path, "w") as f:
         f.attrs["format"] = FORMAT_NAME

@@ -5,6 +5,7 @@ Every other module asks this one for a path, so the on-disk layout is decided in
     <store_dir>/<dataset>/<model>.h5           the finished store (published atomically)
     <store_dir>/<dataset>/<model>.h5.partial/  finished batches of an unfinished extraction
     <store_dir>/<dataset>/<model>.h5.lock      the writers' lock file (may stay behind; harmless)
+    <store_dir>/<dataset>/<model>.h5.shards/   parts written by ``--shard`` runs (see shards.py)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from embedcyto.errors import StoreError
 STORE_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
+SHARDS_SUFFIX = ".shards"
 TMP_MARKER = ".tmp-"
 ENV_STORE = "EMBEDCYTO_STORE"
 DEFAULT_STORE_DIR = "cache"

@@ -50,6 +50,7 @@ INFORMATIONAL_KEYS = frozenset(
         "dataset_root",
         "weights_path",
         "skipped_images",
+        "sharding",
     }
 )
 

@@ -43,6 +43,33 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def complete_provenance(path: str | os.PathLike, dataset: Dataset, provenance: dict[str, Any], *,
+                        embed_dim: int, dtype: str) -> dict[str, Any]:
+    """The caller's provenance plus what the writer itself knows, checked for conflicts.
+
+    Adds ``dataset``, ``model`` (default: the file stem), ``dtype``, ``embed_dim``,
+    ``rows_sha256`` and, when absent, ``dataset_fingerprint``: exactly the provenance a store
+    written at ``path`` will hold, so it can be compared with an existing store beforehand.
+    """
+    full = prov.normalize(provenance)
+    implied = {
+        "dataset": dataset.name,
+        "model": full.get("model") or Path(path).stem,
+        "dtype": str(dtype),
+        "embed_dim": int(embed_dim),
+    }
+    for key, value in implied.items():
+        if key in full and full[key] != value:
+            raise StoreError(
+                f"provenance says {key}={full[key]!r} but the writer was given {value!r}"
+            )
+        full[key] = value
+    full["rows_sha256"] = rows_sha256(dataset)
+    if "dataset_fingerprint" not in full:
+        full["dataset_fingerprint"] = dataset.fingerprint()
+    return full
+
+
 class FeatureWriter:
     """Writes the features of ``dataset.records`` (in order) into the store at ``path``.
 
@@ -104,24 +131,8 @@ class FeatureWriter:
             raise
 
     def _full_provenance(self, provenance: dict[str, Any]) -> dict[str, Any]:
-        """The caller's provenance plus what the writer itself knows, checked for conflicts."""
-        full = prov.normalize(provenance)
-        implied = {
-            "dataset": self.dataset.name,
-            "model": full.get("model") or self.path.stem,
-            "dtype": self.dtype.name,
-            "embed_dim": self.embed_dim,
-        }
-        for key, value in implied.items():
-            if key in full and full[key] != value:
-                raise StoreError(
-                    f"provenance says {key}={full[key]!r} but the writer was given {value!r}"
-                )
-            full[key] = value
-        full["rows_sha256"] = rows_sha256(self.dataset)
-        if "dataset_fingerprint" not in full:
-            full["dataset_fingerprint"] = self.dataset.fingerprint()
-        return full
+        return complete_provenance(self.path, self.dataset, provenance,
+                                   embed_dim=self.embed_dim, dtype=self.dtype.name)
 
     def _prepare(self, force: bool) -> None:
         for leftover in self.path.parent.glob(self.path.name + ".tmp-*"):
