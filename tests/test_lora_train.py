@@ -1,0 +1,266 @@
+"""LoRA training library: run config, data selection, schedule, training loop, run folders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from embedcyto.cli._common import open_for_store
+from embedcyto.datasets.fixtures import make_fixture
+from embedcyto.errors import LoraError
+from embedcyto.lora import runs
+from embedcyto.lora.adapters import LoraSettings
+from embedcyto.lora.config import LoraRunConfig
+from embedcyto.lora.data import (
+    batch_plan,
+    fraction_rows,
+    select_rows,
+    support_rows,
+    validation_rows,
+)
+from embedcyto.lora.schedule import learning_rate
+from embedcyto.probes.episodes import support_ids
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run far faster on one thread when the cores are shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    base = tmp_path_factory.mktemp("lora_train")
+    root = make_fixture("folder", base / "toy", per_class=12)
+    dataset, split_dir = open_for_store("folder", str(root), store_dir=base / "cache")
+    return dataset, split_dir, base
+
+
+def _config(dataset, **kwargs) -> LoraRunConfig:
+    base = dict(model="tiny-vit", dataset=dataset.name, shots=2, seed=1, lr=2e-2, warmup=3,
+                iterations=12, batch_size=8, device="cpu", precision="fp32", num_workers=0,
+                settings=LoraSettings(dropout=0.0))
+    base.update(kwargs)
+    return LoraRunConfig(**base)
+
+
+# -- config ------------------------------------------------------------------------------------
+
+def test_config_defaults_are_the_study_recipe_and_round_trip_through_json():
+    config = LoraRunConfig(model="clip", dataset="sipakmed", shots=4, seed=2)
+    assert (config.lr, config.weight_decay, config.warmup, config.min_lr) == (1e-3, 1e-2, 50,
+                                                                               1e-6)
+    assert config.batch_size == 32 and config.settings == LoraSettings()
+    assert config.resolved_iterations(20) == 50 + 50 * 4
+    again = LoraRunConfig.from_json(config.to_json())
+    assert again == config and isinstance(again.settings, LoraSettings)
+    assert config.mode == "shots-4" and config.variant == "clip+lora-shots-4-s2"
+    frac = LoraRunConfig(model="clip", dataset="hicervix", fraction=2.5, seed=1)
+    assert frac.mode == "frac-2.5" and LoraRunConfig.from_json(frac.to_json()) == frac
+    assert LoraRunConfig(model="clip", dataset="x").mode == "all"
+
+
+def test_default_iterations_without_shots_are_about_ten_epochs():
+    config = LoraRunConfig(model="clip", dataset="hicervix", fraction=10)
+    assert config.resolved_iterations(3200) == 10 * 100
+    assert config.resolved_iterations(10) == 100  # never shorter than the floor
+    assert config.resolved_eval_every(1000) == 100
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    (dict(shots=2, fraction=10.0), "not both"),
+    (dict(fraction=0), "(0, 100]"),
+    (dict(fraction=150), "(0, 100]"),
+    (dict(shots=0), "shots must be an integer >= 1"),
+    (dict(iterations=10, warmup=10), "lower --warmup"),
+    (dict(lr=-1.0), "lr must be"),
+    (dict(min_lr=1.0), "must not exceed lr"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_config_refuses_impossible_values(kwargs, fragment):
+    with pytest.raises(LoraError, match=fragment.replace("(", r"\(").replace("]", r"\]")):
+        LoraRunConfig(model="clip", dataset="x", **kwargs)
+
+
+def test_unknown_fields_in_a_saved_config_are_refused():
+    data = LoraRunConfig(model="clip", dataset="x").to_dict()
+    data["colour"] = "blue"
+    with pytest.raises(LoraError, match="colour"):
+        LoraRunConfig.from_dict(data)
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    lr, warm, total, floor = 1e-3, 50, 250, 1e-6
+    values = [learning_rate(s, total, lr, warm, floor) for s in range(total)]
+    assert values[0] == pytest.approx(lr / warm)
+    assert values[warm - 1] == pytest.approx(lr) and values[warm] == pytest.approx(lr)
+    assert np.all(np.diff(values[:warm]) > 0) and np.all(np.diff(values[warm:]) <= 0)
+    assert values[-1] == pytest.approx(floor)
+    middle = warm + (total - warm - 1) // 2
+    assert values[middle] == pytest.approx(floor + 0.5 * (lr - floor), rel=1e-2)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+def test_support_rows_are_the_probe_stages_episode_zero(toy):
+    dataset, _, _ = toy
+    train = [r for r in dataset.records if r.split == "train"]
+    ids = np.array([r.path for r in train])
+    labels = np.array([r.label for r in train])
+    order = np.random.default_rng(0).permutation(len(ids))  # store rows in another order
+    for shots, seed in ((1, 1), (3, 2)):
+        rows = support_rows(dataset, shots, seed)
+        expected = support_ids(ids[order], labels[order], shots, seed, 0)
+        assert sorted(dataset.records[i].path for i in rows) == sorted(expected.tolist())
+        assert len(rows) == shots * len(dataset.classes)
+
+
+def test_validation_and_fraction_draws_are_stratified_deterministic_and_in_their_split(toy):
+    dataset, _, _ = toy
+    val = validation_rows(dataset, 1, seed=3)
+    assert {dataset.records[i].split for i in val} == {"val"}
+    assert sorted(dataset.records[i].label for i in val) == list(range(len(dataset.classes)))
+    assert np.array_equal(val, validation_rows(dataset, 1, seed=3))
+    half = fraction_rows(dataset, "train", 50, seed=1)
+    per_class = np.bincount([dataset.records[i].label for i in half])
+    full = np.bincount([r.label for r in dataset.records if r.split == "train"])
+    assert np.array_equal(per_class, np.maximum(1, np.round(full * 0.5)).astype(int))
+    assert not np.array_equal(np.sort(half), np.sort(fraction_rows(dataset, "train", 50, 2)))
+    rows = select_rows(dataset, _config(dataset, shots=None, fraction=100.0))
+    assert len(rows.train) == sum(r.split == "train" for r in dataset.records)
+
+
+def test_too_many_shots_name_the_class_and_its_count(toy):
+    dataset, _, _ = toy
+    counts = np.bincount([r.label for r in dataset.records if r.split == "train"])
+    with pytest.raises(LoraError, match=rf"class '{dataset.classes[0]}' has {counts[0]} "
+                                        "training images"):
+        select_rows(dataset, _config(dataset, shots=int(counts.max()) + 1))
+
+
+def test_batch_plan_visits_every_image_once_per_pass_and_is_seeded():
+    plan = batch_plan(10, 4, 5, seed=1)
+    assert [len(b) for b in plan] == [4] * 5
+    flat = [p for b in plan for p, _ in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert plan == batch_plan(10, 4, 5, seed=1) and plan != batch_plan(10, 4, 5, seed=2)
+    assert len({s for b in plan for _, s in b}) == 20  # each image its own augmentation
+    assert [len(b) for b in batch_plan(3, 32, 2, seed=0)] == [3, 3]
+
+
+# -- training ----------------------------------------------------------------------------------
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from embedcyto.backbones import build_backbone
+    from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
+
+    for name in ("tiny-clip", "tiny-vit"):
+        backbone = build_backbone(name, random_init=True)
+        images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        grads = []
+        for checkpointing in (False, True):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # peft draws A from the global generator
+                model = build_classifier(backbone, LoraSettings(dropout=0.0), 3, seed=0)
+            with torch.no_grad():  # non-zero B, so gradients reach A too
+                for n, p in model.named_parameters():
+                    if "lora_B" in n:
+                        p.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+            if checkpointing:
+                assert enable_grad_checkpointing(model.encoder) == "VisionTransformer"
+            model.train()
+            model(images).logsumexp(dim=1).sum().backward()
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.requires_grad})
+        assert grads[0].keys() == grads[1].keys() and any("lora_A" in n for n in grads[0])
+        for n in grads[0]:
+            torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6)
+
+
+def test_training_is_reproducible_for_a_seed(toy):
+    from safetensors.torch import load_file
+
+    from embedcyto.lora.train import train_lora
+
+    dataset, split_dir, base = toy
+    config = _config(dataset, settings=LoraSettings())  # with LoRA dropout
+    heads = []
+    for name in ("a", "b"):
+        result = train_lora(dataset, config, runs_dir=base / f"repro-{name}", split_dir=split_dir)
+        heads.append(load_file(str(result.run_dir / runs.HEAD_FILE)))
+        logged = [json.loads(x) for x in (result.run_dir / runs.LOG_FILE).read_text().split("\n")
+                  if x]
+        assert [e["step"] for e in logged] == list(range(1, 13))
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
+
+
+def test_an_exception_mid_training_leaves_no_run_folder_and_a_relaunch_completes(toy,
+                                                                                monkeypatch):
+    import embedcyto.lora.train as train_module
+
+    dataset, split_dir, base = toy
+    config = _config(dataset, seed=5)
+    calls = {"n": 0}
+    original = train_module._raise_read_errors
+
+    def fail_at_step_five(errors, ds):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        original(errors, ds)
+
+    monkeypatch.setattr(train_module, "_raise_read_errors", fail_at_step_five)
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_lora(dataset, config, runs_dir=base / "interrupted",
+                                split_dir=split_dir)
+    final = runs.run_dir(base / "interrupted", config)
+    assert calls["n"] == 5 and not final.exists()
+    assert list(final.parent.iterdir()) == []  # the temporary folder went too
+    monkeypatch.setattr(train_module, "_raise_read_errors", original)
+    result = train_module.train_lora(dataset, config, runs_dir=base / "interrupted",
+                                     split_dir=split_dir)
+    assert result.run_dir == final and runs.is_complete(final) and not result.skipped
+
+
+def test_leftover_temporary_folders_of_dead_processes_are_removed(tmp_path):
+    final = tmp_path / "lora" / "d" / "m" / "shots-1" / "seed-1"
+    final.parent.mkdir(parents=True)
+    dead = final.parent / ".seed-1.tmp-999999999"
+    (dead / "adapter").mkdir(parents=True)
+    removed = runs.clean_leftovers(final)
+    assert removed == [dead] and not dead.exists()
+
+
+def test_best_val_restores_the_best_step_and_saved_run_reloads_to_the_same_predictions(toy):
+    from embedcyto.lora.model import load_classifier
+    from embedcyto.lora.train import predict_proba, train_lora
+
+    dataset, split_dir, base = toy
+    config = _config(dataset, best_val=True, eval_every=2, iterations=14, seed=2)
+    result = train_lora(dataset, config, runs_dir=base / "best", split_dir=split_dir)
+    val = result.metrics["val"]
+    assert val["restored_best"] and val["best_step"] in range(2, 15, 2)
+    model = load_classifier(result.run_dir)
+    saved = np.load(result.run_dir / runs.PREDICTIONS_FILE)
+    rows = [next(i for i, r in enumerate(dataset.records) if r.path == p) for p in saved["ids"]]
+    proba = predict_proba(model, dataset, np.array(rows), device=torch.device("cpu"),
+                          dtype=torch.float32)
+    np.testing.assert_allclose(proba, saved["proba"], rtol=1e-4, atol=1e-5)
+    rows_file = json.loads((result.run_dir / runs.ROWS_FILE).read_text())
+    val_rows = np.array([next(i for i, r in enumerate(dataset.records) if r.path == p)
+                         for p in rows_file["val"]["ids"]])
+    val_proba = predict_proba(model, dataset, val_rows, device=torch.device("cpu"),
+                              dtype=torch.float32)
+    accuracy = np.mean(val_proba.argmax(1) == np.array(rows_file["val"]["labels"]))
+    assert accuracy == pytest.approx(val["best_accuracy"])
+    assert math.isclose(result.metrics["test"]["accuracy"],
+                        float(np.mean(saved["predictions"] == saved["labels"])))
