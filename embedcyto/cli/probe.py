@@ -74,11 +74,17 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--seeds", default="1,2,3", show_default=True, callback=_int_list)
 @click.option("--methods", default="linear,knn,simpleshot", show_default=True,
               callback=_methods, help="linear, knn, study_head, simpleshot, protonet.")
-@click.option("--n-jobs", default=1, show_default=True, type=int, help="joblib workers.")
+@click.option("--n-jobs", default=None, type=int,
+              help="joblib workers (default: 1 locally, every worker with dask or ray).")
+@click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]),
+              default=None, help="joblib backend (default loky; dask/ray: see docs/scale.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
 @click.option("--results", "results_dir", default=None,
               help="Results folder (default: ./results/probe).")
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
-def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, results_dir, rerun):
+def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, backend, scheduler,
+          results_dir, rerun):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
     Results go to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the
@@ -88,7 +94,8 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, resu
     from embedcyto.probes.runner import DEFAULT_RESULTS_DIR, run_probe_grid
 
     rows = run_probe_grid(store, datasets or None, models or None, methods, shots, seeds,
-                          episodes, n_jobs, results_dir, rerun)
+                          episodes, n_jobs, results_dir, rerun, backend=backend,
+                          scheduler=scheduler)
     click.echo(format_table(rows))
     where = results_dir or DEFAULT_RESULTS_DIR
     click.echo(f"\n{len(rows)} result rows in {where}/ "

@@ -17,6 +17,7 @@ seeds is then an honest ± 0. Episode methods and "study_head" depend on the see
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -229,8 +230,9 @@ def _rows_of(unit: dict, results: list[dict]) -> list[dict]:
 def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
                    models: Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
                    shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
-                   episodes: int = 600, n_jobs: int = 1, results_dir=None, rerun: bool = False,
-                   options: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict]:
+                   episodes: int = 600, n_jobs: int | None = None, results_dir=None,
+                   rerun: bool = False, options: Mapping[str, Mapping[str, Any]] | None = None,
+                   backend: str | None = None, scheduler: str | None = None) -> list[dict]:
     """Probe every requested store; write and return one row per task (sorted).
 
     Args:
@@ -240,10 +242,14 @@ def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
         methods: any of "linear", "knn", "study_head", "simpleshot", "protonet".
         shots, episodes: few-shot grid (episode methods only).
         seeds: one row per seed and task.
-        n_jobs: joblib workers (-1: all cores); results do not depend on it.
+        n_jobs: joblib workers (-1: all cores; None: 1 locally, every worker on a cluster);
+            results do not depend on it.
         results_dir: where ``<dataset>.jsonl`` files go (default ``results/probe``).
         rerun: recompute rows that already exist for the same task and store.
         options: per-method estimator keyword arguments, e.g. ``{"knn": {"weighting": "distance"}}``.
+        backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
+            :mod:`embedcyto.parallel`); results do not depend on it.
+        scheduler: Dask or Ray cluster address; None starts a local cluster.
 
     Raises:
         ProbeError: missing/incomplete stores, stores disagreeing on rows or splits, a missing
@@ -251,8 +257,10 @@ def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
     """
     from joblib import Parallel, delayed
 
+    from embedcyto.parallel import check_backend, joblib_backend
     from embedcyto.store import default_store_dir
 
+    check_backend(backend, scheduler)
     store_dir = default_store_dir(store_dir)
     results_dir = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
     if int(episodes) < 1 or not seeds:
@@ -272,12 +280,16 @@ def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
     units = _units(tasks, stores, done, rerun)
     jobs = (delayed(_run_unit)(u["path"], u["tasks"][0].method, u["runs"], episodes,
                                dict(u["tasks"][0].options)) for u in units)
-    for unit, results in zip(units, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
-        dataset = unit["tasks"][0].dataset
-        new = _rows_of(unit, results)
-        fresh = {_task_key(r) for r in new}  # replaces rows of older stores too
-        existing[dataset] = [r for r in existing[dataset] if _task_key(r) not in fresh] + new
-        _write_results(results_dir / f"{dataset}.jsonl", existing[dataset])
+    with contextlib.ExitStack() as stack:
+        if units:  # no cluster is started when every row is already there
+            n_jobs = stack.enter_context(joblib_backend(backend, scheduler=scheduler,
+                                                        n_jobs=n_jobs))
+        for unit, results in zip(units, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
+            dataset = unit["tasks"][0].dataset
+            new = _rows_of(unit, results)
+            fresh = {_task_key(r) for r in new}  # replaces rows of older stores too
+            existing[dataset] = [r for r in existing[dataset] if _task_key(r) not in fresh] + new
+            _write_results(results_dir / f"{dataset}.jsonl", existing[dataset])
     wanted = {row_key({**t.key(), "store_identity": stores[(t.dataset, t.model)][1]}): t
               for t in tasks}
     rows = [r for rows in existing.values() for r in rows if row_key(r) in wanted]
