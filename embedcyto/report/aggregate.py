@@ -91,14 +91,17 @@ class Reference:
 
 
 def make_cell(values: Iterable[tuple[int | None, float]]) -> Cell:
-    """Mean and std (``ddof=1``; exactly 0 for identical values) of per-seed values."""
+    """Mean and std (``ddof=1``; exactly 0 for identical values) of per-seed values.
+
+    One value has no std (None), so a single seed is never shown as "± 0".
+    """
     from embedcyto.metrics import mean_std
 
     pairs = tuple(sorted(values, key=lambda p: (p[0] is None, p[0] or 0)))
     if not pairs:
         raise ReportError("a table cell needs at least one value")
     mean, std = mean_std([v for _, v in pairs])
-    return Cell(pairs, mean, std)
+    return Cell(pairs, mean, std if len(pairs) > 1 else None)
 
 
 def reference_cell(value: float) -> Cell:

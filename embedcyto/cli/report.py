@@ -1,0 +1,40 @@
+"""``embedcyto report``: tables and figures from probe results and LoRA run folders."""
+
+from __future__ import annotations
+
+import click
+
+
+def summary_lines(result) -> list[str]:
+    """What was written, one line per file group (shared with ``embedcyto demo``)."""
+    lines = [f"read {result.n_probe_rows} probe rows and {result.n_lora_runs} LoRA runs",
+             f"report:  {result.markdown}",
+             f"tables:  {len(result.csv_files)} CSV files in {result.out_dir / 'tables'}"]
+    if result.figures:
+        lines.append(f"figures: {', '.join(str(f.path) for f in result.figures)}")
+    for path, why in result.skipped:
+        lines.append(f"left out {path}: {why}")
+    return lines
+
+
+@click.command("report")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False),
+              default="results/probe", show_default=True,
+              help="Folder of probe results (<dataset>.jsonl, written by `embedcyto probe`).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default="runs",
+              show_default=True, help="Root of the LoRA run folders (holding lora/).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="report",
+              show_default=True, help="Where report.md, tables/ and figures/ go.")
+def report(results_dir, runs_dir, out_dir) -> None:
+    """Write the study's tables (Markdown and CSV) and figures (PNG) from result files.
+
+    Table 1 (models × datasets, accuracy and balanced accuracy, mean ± std over seeds, with
+    averages) for each full-data probe; HiCervix per level beside HierSwin's published numbers;
+    few-shot tables per dataset; LoRA on data fractions. Figures: accuracy vs shots per dataset
+    with each model's linear-probe line; accuracy vs HiCervix fraction per level.
+    """
+    from embedcyto.report import build_report
+
+    result = build_report(results_dir, runs_dir, out_dir)
+    for line in summary_lines(result):
+        click.echo(line)

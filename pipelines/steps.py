@@ -1,0 +1,156 @@
+"""The stages a recipe chains, each a thin loop over library calls.
+
+Every stage is resumable because the library is: a finished store is a cache hit, probe rows
+already in the results file are reused, a finished LoRA run is skipped. So a recipe that stopped
+half-way (or is run again with one more model) only computes what is missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from embedcyto.errors import EmbedcytoError
+from pipelines.common import Settings, dataset_root, say
+
+
+def store_states(settings: Settings, datasets: Iterable[str],
+                 models: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(dataset, model) → "done" for a complete store, else what is there ("to extract")."""
+    from embedcyto.store import list_stores
+
+    found = {(s.dataset, s.model): s for s in list_stores(settings.store)} \
+        if settings.store.is_dir() else {}
+    states = {}
+    for d in datasets:
+        for m in models:
+            info = found.get((d, m))
+            if info is None:
+                states[(d, m)] = "to extract"
+            else:
+                states[(d, m)] = "done" if info.state == "complete" else \
+                    f"to extract (found {info.status})"
+    return states
+
+
+def lora_configs(settings: Settings, datasets: Sequence[str], models: Sequence[str], *,
+                 shots: Sequence[int | None] = (), fractions: Sequence[float] = (),
+                 seeds: Sequence[int] | None = None, overrides: dict | None = None) -> list:
+    """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds)."""
+    from embedcyto.lora.config import LoraRunConfig
+
+    extra = dict(overrides or {})
+    if settings.smoke:
+        extra = {**extra, **settings.config["smoke"].get("lora", {})}
+    amounts = [{"shots": k} for k in shots] + [{"fraction": f} for f in fractions]
+    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device, **a, **extra)
+            for d in datasets for m in models for a in amounts
+            for s in (seeds or settings.seeds)]
+
+
+def lora_done(settings: Settings, config) -> bool:
+    """Whether a finished run folder exists for ``config``."""
+    from embedcyto.lora.runs import is_complete, run_dir
+
+    return is_complete(run_dir(settings.runs, config))
+
+
+def print_plan(settings: Settings, stores: dict, probes: list[str], loras: list) -> None:
+    """What the recipe will do and what is already done, before doing anything."""
+    say(f"== {settings.name}{' (smoke: generated data, random weights)' if settings.smoke else ''}")
+    say(f"   data {settings.data_root}  store {settings.store}  results {settings.results}  "
+        f"runs {settings.runs}  report {settings.report}")
+    todo = [k for k, v in stores.items() if v != "done"]
+    say(f"extract: {len(stores)} stores, {len(stores) - len(todo)} done, {len(todo)} to run")
+    for (d, m) in todo:
+        say(f"   {d}/{m}: {stores[(d, m)]}")
+    for line in probes:
+        say(f"probe: {line}")
+    if loras:
+        done = sum(lora_done(settings, c) for c in loras)
+        say(f"lora: {len(loras)} runs, {done} done, {len(loras) - done} to run")
+    say()
+
+
+def open_datasets(settings: Settings, datasets: Sequence[str]) -> dict:
+    """Open every dataset (splits saved beside the stores) before any extraction.
+
+    Raises:
+        EmbedcytoError: listing every dataset that could not be read.
+    """
+    from embedcyto.cli._common import open_for_store
+
+    opened, problems = {}, []
+    for name in datasets:
+        entry = settings.config["datasets"][name]
+        try:
+            opened[name] = open_for_store(entry["adapter"], str(dataset_root(settings, name)),
+                                          store_dir=settings.store, name=name)
+        except EmbedcytoError as err:
+            problems.append(f"  {name}: {err}")
+    if problems:
+        raise EmbedcytoError("cannot read these datasets (nothing was extracted):\n"
+                             + "\n".join(problems))
+    for name, (dataset, _) in opened.items():
+        if dataset.skipped:
+            say(f"{name}: {len(dataset.skipped)} unreadable image(s) left out")
+    return opened
+
+
+def extract_all(settings: Settings, opened: dict, models: Sequence[str]) -> None:
+    """Extract each (dataset, model) store; finished stores are cache hits."""
+    from embedcyto.backbones import get_card
+    from embedcyto.extract import ExtractConfig, extract_features
+
+    config = ExtractConfig(device=settings.device, progress=not settings.smoke,
+                           num_workers=0 if settings.smoke else None)
+    for name, (dataset, split_dir) in opened.items():
+        for model in models:
+            card = get_card(model)
+            result = extract_features(dataset, card, store_dir=settings.store,
+                                      split_dir=split_dir, weights_dir=settings.weights_dir,
+                                      random_init=card.random, config=config)
+            state = "cache hit" if result.cache_hit else f"{result.computed} rows in " \
+                f"{result.seconds:.1f} s"
+            say(f"extract {name}/{model}: {state}")
+
+
+def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str],
+              methods: Sequence[str], shots: Sequence[int]) -> None:
+    """The probe grid of each dataset; rows already in the results are reused."""
+    from embedcyto.probes.runner import run_probe_grid
+
+    for name in datasets:
+        rows = run_probe_grid(settings.store, [name], list(models), tuple(methods),
+                              tuple(shots) or (1,), settings.seeds, settings.episodes,
+                              settings.n_jobs, settings.probe_results,
+                              options=settings.probe_options)
+        say(f"probe {name}: {len(rows)} rows ({', '.join(methods)})")
+
+
+def lora_all(settings: Settings, opened: dict, configs: Sequence) -> None:
+    """Train every LoRA run; finished identical runs are skipped by the library."""
+    from embedcyto.backbones import get_card
+    from embedcyto.lora.train import train_lora
+
+    for config in configs:
+        dataset, split_dir = opened[config.dataset]
+        result = train_lora(dataset, config, runs_dir=settings.runs, split_dir=split_dir,
+                            weights_dir=settings.weights_dir,
+                            random_init=get_card(config.model).random,
+                            progress=not settings.smoke)
+        accuracy = result.metrics.get("test", {}).get("accuracy")
+        state = "done before" if result.skipped else f"{result.seconds:.1f} s"
+        shown = "?" if accuracy is None else f"{100 * accuracy:.1f} %"
+        say(f"lora {config.dataset}/{config.model}/{config.mode}/seed-{config.seed}: "
+            f"test accuracy {shown} ({state})")
+
+
+def write_report(settings: Settings) -> None:
+    """Tables and figures of everything found in the results and runs folders."""
+    from embedcyto.report import build_report
+
+    result = build_report(settings.probe_results, settings.runs, settings.report)
+    say(f"report: {result.markdown} ({len(result.tables)} tables, {len(result.figures)} "
+        "figures)")
+    if settings.smoke:
+        say("smoke run: generated data and random weights, the numbers mean nothing")
