@@ -200,6 +200,7 @@ def merge_shards(path: str | os.PathLike, *, count: int | None = None,
         StaleStoreError: the store exists with other inputs and ``force`` is off.
     """
     path = Path(path)
+    _choose_count(path, scan_parts(path), count)  # refuse before touching the folder
     with contextlib.ExitStack() as locks:
         locks.enter_context(StoreLock(lock_path(path), path))
         found = scan_parts(path)
