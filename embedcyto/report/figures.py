@@ -115,7 +115,7 @@ def plot_fraction_curves(curves_by_level: Mapping[str, Sequence[Curve]],
         ax.grid(True, alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         if handles and not legend:
-            ax.legend(fontsize="small", loc="lower right")
+            ax.legend(fontsize="small", loc="best")
             legend = labels
     figure.suptitle(title)
     _save(figure, Path(path), title, legend)

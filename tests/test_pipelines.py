@@ -1,0 +1,129 @@
+"""The study's recipes: smoke runs end to end (with their reports), resuming, and the refusal
+to start without datasets or weights."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASETS = ("bcfc", "mlcc", "sipakmed", "hicervix")
+MODELS = ("tiny-clip", "tiny-vit")
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    sys.path.insert(0, str(ROOT))
+    try:
+        yield {name: importlib.import_module(f"pipelines.{name}")
+               for name in ("exp1_linear", "exp2_lora_fewshot", "exp3_hicervix_fractions")}
+    finally:
+        sys.path.remove(str(ROOT))
+
+
+@pytest.fixture(scope="module")
+def smoke_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("smoke")
+
+
+def csv_rows(path):
+    with path.open(newline="") as handle:
+        return {row[0]: row for row in csv.reader(handle)}
+
+
+def legend_of(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+        return image.info["Description"].split("\n")
+
+
+def test_exp1_smoke_writes_table1_for_every_model_and_dataset(recipes, smoke_dir, capsys):
+    assert recipes["exp1_linear"].main(["--smoke", "--smoke-dir", str(smoke_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "extract: 8 stores, 0 done, 8 to run" in out
+    report = smoke_dir / "report" / "exp1_linear"
+    for method in ("linear", "study_head"):
+        for metric in ("accuracy", "balanced_accuracy"):
+            rows = csv_rows(report / "tables" / f"table1_{metric}_{method}.csv")
+            assert set(rows) == {"model", *MODELS, "average"}
+            for model in MODELS:
+                header = rows["model"]
+                for dataset in DATASETS:
+                    assert rows[model][header.index(f"{dataset}_mean")] != ""
+    levels = csv_rows(report / "tables" / "hicervix_levels_linear.csv")
+    assert set(levels) == {"model", *MODELS, "HierSwin (published)"}
+    for dataset in DATASETS:
+        legend = legend_of(report / "figures" / f"fewshot_{dataset}.png")
+        for model in MODELS:
+            assert f"{model} SimpleShot" in legend
+            assert f"{model} linear probe (all data)" in legend
+    text = (report / "report.md").read_text()
+    assert "Random-weight models (tiny-clip, tiny-vit)" in text
+
+
+def test_exp1_again_has_nothing_left_to_do(recipes, smoke_dir, capsys):
+    argv = ["--smoke", "--smoke-dir", str(smoke_dir), "--dry-run"]
+    assert recipes["exp1_linear"].main(argv) == 0
+    assert "extract: 8 stores, 8 done, 0 to run" in capsys.readouterr().out
+
+
+def test_exp2_smoke_adds_lora_lines_beside_the_linear_probe(recipes, smoke_dir, capsys):
+    assert recipes["exp2_lora_fewshot"].main(["--smoke", "--smoke-dir", str(smoke_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "lora: 16 runs, 0 done, 16 to run" in out
+    report = smoke_dir / "report" / "exp2_lora_fewshot"
+    for dataset in DATASETS:
+        rows = csv_rows(report / "tables" / f"fewshot_{dataset}.csv")
+        for model in MODELS:
+            assert rows[f"{model} · LoRA"][1] != ""  # 1 shot
+            assert rows[f"{model} · linear probe"][-3] != ""  # the "all" column
+        legend = legend_of(report / "figures" / f"fewshot_{dataset}.png")
+        assert {f"{m} LoRA" for m in MODELS} <= set(legend)
+    assert recipes["exp2_lora_fewshot"].main(
+        ["--smoke", "--smoke-dir", str(smoke_dir), "--dry-run"]) == 0
+    assert "lora: 16 runs, 16 done, 0 to run" in capsys.readouterr().out
+
+
+def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_dir):
+    assert recipes["exp3_hicervix_fractions"].main(
+        ["--smoke", "--smoke-dir", str(smoke_dir)]) == 0
+    report = smoke_dir / "report" / "exp3_hicervix_fractions"
+    rows = csv_rows(report / "tables" / "fractions_hicervix_tiny-clip.csv")
+    assert set(rows) == {"fraction", "50 %", "100 %", "HierSwin (published)"}
+    assert rows["fraction"][1:4] == ["level_1_mean", "level_1_std", "level_1_n"]
+    assert rows["HierSwin (published)"][1] == "92.080"
+    legend = legend_of(report / "figures" / "fractions_hicervix.png")
+    assert legend == ["tiny-clip LoRA", "HierSwin (published)"]
+
+
+def test_without_datasets_and_weights_nothing_starts(recipes, tmp_path, capsys):
+    store = tmp_path / "store"
+    code = recipes["exp1_linear"].main(["--data-root", str(tmp_path / "data"), "--store",
+                                        str(store), "--results", str(tmp_path / "results")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "9 input(s) missing (nothing was run)" in err
+    for dataset in DATASETS:
+        assert f"dataset {dataset}: {tmp_path / 'data' / dataset} is missing" in err
+    for model in ("clip", "vit", "biomedclip", "quilt", "uni"):
+        assert f"weights of {model} " in err
+    assert "sipakmed.html" in err and "hf download" in err and "gated" in err
+    assert not store.exists() and not (tmp_path / "results").exists()
+
+
+def test_weights_missing_alone_are_listed(recipes, tmp_path, capsys):
+    (tmp_path / "data" / "hicervix").mkdir(parents=True)
+    (tmp_path / "data" / "hicervix" / "train.csv").write_text("x\n")
+    code = recipes["exp3_hicervix_fractions"].main(["--data-root", str(tmp_path / "data"),
+                                                    "--store", str(tmp_path / "store")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "1 input(s) missing" in err and "weights of clip-l14" in err
+    assert "dataset hicervix" not in err
+    assert not (tmp_path / "store").exists()
