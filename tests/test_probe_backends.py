@@ -100,9 +100,9 @@ def test_unknown_backend_and_misplaced_scheduler_are_refused(stores, tmp_path):
 @pytest.mark.parametrize("backend,module", [("dask", "dask.distributed"), ("ray", "ray")])
 def test_missing_cluster_package_names_the_extra(monkeypatch, backend, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
-    with pytest.raises(EmbedcytoError, match=rf"pip install 'embedcyto\[{backend}\]'"):
-        with joblib_backend(backend):
-            pass
+    with pytest.raises(EmbedcytoError, match=rf"pip install 'embedcyto\[{backend}\]'"), \
+            joblib_backend(backend):
+        pass
 
 
 def test_n_jobs_defaults_to_one_locally_and_every_worker_on_a_cluster():

@@ -90,7 +90,7 @@ def _extract_all(job: dict, pairs, config, ranks) -> None:
     for adapter, root in pairs:
         verify_size = max(c.input_size for c in cards)
 
-        def opener(adapter=adapter, root=root):
+        def opener(adapter=adapter, root=root, verify_size=verify_size):
             opts = job["open"]
             return open_for_store(
                 adapter, root, store_dir=store_dir, name=opts["name"],

@@ -19,6 +19,7 @@ deterministic (some kernels give a row slightly different values in a batch of a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ def shard_bounds(n_rows: int, count: int, block: int = 1) -> list[tuple[int, int
         raise StoreError(f"cannot split {n_rows} rows into {count} shards of {block}-row blocks")
     n_blocks = -(-n_rows // block)
     cuts = [min(n_rows, (n_blocks * i // count) * block) for i in range(count + 1)]
-    return list(zip(cuts[:-1], cuts[1:]))
+    return list(itertools.pairwise(cuts))
 
 
 def shards_dir(path: str | os.PathLike) -> Path:
