@@ -26,10 +26,10 @@ def _body(argv) -> None:
     methods = s.config["exp1"]["methods"]
     check_inputs(s, s.models)
     stores = steps.store_states(s, s.datasets, s.models)
-    steps.print_plan(s, stores, [
-        f"{', '.join(methods)} on {len(stores)} stores; seeds {list(s.seeds)}, few-shot shots "
-        f"{list(s.shots)} x {s.episodes} episodes (rows already in {s.probe_results} reused)"],
-        [])
+    probes = (f"{', '.join(methods)} on {len(stores)} stores; seeds {list(s.seeds)}, few-shot "
+              f"shots {list(s.shots)} x {s.episodes} episodes (rows already in "
+              f"{s.probe_results} reused)")
+    steps.print_plan(s, stores, [probes], [])
     if s.dry_run:
         return
     opened = steps.open_datasets(s, s.datasets)

@@ -32,9 +32,9 @@ def _body(argv) -> None:
                                  overrides=cfg.get("lora"))
     check_inputs(s, s.models)
     stores = steps.store_states(s, s.datasets, s.models)
-    steps.print_plan(s, stores, [
-        f"{', '.join(cfg['frozen_methods'])} on {len(stores)} stores (the Experiment 1 line; "
-        f"rows already in {s.probe_results} reused)"], configs)
+    probes = (f"{', '.join(cfg['frozen_methods'])} on {len(stores)} stores (the Experiment 1 "
+              f"line; rows already in {s.probe_results} reused)")
+    steps.print_plan(s, stores, [probes], configs)
     if s.dry_run:
         return
     opened = steps.open_datasets(s, s.datasets)

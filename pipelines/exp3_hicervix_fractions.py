@@ -16,8 +16,13 @@ import argparse
 import sys
 
 from pipelines import steps
-from pipelines.common import (check_inputs, load_config, make_parser, run_main,
-                              settings_from_args)
+from pipelines.common import (
+    check_inputs,
+    load_config,
+    make_parser,
+    run_main,
+    settings_from_args,
+)
 
 NAME = "exp3_hicervix_fractions"
 

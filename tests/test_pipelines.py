@@ -127,3 +127,15 @@ def test_weights_missing_alone_are_listed(recipes, tmp_path, capsys):
     assert "1 input(s) missing" in err and "weights of clip-l14" in err
     assert "dataset hicervix" not in err
     assert not (tmp_path / "store").exists()
+
+
+def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
+    real = tmp_path / "data" / "bcfc"
+    real.mkdir(parents=True)
+    (real / "benign").mkdir()
+    code = recipes["exp1_linear"].main(["--smoke", "--data-root", str(tmp_path / "data"),
+                                        "--smoke-dir", str(tmp_path / "smoke"),
+                                        "--datasets", "bcfc"])
+    assert code == 2
+    assert "did not generate" in capsys.readouterr().err
+    assert [p.name for p in real.iterdir()] == ["benign"]

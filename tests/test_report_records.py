@@ -74,7 +74,7 @@ def test_lora_runs_loaded_unfinished_listed(tmp_path):
     got = sorted((r["dataset"], r["shots"], r["fraction"], r["accuracy"]) for r in loaded.records)
     assert got == [("bcfc", 4, None, 0.8), ("hicervix", None, 10.0, 0.5)]
     assert [p for p, _ in loaded.skipped] == [str(unfinished)]
-    lv = [r for r in loaded.records if r["dataset"] == "hicervix"][0]["levels"]
+    lv = next(r for r in loaded.records if r["dataset"] == "hicervix")["levels"]
     assert lv == {"level_1": 0.9, "average": 0.7}
     assert all(r["method"] == "lora" for r in loaded.records)
 

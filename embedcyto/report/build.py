@@ -20,9 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from embedcyto.report import aggregate as agg
-from embedcyto.report.figures import FigureSummary, plot_fraction_curves, plot_shot_curves
-from embedcyto.report.records import (LEVELS, LORA, ReportError, load_lora_records,
-                                      load_probe_records)
+from embedcyto.report.figures import (
+    FigureSummary,
+    plot_fraction_curves,
+    plot_shot_curves,
+)
+from embedcyto.report.records import (
+    LEVELS,
+    LORA,
+    ReportError,
+    load_lora_records,
+    load_probe_records,
+)
 from embedcyto.report.render import to_csv, to_markdown
 
 FULL_DATA_METHODS = ("linear", "study_head", "knn")
@@ -114,14 +123,14 @@ def _random_models(records: list[dict]) -> list[str]:
 
 
 def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) -> str:
-    lines = ["# embedcyto report", "",
-             f"From {result.n_probe_rows} probe result rows in `{results_dir}` and "
-             f"{result.n_lora_runs} finished LoRA runs in `{runs_dir}`. Numbers are percent, "
-             "mean ± std over seeds.", ""]
+    source = (f"From {result.n_probe_rows} probe result rows in `{results_dir}` and "
+              f"{result.n_lora_runs} finished LoRA runs in `{runs_dir}`. Numbers are percent, "
+              "mean ± std over seeds.")
+    lines = ["# embedcyto report", "", source, ""]
     random = _random_models(records)
     if random:
-        lines += [f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
-                  "about any real model.**", ""]
+        lines += [(f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
+                   "about any real model.**"), ""]
     if result.skipped:
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
     for name, table in result.tables.items():
