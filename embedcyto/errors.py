@@ -54,3 +54,7 @@ class ProbeError(EmbedcytoError):
 
 class LoraError(EmbedcytoError):
     """An impossible LoRA request (targets, shots, fraction) or a failed run."""
+
+
+class ReportError(EmbedcytoError):
+    """Result files that cannot be read or that cannot be summarised honestly."""

@@ -102,21 +102,3 @@ def test_check_passes_adapter_options(runner, tmp_path):
     assert int(total.split()[-1]) == 9
     bad = runner.invoke(cli, base + ["-o", "nonsense"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
-
-
-def test_demo_writes_and_checks_a_dataset(runner, tmp_path):
-    result = runner.invoke(cli, ["demo", "--out", str(tmp_path / "demo"), "--per-class", "4"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "demo" / "sipakmed" / "im_Parabasal" / "CROPPED").is_dir()
-    assert (tmp_path / "demo" / "splits" / "sipakmed" / "splits.json").is_file()
-    total = next(line for line in result.output.splitlines() if line.startswith("total"))
-    assert int(total.split()[-1]) == 20
-    assert "will follow" in result.output
-
-
-def test_demo_without_out_cleans_up(runner):
-    result = runner.invoke(cli, ["demo", "--per-class", "3"])
-    assert result.exit_code == 0, result.output
-    root_line = next(line for line in result.output.splitlines() if line.startswith("wrote"))
-    folder = root_line.rsplit(" to ", 1)[1]
-    assert not Path(folder).exists()

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedcyto.errors import EmbedcytoError
+from embedcyto.errors import ReportError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 LEVELS = ("level_1", "level_2", "level_3", "average")
@@ -34,10 +34,6 @@ LORA = "lora"
 COMPLETE, CONFIG_FILE, METRICS_FILE = "COMPLETE", "config.json", "metrics.json"
 #: LoRA config fields that say where or how fast a run executed, not what it learned.
 _LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", "device", "num_workers"}
-
-
-class ReportError(EmbedcytoError):
-    """Result files that cannot be read or that cannot be summarised honestly."""
 
 
 @dataclass
