@@ -129,6 +129,8 @@ def test_cli_shards_ls_and_merge(data, tmp_path):
     assert "shard 0/2: 9 rows" in first.output and "embedcyto store merge" in first.output
     listing = runner.invoke(cli, ["store", "ls", "--store", str(store)])
     assert "sharded 9/20 rows" in listing.output
+    with pytest.raises(StoreError, match="not merged yet.*embedcyto store merge"):
+        load_features(store, "sipakmed", MODEL)
     early = runner.invoke(cli, ["store", "merge", "--dataset", "sipakmed", "--model", MODEL,
                                 "--store", str(store)])
     assert early.exit_code == 1 and "Traceback" not in early.output

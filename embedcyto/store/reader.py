@@ -17,7 +17,7 @@ from embedcyto.datasets.records import SPLITS
 from embedcyto.errors import StoreError
 from embedcyto.store.h5format import FORMAT_NAME, FORMAT_VERSION, decode_attr, read_provenance
 from embedcyto.store.partial import PartialFolder
-from embedcyto.store.paths import partial_dir, resolve_store_file
+from embedcyto.store.paths import SHARDS_SUFFIX, partial_dir, resolve_store_file
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,13 @@ def _missing_message(path: Path) -> str:
         )
     from embedcyto.store.catalog import list_stores
 
+    shards = path.with_name(path.name + SHARDS_SUFFIX)
+    if shards.is_dir():
+        return (
+            f"{path} is not merged yet: its shards are in {shards}; once every shard has "
+            f"finished, run `embedcyto store merge --dataset {path.parent.name} --model "
+            f"{path.stem} --store {path.parent.parent}`"
+        )
     store_dir = path.parent.parent
     found = [f"{s.dataset}/{s.model} ({s.status})" for s in list_stores(store_dir)]
     listing = ", ".join(found) if found else "none"
