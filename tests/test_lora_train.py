@@ -252,15 +252,31 @@ def test_best_val_restores_the_best_step_and_saved_run_reloads_to_the_same_predi
     model = load_classifier(result.run_dir)
     saved = np.load(result.run_dir / runs.PREDICTIONS_FILE)
     rows = [next(i for i, r in enumerate(dataset.records) if r.path == p) for p in saved["ids"]]
-    proba = predict_proba(model, dataset, np.array(rows), device=torch.device("cpu"),
-                          dtype=torch.float32)
+    proba = predict_proba(model, dataset, np.array(rows), device=torch.device("cpu"))
     np.testing.assert_allclose(proba, saved["proba"], rtol=1e-4, atol=1e-5)
     rows_file = json.loads((result.run_dir / runs.ROWS_FILE).read_text())
     val_rows = np.array([next(i for i, r in enumerate(dataset.records) if r.path == p)
                          for p in rows_file["val"]["ids"]])
-    val_proba = predict_proba(model, dataset, val_rows, device=torch.device("cpu"),
-                              dtype=torch.float32)
+    val_proba = predict_proba(model, dataset, val_rows, device=torch.device("cpu"))
     accuracy = np.mean(val_proba.argmax(1) == np.array(rows_file["val"]["labels"]))
     assert accuracy == pytest.approx(val["best_accuracy"])
     assert math.isclose(result.metrics["test"]["accuracy"],
                         float(np.mean(saved["predictions"] == saved["labels"])))
+
+
+def test_bf16_runs_keep_frozen_weights_in_bf16_and_train_float32_parameters(toy):
+    from embedcyto.lora.model import load_classifier
+    from embedcyto.lora.train import train_lora
+
+    dataset, split_dir, base = toy
+    result = train_lora(dataset, _config(dataset, precision="bf16", seed=3),
+                        runs_dir=base / "bf16", split_dir=split_dir)
+    info = json.loads((result.run_dir / runs.CONFIG_FILE).read_text())
+    assert info["resolved"]["precision"] == "bfloat16"
+    assert np.isfinite(result.metrics["final_loss"])
+    model = load_classifier(result.run_dir)
+    params = dict(model.named_parameters())
+    trained = {n for n in params if "lora_" in n or n.startswith("head.")}
+    assert len(trained) == 2 * 2 * 2 + 2  # A and B on q and v of 2 blocks, head weight + bias
+    assert {params[n].dtype for n in params if n not in trained} == {torch.bfloat16}
+    assert {params[n].dtype for n in trained} == {torch.float32}

@@ -68,8 +68,8 @@ class LoraRunConfig:
         grad_checkpointing: recompute block activations in the backward pass (less memory,
             about a third more compute), through the model library's own switch.
         device: "auto", "cpu", "cuda" or "cuda:N".
-        precision: "auto", "fp32", "bf16" or "fp16": autocast dtype of the forward pass (the
-            trained parameters stay float32).
+        precision: "auto", "fp32", "bf16" or "fp16": dtype of the frozen backbone weights, as
+            in extraction (the trained parameters stay float32).
         num_workers: image decoding processes; None picks ``min(4, cpus - 1)``.
     """
 

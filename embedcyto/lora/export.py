@@ -8,7 +8,8 @@ preprocessing, precision, split, dataset fingerprint) plus ``base_model``, ``ada
 from another adapter is never silently reused.
 
 The adapter is merged into the (unfused) backbone before the pass, which gives the adapted
-model's output up to float rounding, at the frozen model's speed.
+model's output up to float rounding, at the frozen model's speed, in the precision the run
+trained in.
 """
 
 from __future__ import annotations
@@ -68,7 +69,9 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
     Raises:
         LoraError: not a finished run, another dataset, or a variant store from another run.
     """
-    from embedcyto.backbones import resolve_device, resolve_precision
+    import torch
+
+    from embedcyto.backbones import resolve_device
     from embedcyto.extract import ExtractConfig, ExtractResult
     from embedcyto.store import open_writer, store_path
 
@@ -79,7 +82,7 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
         raise LoraError(f"{dataset.name} at {dataset.root} is not the dataset the run in "
                         f"{run_dir} was trained on (its images, labels or split differ)")
     device = resolve_device(device or config.device)
-    dtype = resolve_precision(config.precision, device)
+    dtype = getattr(torch, info["resolved"]["precision"])
     extract_config = ExtractConfig(batch_size=batch_size, num_workers=num_workers,
                                    device=str(device), precision=config.precision,
                                    progress=progress)
@@ -112,7 +115,8 @@ def _merged_encoder(run_dir, weights, weights_dir, device, dtype):
     from embedcyto.lora.adapters import merge_adapter
     from embedcyto.lora.model import load_classifier
 
-    model = load_classifier(run_dir, weights=weights, weights_dir=weights_dir, device=device)
+    model = load_classifier(run_dir, weights=weights, weights_dir=weights_dir, device=device,
+                            dtype=dtype)
     return merge_adapter(model.encoder).to(dtype=dtype).eval()
 
 

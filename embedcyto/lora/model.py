@@ -34,7 +34,7 @@ class LoraClassifier(nn.Module):
         return self.encoder(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(images))
+        return self.head(self.embed(images).to(self.head.weight.dtype))
 
 
 def make_head(embed_dim: int, n_classes: int, seed: int) -> nn.Linear:
@@ -97,12 +97,14 @@ def restore_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
-def load_classifier(run_dir, *, weights=None, weights_dir=None, device="cpu") -> LoraClassifier:
+def load_classifier(run_dir, *, weights=None, weights_dir=None, device="cpu",
+                    dtype=None) -> LoraClassifier:
     """Rebuild a finished run's model: the backbone, its saved adapter and its head.
 
     The backbone is rebuilt from the run's card with the weights it was trained on (random
     weights when it was trained on random weights; otherwise ``weights``, or the recorded path,
-    or the usual weights search), and its hash is checked against the run's.
+    or the usual weights search), and its hash is checked against the run's. Its frozen weights
+    take the precision the run trained in unless ``dtype`` says otherwise.
 
     Raises:
         LoraError: not a finished run, or the backbone weights differ from the run's.
@@ -118,11 +120,13 @@ def load_classifier(run_dir, *, weights=None, weights_dir=None, device="cpu") ->
     run_dir = Path(run_dir)
     info = runs.read_run_config(run_dir)
     card = get_card(info["card"]["name"])
+    if dtype is None:
+        dtype = getattr(torch, info["resolved"]["precision"])
     if info["weights_sha256"] == "random-init":
-        backbone = build_backbone(card, random_init=True, device=device)
+        backbone = build_backbone(card, random_init=True, device=device, dtype=dtype)
     else:
         backbone = build_backbone(card, weights=weights or info.get("weights_path"),
-                                  weights_dir=weights_dir, device=device)
+                                  weights_dir=weights_dir, device=device, dtype=dtype)
         if backbone.weights_sha256 != info["weights_sha256"]:
             raise LoraError(
                 f"the run in {run_dir} was trained on weights with sha256 "

@@ -4,8 +4,14 @@ The recipe is the study's (after CLIP-LoRA): LoRA rank 2 on the attention q and 
 a linear head on the card's embedding, AdamW (weight decay 1e-2), 50 warm-up steps then a cosine
 decay to 1e-6, batches of 32 augmented images (random resized crop 0.7-1, horizontal flip),
 cross-entropy on the dataset's primary labels, a fixed number of steps. Only the LoRA matrices
-and the head train; the forward pass runs under autocast in the requested precision while the
-trained parameters stay float32.
+and the head train.
+
+Precision: the frozen backbone weights are held in the run's precision (bf16 on CUDA and on CPUs
+with bf16 matrix units by default), exactly as extraction holds them, while the trained
+parameters (LoRA A and B, the head) stay float32; peft runs the LoRA branch in float32 and adds
+it to the bf16 base output. On a 2-core CPU with bf16 units a ViT-B/16 forward and backward pass
+ran 1.4x faster this way than under autocast and 2.2x faster than in float32, and it halves
+the frozen weights' memory. fp16 (GPUs without bf16) adds loss scaling.
 
 Randomness: the support set / fraction (numpy generators seeded from the seed and the ids), the
 head initialisation (a torch generator), the batch order and each image's augmentation (seeds
@@ -16,7 +22,6 @@ so the caller's global RNG is left as it was.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -60,14 +65,6 @@ def _ids_sha256(ids) -> str:
     return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
-def _autocast(device, dtype):
-    import torch
-
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _raise_read_errors(errors, dataset: Dataset) -> None:
     bad = [e for e in errors if e]
     if bad:
@@ -76,8 +73,8 @@ def _raise_read_errors(errors, dataset: Dataset) -> None:
                              "dataset with --on-bad-image skip to leave it out")
 
 
-def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, dtype,
-                  batch_size: int = 64, num_workers: int | None = 0) -> np.ndarray:
+def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, batch_size: int = 64,
+                  num_workers: int | None = 0) -> np.ndarray:
     """Class probabilities of ``model`` for ``rows`` (evaluation transform, no augmentation)."""
     import torch
 
@@ -91,7 +88,7 @@ def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, dtype,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), _autocast(device, dtype):
+        with torch.no_grad():
             for batch_rows, images, errors in make_loader(dataset, np.asarray(rows), card,
                                                           config, device):
                 if any(errors):
@@ -125,9 +122,9 @@ def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict:
 class _Validation:
     """Validation accuracy during training, and the best-so-far snapshot when asked for."""
 
-    def __init__(self, model, dataset, rows, device, dtype, keep_best: bool, workers):
+    def __init__(self, model, dataset, rows, device, keep_best: bool, workers):
         self.model, self.dataset, self.rows = model, dataset, rows
-        self.device, self.dtype, self.keep_best, self.workers = device, dtype, keep_best, workers
+        self.device, self.keep_best, self.workers = device, keep_best, workers
         self.best_accuracy, self.best_step, self.best_state, self.last = -1.0, None, None, None
 
     def __call__(self, step: int) -> float | None:
@@ -136,7 +133,7 @@ class _Validation:
         if len(self.rows) == 0:
             return None
         proba = predict_proba(self.model, self.dataset, self.rows, device=self.device,
-                              dtype=self.dtype, num_workers=self.workers)
+                              num_workers=self.workers)
         labels = np.array([self.dataset.records[i].label for i in self.rows])
         self.last = float(np.mean(proba.argmax(axis=1) == labels))
         if self.last > self.best_accuracy:
@@ -178,7 +175,8 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(iterations, config.lr, config.warmup, config.min_lr))
     every = config.resolved_eval_every(iterations)
-    validate = _Validation(model, dataset, rows.val, device, dtype, config.best_val,
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    validate = _Validation(model, dataset, rows.val, device, config.best_val,
                            config.num_workers if config.num_workers is not None else 0)
     loader = _loader(dataset, rows.train, model.encoder.card, config, iterations, device)
     losses, start = [], time.perf_counter()
@@ -188,12 +186,12 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
         for step, (images, labels, errors) in enumerate(loader, start=1):
             _raise_read_errors(errors, dataset)
             lr_now = optimizer.param_groups[0]["lr"]
-            with _autocast(device, dtype):
-                logits = model(images.to(device, non_blocking=True))
+            logits = model(images.to(device, non_blocking=True))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             value = float(loss.detach())
             if not np.isfinite(value):
@@ -217,12 +215,12 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
             "first_loss": losses[0], "final_loss": losses[-1]}
 
 
-def _backbone(card, weights_path, device):
+def _backbone(card, weights_path, device, dtype):
     from embedcyto.backbones import build_backbone
 
     if weights_path is None:
-        return build_backbone(card, random_init=True, device=device)
-    return build_backbone(card, weights=weights_path, device=device)
+        return build_backbone(card, random_init=True, device=device, dtype=dtype)
+    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
 
 
 def _identity(dataset: Dataset, config: LoraRunConfig, card, sha, split_hash, rows) -> dict:
@@ -342,7 +340,7 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
     """Build, train, test and save everything into ``folder`` (the staging folder)."""
     from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
 
-    model = build_classifier(_backbone(card, wpath, device), config.settings,
+    model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
                              len(dataset.classes), config.seed)
     ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
     runs.write_json(folder / runs.CONFIG_FILE, _run_config(
@@ -350,7 +348,7 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
     fit = _fit(model, dataset, rows, config, iterations, device, dtype,
                folder / runs.LOG_FILE, progress)
     test_start = time.perf_counter()
-    proba = predict_proba(model, dataset, rows.test, device=device, dtype=dtype,
+    proba = predict_proba(model, dataset, rows.test, device=device,
                           num_workers=config.num_workers)
     metrics = score(dataset, rows.test, proba)
     metrics.update(fit, n_train=int(len(rows.train)), n_val=int(len(rows.val)),
