@@ -1,4 +1,4 @@
-"""LoRA: unfusing attention projections, peft adapters, and (elsewhere in the package) training.
+"""LoRA: unfusing attention projections, peft adapters, training runs and adapted features.
 
 Names are imported lazily so that importing ``embedcyto.lora`` does not pull in torch or peft.
 """
@@ -8,12 +8,17 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
+    "LoraResult",
+    "LoraRunConfig",
     "LoraSettings",
     "apply_lora",
     "expected_lora_parameters",
+    "export_features",
     "load_adapter",
+    "load_classifier",
     "merge_adapter",
     "save_adapter",
+    "train_lora",
     "trainable_parameters",
     "unfuse_attention",
 ]
@@ -27,6 +32,11 @@ _LAZY = {
     "merge_adapter": "embedcyto.lora.adapters",
     "save_adapter": "embedcyto.lora.adapters",
     "trainable_parameters": "embedcyto.lora.adapters",
+    "LoraRunConfig": "embedcyto.lora.config",
+    "LoraResult": "embedcyto.lora.train",
+    "train_lora": "embedcyto.lora.train",
+    "export_features": "embedcyto.lora.export",
+    "load_classifier": "embedcyto.lora.model",
 }
 
 
