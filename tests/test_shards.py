@@ -261,16 +261,13 @@ def test_rank_env_from_torchrun_variables():
 
 
 def torchrun(args, store, timeout=120):
-    exe = Path(sys.executable).with_name("embedcyto")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", "2", "--no-python", str(exe), "extract", *args,
+               "--nproc-per-node", "2", "-m", "embedcyto", "extract", *args,
                "--store", str(store)]
     return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(not Path(sys.executable).with_name("embedcyto").exists(),
-                    reason="the embedcyto console script is not installed (pip install -e .)")
 def test_torchrun_two_ranks_equal_the_single_process_store(data, tmp_path):
     dataset, _, _ = data
     store = tmp_path / "cache"

@@ -22,6 +22,7 @@ IDENTITY_KEYS = (
     "weights_sha256",
     "preprocessing",
     "precision",
+    "decode",
     "dtype",
     "embed_dim",
     "dataset_fingerprint",
