@@ -175,3 +175,16 @@ def test_task_is_frozen_and_sortable():
     with pytest.raises(AttributeError):
         t.seed = 2  # type: ignore[misc]
     assert t.key()["shots"] == 4
+
+
+def test_list_valued_options_are_accepted_and_rows_are_reused(stores, tmp_path):
+    results = tmp_path / "results"
+    kwargs = dict(store_dir=stores, datasets=["toy"], models=["alpha"], methods=("linear",),
+                  shots=(1,), seeds=(1,), episodes=5, results_dir=results,
+                  options={"linear": {"Cs": [0.1, 1.0]}})
+    first = run_probe_grid(**kwargs)
+    assert len(first) == 1 and first[0]["options"] == {"Cs": [0.1, 1.0]}
+    lines = (results / "toy.jsonl").read_text().splitlines()
+    second = run_probe_grid(**kwargs)
+    assert _strip(second) == _strip(first)
+    assert (results / "toy.jsonl").read_text().splitlines() == lines

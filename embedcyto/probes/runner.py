@@ -150,6 +150,13 @@ def _inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],
     return out
 
 
+def _frozen(value: Any) -> Any:
+    """Lists (e.g. a C grid) become tuples so that tasks stay hashable."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 def plan_tasks(dataset: str, model: str, methods: Sequence[str], shots: Sequence[int],
                seeds: Sequence[int], options: Mapping[str, Mapping[str, Any]]) -> list[ProbeTask]:
     """Every task of one (dataset, model), in sorted order."""
@@ -157,7 +164,7 @@ def plan_tasks(dataset: str, model: str, methods: Sequence[str], shots: Sequence
     for method in methods:
         if method not in METHODS:
             raise ProbeError(f"unknown probe method {method!r}; choose from {', '.join(METHODS)}")
-        opts = tuple(sorted(dict(options.get(method, {})).items()))
+        opts = tuple(sorted((k, _frozen(v)) for k, v in dict(options.get(method, {})).items()))
         for k in (shots if method in EPISODE_METHODS else (None,)):
             tasks.extend(ProbeTask(dataset, model, method, k, s, opts) for s in seeds)
     return sorted(tasks, key=ProbeTask.sort_key)
@@ -286,7 +293,7 @@ def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
                                                         n_jobs=n_jobs))
         for unit, results in zip(units, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
             dataset = unit["tasks"][0].dataset
-            new = _rows_of(unit, results)
+            new = json.loads(json.dumps(_rows_of(unit, results)))  # as read back from disk
             fresh = {_task_key(r) for r in new}  # replaces rows of older stores too
             existing[dataset] = [r for r in existing[dataset] if _task_key(r) not in fresh] + new
             _write_results(results_dir / f"{dataset}.jsonl", existing[dataset])

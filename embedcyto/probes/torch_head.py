@@ -100,7 +100,7 @@ class StudyLinearHead(ClassifierMixin, BaseEstimator):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                running += float(loss) * idx.numel()
+                running += float(loss.detach()) * idx.numel()
                 step += 1
             self.loss_curve_.append(running / n)
         self.coef_ = weight.detach().numpy().astype(np.float64)
