@@ -21,7 +21,7 @@ SHOTS = (1, 2, 4)
 SEEDS = (1, 2, 3)
 LORA_SEEDS = (1, 2)
 EPISODES = 100
-LORA_STEPS = {"iterations": 24, "warmup": 4, "batch_size": 16, "eval_every": 0}
+LORA_STEPS = {"iterations": 60, "warmup": 6, "batch_size": 16, "eval_every": 0, "lr": 2e-2}
 
 WARNING = ("GENERATED images and RANDOM-WEIGHT models: these numbers show that every stage "
            "runs; they say nothing about any real model or dataset.")
@@ -105,7 +105,8 @@ def _run(out: Path, per_class: int, seed: int) -> None:
                f"{', '.join(map(str, shots))}), seeds {', '.join(map(str, SEEDS))}")
     run_probe_grid(store, ["sipakmed"], list(MODELS), ("linear", "knn", "simpleshot"), shots,
                    SEEDS, EPISODES, results_dir=out / "results" / "probe")
-    click.echo(f"4. LoRA ({LORA_STEPS['iterations']} steps per run)")
+    click.echo(f"4. LoRA ({LORA_STEPS['iterations']} steps per run at lr {LORA_STEPS['lr']:g}, "
+               "enough for these tiny models; the study's recipe is lr 1e-3, 50 + 50*K steps)")
     _lora(dataset, split_dir, out / "runs", shots)
     click.echo("5. report")
     result = build_report(out / "results" / "probe", out / "runs", out / "report")
