@@ -110,6 +110,7 @@ def test_hub_is_tried_only_when_online(tmp_path, monkeypatch):
         return str(_tensor_file(tmp_path / "dl" / filename))
 
     monkeypatch.setattr(W, "_hub_download", fake_download)
+    monkeypatch.setattr(W, "hub_unreachable", lambda timeout=3.0: None)
     with pytest.raises(WeightsNotFoundError):
         W.resolve_weights(card)
     assert calls == []
@@ -128,8 +129,26 @@ def test_hub_failures_are_reported_per_file(monkeypatch):
         raise OSError(f"no route to host for {filename}")
 
     monkeypatch.setattr(W, "_hub_download", failing)
+    monkeypatch.setattr(W, "hub_unreachable", lambda timeout=3.0: None)
     with pytest.raises(WeightsNotFoundError, match="no route to host for pytorch_model.bin"):
         W.resolve_weights(get_card("uni"))
+
+
+def test_an_unreachable_hub_is_reported_without_trying_downloads(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    calls = []
+    monkeypatch.setattr(W, "_hub_download", lambda *a: calls.append(a))
+    with pytest.raises(WeightsNotFoundError, match="not tried, 127.0.0.1:9 cannot be reached"):
+        W.resolve_weights(get_card("uni"))
+    assert calls == []
+
+
+def test_a_proxy_leaves_the_decision_to_the_hub_client(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert W.hub_unreachable() is None
 
 
 def test_random_cards_have_no_weights_to_find():

@@ -17,6 +17,8 @@ import functools
 import hashlib
 import logging
 import os
+import socket
+import urllib.parse
 import zipfile
 from pathlib import Path
 
@@ -114,15 +116,44 @@ def _from_cache(card: Card, cache: Path) -> Path | None:
     return None
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached, or None when a connection opens (or a proxy is set).
+
+    Without this, the hub client retries for about a minute on a machine without network,
+    filling the terminal with retry warnings before the "weights not found" message.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # the proxy decides; let the client try
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    parsed = urllib.parse.urlparse(endpoint)
+    host = parsed.hostname or "huggingface.co"
+    port = parsed.port or (80 if parsed.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host}:{port} cannot be reached ({err.strerror or err})"
+    return None
+
+
 def _from_hub(card: Card, cache: Path, looked: list[str]) -> Path | None:
+    unreachable = hub_unreachable()
+    if unreachable:
+        looked.append(f"Hugging Face hub: not tried, {unreachable}")
+        return None
     errors = _hub_errors()
-    for name in card.weights_files:
-        try:
-            return Path(_hub_download(card.hub_repo, name, cache))
-        except errors as err:  # each failure is reported in the final message
-            text = str(err).strip()
-            reason = text.splitlines()[0][:200] if text else type(err).__name__
-            looked.append(f"Hugging Face hub {card.hub_repo}/{name}: {reason}")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # retry chatter; the outcome is reported below
+    try:
+        for name in card.weights_files:
+            try:
+                return Path(_hub_download(card.hub_repo, name, cache))
+            except errors as err:  # each failure is reported in the final message
+                text = str(err).strip()
+                reason = text.splitlines()[0][:200] if text else type(err).__name__
+                looked.append(f"Hugging Face hub {card.hub_repo}/{name}: {reason}")
+    finally:
+        hub_log.setLevel(level)
     return None
 
 
