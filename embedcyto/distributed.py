@@ -135,6 +135,20 @@ class Ranks:
         _raise_first(statuses, self.rank, error)
         return value
 
+    def from_rank0(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0 only while the others wait; every rank gets its (picklable) value.
+
+        For decisions and results that rank 0 alone may compute (reading a shared folder,
+        evaluating a model it alone holds), so that every rank then acts alike.
+        """
+        value, error = _attempt(fn) if self.rank == 0 else (None, None)
+        value, message = self._broadcast((value, str(error) if error else None))
+        if message is not None:
+            if error is not None:
+                raise error
+            raise EmbedcytoError(f"rank 0 stopped: {message}")
+        return value
+
     def on_rank0(self, fn: Callable[[], T]) -> T | None:
         """Run ``fn`` on rank 0 only while the others wait; its failure stops every rank."""
         value, error = _attempt(fn) if self.rank == 0 else (None, None)

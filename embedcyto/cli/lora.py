@@ -139,38 +139,78 @@ def lora(models, adapter, root, name, shots, fractions, all_data, seeds, targets
 
     Few-shot runs (--shots K --seeds S) train on exactly the support set that `embedcyto probe`
     uses for episode 0 of (K, S). A finished run is not redone (--rerun); an interrupted one
-    leaves no finished-looking folder and is simply started again.
+    leaves no finished-looking folder and is simply started again. Started by torchrun, the
+    ranks share every batch (DistributedDataParallel) and rank 0 writes the run folder.
     """
     from embedcyto.backbones import get_card
+    from embedcyto.distributed import RankEnv, process_group
     from embedcyto.lora.adapters import LoraSettings
-    from embedcyto.lora.export import export_features as export
-    from embedcyto.lora.train import train_lora
     from embedcyto.store import default_store_dir
 
     if weights and len(models) > 1:
         raise click.UsageError("--weights names one model's file: use it with one --model")
-    amounts = _amounts(shots, fractions, all_data)
-    cards = [get_card(m) for m in models]
-    settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets,
-                            rslora=scaling == "rslora")
-    store_dir = default_store_dir(store)
-    dataset, split_dir = open_for_store(
-        adapter, root, store_dir=store_dir, name=name, split_seed=split_seed, ratios=ratios,
-        on_bad_image=on_bad_image, options=options,
-        verify_size=max(c.input_size for c in cards) if on_bad_image == "skip" else None)
-    options = dict(lr=lr, weight_decay=weight_decay, warmup=warmup, min_lr=min_lr,
-                   batch_size=batch_size, iterations=iterations, eval_every=eval_every,
-                   best_val=best_val, grad_checkpointing=grad_checkpointing, device=device,
-                   precision=precision, num_workers=workers)
-    configs = _configs([c.name for c in cards], dataset.name, amounts, seeds, settings, options)
+    env = RankEnv.from_env()
+    if env is not None:
+        device = env.device(device)
+    job = {"amounts": _amounts(shots, fractions, all_data), "cards": [get_card(m) for m in models],
+           "seeds": seeds, "store_dir": default_store_dir(store), "runs_dir": runs_dir,
+           "weights": weights, "weights_dir": weights_dir, "random_init": random_weights,
+           "rerun": rerun, "export": export_features, "workers": workers,
+           "settings": LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets,
+                                    rslora=scaling == "rslora"),
+           "open": {"adapter": adapter, "root": root, "name": name, "split_seed": split_seed,
+                    "ratios": ratios, "on_bad_image": on_bad_image, "options": options},
+           "options": {"lr": lr, "weight_decay": weight_decay, "warmup": warmup,
+                       "min_lr": min_lr, "batch_size": batch_size, "iterations": iterations,
+                       "eval_every": eval_every, "best_val": best_val,
+                       "grad_checkpointing": grad_checkpointing, "device": device,
+                       "precision": precision, "num_workers": workers}}
+    if env is None:
+        _run_all(job, None, progress=not quiet)
+        return
+    with process_group(env, device) as ranks:
+        _run_all(job, ranks, progress=not quiet and env.rank == 0)
+
+
+def _open(job: dict):
+    opts, cards = job["open"], job["cards"]
+    return open_for_store(
+        opts["adapter"], opts["root"], store_dir=job["store_dir"], name=opts["name"],
+        split_seed=opts["split_seed"], ratios=opts["ratios"], on_bad_image=opts["on_bad_image"],
+        options=opts["options"],
+        verify_size=max(c.input_size for c in cards) if opts["on_bad_image"] == "skip" else None)
+
+
+def _run_all(job: dict, ranks, progress: bool) -> None:
+    """Every (model, amount, seed) run, alone or as this rank's part of a torchrun job.
+
+    Under torchrun rank 0 opens the dataset first (it may write the split file), prints the
+    summaries and exports the adapted features; the other ranks only train.
+    """
+    from embedcyto.lora.export import export_features as export
+    from embedcyto.lora.train import train_lora
+
+    main = ranks is None or ranks.rank == 0
+    dataset, split_dir = _open(job) if ranks is None else ranks.rank0_first(lambda: _open(job))
+    configs = _configs([c.name for c in job["cards"]], dataset.name, job["amounts"],
+                       job["seeds"], job["settings"], job["options"])
     for config in configs:
-        result = train_lora(dataset, config, runs_dir=runs_dir, split_dir=split_dir,
-                            weights=weights, weights_dir=weights_dir, random_init=random_weights,
-                            rerun=rerun, progress=not quiet)
-        click.echo(summary_line(result))
-        if export_features:
-            done = export(dataset, result.run_dir, store_dir=store_dir, split_dir=split_dir,
-                          weights=weights, weights_dir=weights_dir, num_workers=workers,
-                          force=rerun and not result.skipped, progress=not quiet)
+        result = train_lora(dataset, config, runs_dir=job["runs_dir"], split_dir=split_dir,
+                            weights=job["weights"], weights_dir=job["weights_dir"],
+                            random_init=job["random_init"], rerun=job["rerun"],
+                            progress=progress, ranks=ranks)
+        if main:
+            click.echo(summary_line(result))
+        if not job["export"]:
+            continue
+
+        def exported(result=result):
+            return export(dataset, result.run_dir, store_dir=job["store_dir"],
+                          split_dir=split_dir, weights=job["weights"],
+                          weights_dir=job["weights_dir"], num_workers=job["workers"],
+                          force=job["rerun"] and not result.skipped, progress=progress)
+
+        done = exported() if ranks is None else ranks.on_rank0(exported)
+        if main:
             state = "cache hit" if done.cache_hit else f"{done.computed} rows computed"
             click.echo(f"  adapted features ({done.rows} rows, {state}) -> {done.path}")

@@ -14,7 +14,8 @@ function of the split's ids, labels and the seed.
 
 Training batches: the training images are visited in a fresh seeded permutation per pass,
 batches run across pass boundaries, and each image carries its own augmentation seed, so the run
-is reproducible whatever the number of decoding workers.
+is reproducible whatever the number of decoding workers. Under ``torchrun`` every global batch
+is cut into one contiguous slice per rank (:func:`rank_plan`); the seeds travel with the images.
 """
 
 from __future__ import annotations
@@ -159,6 +160,45 @@ def batch_plan(n_train: int, batch_size: int, iterations: int, seed: int) -> lis
     aug = rng.integers(0, 2**62, size=needed)
     return [list(zip(order[i:i + size].tolist(), aug[i:i + size].tolist()))
             for i in range(0, needed, size)]
+
+
+def rank_bounds(size: int, world_size: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` slices of a ``size``-image global batch, one per rank.
+
+    The first ``size % world_size`` ranks take one image more, so slices differ by at most one;
+    the training loss weights each rank by its share (see :mod:`embedcyto.lora.ddp`).
+
+    Raises:
+        LoraError: fewer images per step than ranks (a rank would have nothing to forward).
+    """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise LoraError(f"the number of ranks must be an integer >= 1, got {world_size!r}")
+    if size < world_size:
+        raise LoraError(f"a training step has {size} image(s), fewer than the {world_size} "
+                        "ranks: raise --batch-size (or train on more images) or start fewer "
+                        "ranks (torchrun --nproc-per-node)")
+    base, extra = divmod(size, world_size)
+    bounds, start = [], 0
+    for rank in range(world_size):
+        stop = start + base + (1 if rank < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def rank_plan(plan: list[list[tuple]], rank: int, world_size: int) -> list[list[tuple]]:
+    """This rank's part of every batch of a :func:`batch_plan` (see :func:`rank_bounds`).
+
+    The items keep their augmentation seeds, so every image is augmented exactly as in a
+    single-process run with the same global batch.
+    """
+    if not 0 <= rank < world_size:
+        raise LoraError(f"rank {rank} is outside 0..{world_size - 1}")
+    out = []
+    for batch in plan:
+        start, stop = rank_bounds(len(batch), world_size)[rank]
+        out.append(batch[start:stop])
+    return out
 
 
 class AugmentedImages:

@@ -12,6 +12,8 @@ Layout (``runs`` is ``./runs`` unless ``--runs DIR``)::
         train_log.jsonl      one line per step: step, loss, lr (and val accuracy when evaluated)
         COMPLETE             written last
 
+Under ``torchrun`` only rank 0 stages, writes and publishes the folder; the other ranks wait.
+
 A run is written into ``.seed-S.tmp-<pid>`` beside its final place and renamed into place only
 after ``COMPLETE`` is written, so an interrupted run never leaves a folder that looks finished.
 A Python exception removes the temporary folder at once; a killed process leaves it behind, and
@@ -20,10 +22,13 @@ the next launch of the same run removes it (after checking that its process is g
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
+
+import numpy as np
 
 from embedcyto.errors import LoraError
 from embedcyto.lora.config import LoraRunConfig
@@ -198,3 +203,65 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# -- what a run folder holds ------------------------------------------------------------------
+
+def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_hash,
+                 train_rows) -> dict:
+    """What decides a run's result; a finished run is reused only when this matches.
+
+    The number of ranks is not part of it: a distributed run gives a single process's result.
+    """
+    train_ids = sorted(dataset.records[i].path for i in train_rows)
+    return {"config": config.identity(), "card": card.to_dict(),
+            "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
+            "dataset_fingerprint": dataset.fingerprint(),
+            "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
+
+
+def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device, dtype, wpath,
+             model, ckpt_module) -> dict:
+    """The content of ``config.json``: settings, identity, what was resolved, parameter counts."""
+    from embedcyto.extract import library_versions
+    from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
+
+    lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)
+    return {
+        "config": config.to_dict(), "identity": identity, "card": card.to_dict(),
+        "support_ids_sha256": identity["train_ids_sha256"],
+        "weights_sha256": identity["weights_sha256"],
+        "weights_path": str(wpath) if wpath else None,
+        "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
+                    "classes": list(dataset.classes)},
+        "resolved": {"iterations": iterations,
+                     "eval_every": config.resolved_eval_every(iterations),
+                     "device": str(device), "precision": str(dtype).replace("torch.", ""),
+                     "grad_checkpointing_module": ckpt_module},
+        "parameters": {"trainable": trainable_parameters(model), "lora": lora,
+                       "lora_expected": expected_lora_parameters(
+                           card.width, card.depth, config.settings.rank,
+                           len(config.settings.targets)) if card.width else None},
+        "versions": library_versions(),
+    }
+
+
+def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray) -> None:
+    """Adapter, head, ``rows.json`` and ``predictions.npz`` of a trained and tested run."""
+    from safetensors.torch import save_file
+
+    from embedcyto.lora.adapters import save_adapter
+
+    def part(idx):
+        return {"ids": [dataset.records[i].path for i in idx],
+                "labels": [int(dataset.records[i].label) for i in idx]}
+
+    save_adapter(model.encoder, folder / ADAPTER_DIR)
+    head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    save_file(head, str(folder / HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
+    write_json(folder / ROWS_FILE, {"train": part(rows.train), "val": part(rows.val),
+                                    "n_test": int(len(rows.test))})
+    np.savez(folder / PREDICTIONS_FILE,
+             ids=np.array([dataset.records[i].path for i in rows.test], dtype=str),
+             labels=np.array([dataset.records[i].label for i in rows.test], dtype=np.int64),
+             predictions=proba.argmax(axis=1), proba=proba.astype(np.float32))

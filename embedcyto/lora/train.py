@@ -22,10 +22,10 @@ so the caller's global RNG is left as it was.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,13 @@ from embedcyto.datasets.records import Dataset
 from embedcyto.errors import ImageReadError, LoraError
 from embedcyto.lora import runs
 from embedcyto.lora.config import LoraRunConfig
-from embedcyto.lora.data import AugmentedImages, RunRows, batch_plan, select_rows
+from embedcyto.lora.data import (
+    AugmentedImages,
+    RunRows,
+    batch_plan,
+    rank_plan,
+    select_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +65,6 @@ class LoraResult:
     skipped: bool = False
     seconds: float = 0.0
     export: object = None
-
-
-def _ids_sha256(ids) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
 
 
 def _raise_read_errors(errors, dataset: Dataset) -> None:
@@ -148,7 +150,7 @@ class _Validation:
                 "best_step": self.best_step, "restored_best": self.best_state is not None}
 
 
-def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device):
+def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device, team=None):
     import torch
 
     from embedcyto.backbones import make_transform
@@ -156,15 +158,32 @@ def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device)
 
     images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
     plan = batch_plan(len(rows), config.batch_size, iterations, config.seed)
+    if team is not None:
+        plan = rank_plan(plan, team.rank, team.world_size)
     workers = ExtractConfig(num_workers=config.num_workers).workers()
     return torch.utils.data.DataLoader(
         images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
+def _step_loss(model, net, images, labels, errors, dataset, device, team):
+    """This step's loss to back-propagate and the (global) mean loss to log."""
+    import torch
+
+    if team is None:
+        _raise_read_errors(errors, dataset)
+        logits = model(images.to(device, non_blocking=True))
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
+        return loss, float(loss.detach())
+    logits = net(images.to(device, non_blocking=True))
+    return team.step_loss(logits, labels.to(device), lambda: _raise_read_errors(errors, dataset))
+
+
 def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, device, dtype,
-         log_path: Path, progress: bool) -> dict:
-    """The training loop; writes one JSON line per step to ``log_path``."""
+         log_path: Path | None, progress: bool, team=None) -> dict:
+    """The training loop; writes one JSON line per step to ``log_path`` (rank 0 only: others
+    pass None). ``team`` is this rank's :class:`embedcyto.lora.ddp.DataParallel` under torchrun.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -178,30 +197,28 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     validate = _Validation(model, dataset, rows.val, device, config.best_val,
                            config.num_workers if config.num_workers is not None else 0)
-    loader = _loader(dataset, rows.train, model.encoder.card, config, iterations, device)
+    loader = _loader(dataset, rows.train, model.encoder.card, config, iterations, device, team)
+    net = model if team is None else team.wrap(model, device)
     losses, start = [], time.perf_counter()
     model.train()
-    with log_path.open("w", encoding="utf-8") as log_file, tqdm(
+    with _log_writer(log_path) as write, _dropout(team, model), tqdm(
             total=iterations, disable=not progress, unit="step", leave=False) as bar:
         for step, (images, labels, errors) in enumerate(loader, start=1):
-            _raise_read_errors(errors, dataset)
             lr_now = optimizer.param_groups[0]["lr"]
-            logits = model(images.to(device, non_blocking=True))
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
+            loss, value = _step_loss(model, net, images, labels, errors, dataset, device, team)
+            if not np.isfinite(value):
+                raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
+                                "or use --precision fp32")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            value = float(loss.detach())
-            if not np.isfinite(value):
-                raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
-                                "or use --precision fp32")
             entry = {"step": step, "loss": round(value, 6), "lr": lr_now}
             if (every and step % every == 0) or step == iterations:
-                entry["val_accuracy"] = validate(step)
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
+                entry["val_accuracy"] = (validate(step) if team is None
+                                         else team.validate(lambda s=step: validate(s)))
+            write(entry)
             losses.append(value)
             bar.update(1)
     seconds = time.perf_counter() - start
@@ -215,6 +232,24 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
             "first_loss": losses[0], "final_loss": losses[-1]}
 
 
+@contextmanager
+def _log_writer(path: Path | None):
+    """``write(entry)``: one flushed JSON line per call, or nothing when ``path`` is None."""
+    if path is None:
+        yield lambda entry: None
+        return
+    with path.open("w", encoding="utf-8") as handle:
+        def write(entry: dict) -> None:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+
+        yield write
+
+
+def _dropout(team, model):
+    return nullcontext() if team is None else team.global_dropout(model)
+
+
 def _backbone(card, weights_path, device, dtype):
     from embedcyto.backbones import build_backbone
 
@@ -223,66 +258,9 @@ def _backbone(card, weights_path, device, dtype):
     return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
 
 
-def _identity(dataset: Dataset, config: LoraRunConfig, card, sha, split_hash, rows) -> dict:
-    """What decides a run's result; a finished run is reused only when this matches."""
-    train_ids = [dataset.records[i].path for i in rows.train]
-    return {"config": config.identity(), "card": card.to_dict(),
-            "weights_sha256": sha or "random-init", "split_hash": split_hash,
-            "dataset_fingerprint": dataset.fingerprint(),
-            "train_ids_sha256": _ids_sha256(train_ids)}
-
-
-def _rows_file(dataset: Dataset, rows: RunRows) -> dict:
-    def part(idx):
-        return {"ids": [dataset.records[i].path for i in idx],
-                "labels": [int(dataset.records[i].label) for i in idx]}
-
-    return {"train": part(rows.train), "val": part(rows.val), "n_test": int(len(rows.test))}
-
-
-def _save_outputs(folder: Path, model, dataset: Dataset, rows: RunRows, proba) -> None:
-    from safetensors.torch import save_file
-
-    from embedcyto.lora.adapters import save_adapter
-
-    save_adapter(model.encoder, folder / runs.ADAPTER_DIR)
-    head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    save_file(head, str(folder / runs.HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
-    runs.write_json(folder / runs.ROWS_FILE, _rows_file(dataset, rows))
-    np.savez(folder / runs.PREDICTIONS_FILE,
-             ids=np.array([dataset.records[i].path for i in rows.test], dtype=str),
-             labels=np.array([dataset.records[i].label for i in rows.test], dtype=np.int64),
-             predictions=proba.argmax(axis=1), proba=proba.astype(np.float32))
-
-
-def _run_config(dataset, config, card, identity, iterations, device, dtype, wpath, model,
-                ckpt_module) -> dict:
-    from embedcyto.extract import library_versions
-    from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
-
-    lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)
-    return {
-        "config": config.to_dict(), "identity": identity, "card": card.to_dict(),
-        "support_ids_sha256": identity["train_ids_sha256"],
-        "weights_sha256": identity["weights_sha256"],
-        "weights_path": str(wpath) if wpath else None,
-        "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
-                    "classes": list(dataset.classes)},
-        "resolved": {"iterations": iterations,
-                     "eval_every": config.resolved_eval_every(iterations),
-                     "device": str(device), "precision": str(dtype).replace("torch.", ""),
-                     "grad_checkpointing_module": ckpt_module},
-        "parameters": {"trainable": trainable_parameters(model), "lora": lora,
-                       "lora_expected": expected_lora_parameters(
-                           card.width, card.depth, config.settings.rank,
-                           len(config.settings.targets)) if card.width else None},
-        "versions": library_versions(),
-    }
-
-
 def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_dir=None,
                weights=None, weights_dir=None, random_init: bool = False, rerun: bool = False,
-               progress: bool = False) -> LoraResult:
+               progress: bool = False, ranks=None) -> LoraResult:
     """Fine-tune ``config.model`` with LoRA on ``dataset`` and write its run folder.
 
     Args:
@@ -293,6 +271,10 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_
         weights, weights_dir, random_init: backbone weights, as for extraction.
         rerun: train again even when an identical finished run exists.
         progress: show a progress bar.
+        ranks: this process's :class:`embedcyto.distributed.Ranks` when started by torchrun:
+            every rank trains its slice of each batch (:mod:`embedcyto.lora.ddp`), rank 0
+            alone validates, tests and writes the run folder, and every rank returns the same
+            result. ``config.device`` is this rank's device.
 
     Returns:
         The run folder and its metrics; ``skipped`` when an identical run was already done.
@@ -316,44 +298,85 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_
     if config.best_val and len(rows.val) == 0:
         raise LoraError(f"{dataset.name} has no validation images, so --best-val cannot pick a "
                         "step; drop --best-val or re-split with a validation part (--ratios)")
+    team = _team(ranks, config, rows)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random_init)
-    identity = _identity(dataset, config, card, sha, dataset_split_hash(dataset, split_dir), rows)
+    identity = runs.run_identity(dataset, config, card, sha,
+                                 dataset_split_hash(dataset, split_dir), rows.train)
     final = runs.run_dir(runs.default_runs_dir(runs_dir), config)
-    runs.clean_leftovers(final)
-    if runs.check_existing(final, identity, rerun):
-        return LoraResult(final, config, runs.read_json(final / runs.METRICS_FILE), skipped=True,
-                          seconds=time.perf_counter() - start)
-    with runs.Staging(final) as stage:
+    done = _finished(final, identity, rerun) if team is None else team.from_rank0(
+        lambda: _finished(final, identity, rerun))
+    if done is not None:
+        return LoraResult(final, config, done, skipped=True, seconds=time.perf_counter() - start)
+    main = team is None or team.is_main
+    stage = runs.Staging(final) if main else None
+    with stage if main else nullcontext():
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.seed)
             metrics = _train_and_test(dataset, config, card, rows, iterations, device, dtype,
-                                      wpath, identity, stage.tmp, progress)
-        stage.publish()
+                                      wpath, identity, stage.tmp if main else None,
+                                      progress and main, team)
+        if team is None:
+            stage.publish()
+        else:
+            team.from_rank0(lambda: stage.publish())
     return LoraResult(final, config, metrics, seconds=time.perf_counter() - start)
 
 
+def _team(ranks, config: LoraRunConfig, rows: RunRows):
+    """This rank's :class:`embedcyto.lora.ddp.DataParallel`, or None outside torchrun."""
+    if ranks is None or ranks.world_size < 2:
+        return None
+    from embedcyto.lora.ddp import DataParallel
+
+    return DataParallel(ranks, min(config.batch_size, len(rows.train)))
+
+
+def _finished(final: Path, identity: dict, rerun: bool) -> dict | None:
+    """The metrics of an identical finished run at ``final`` (None: train), after removing
+    leftovers of killed runs."""
+    runs.clean_leftovers(final)
+    if runs.check_existing(final, identity, rerun):
+        return runs.read_json(final / runs.METRICS_FILE)
+    return None
+
+
 def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpath, identity,
-                    folder: Path, progress: bool) -> dict:
-    """Build, train, test and save everything into ``folder`` (the staging folder)."""
+                    folder: Path | None, progress: bool, team=None) -> dict:
+    """Build, train, test and save everything into ``folder`` (the staging folder).
+
+    Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
+    folder; the others get None) writes the files, tests, and shares the metrics.
+    """
     from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
 
-    model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
-                             len(dataset.classes), config.seed)
-    ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
-    runs.write_json(folder / runs.CONFIG_FILE, _run_config(
-        dataset, config, card, identity, iterations, device, dtype, wpath, model, ckpt))
+    def build():
+        model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
+                                 len(dataset.classes), config.seed)
+        ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
+        return model, ckpt
+
+    model, ckpt = build() if team is None else team.together(build)
+    if folder is not None:
+        info = runs.run_info(dataset, config, card, identity, iterations, device, dtype, wpath,
+                             model, ckpt)
+        info["resolved"]["world_size"] = 1 if team is None else team.world_size
+        runs.write_json(folder / runs.CONFIG_FILE, info)
     fit = _fit(model, dataset, rows, config, iterations, device, dtype,
-               folder / runs.LOG_FILE, progress)
-    test_start = time.perf_counter()
-    proba = predict_proba(model, dataset, rows.test, device=device,
-                          num_workers=config.num_workers)
-    metrics = score(dataset, rows.test, proba)
-    metrics.update(fit, n_train=int(len(rows.train)), n_val=int(len(rows.val)),
-                   n_test=int(len(rows.test)), iterations=iterations,
-                   test_seconds=round(time.perf_counter() - test_start, 3))
-    _save_outputs(folder, model, dataset, rows, proba)
-    runs.write_json(folder / runs.METRICS_FILE, metrics)
-    return metrics
+               None if folder is None else folder / runs.LOG_FILE, progress, team)
+
+    def finish() -> dict:
+        test_start = time.perf_counter()
+        proba = predict_proba(model, dataset, rows.test, device=device,
+                              num_workers=config.num_workers)
+        metrics = score(dataset, rows.test, proba)
+        metrics.update(fit, n_train=int(len(rows.train)), n_val=int(len(rows.val)),
+                       n_test=int(len(rows.test)), iterations=iterations,
+                       test_seconds=round(time.perf_counter() - test_start, 3))
+        runs.save_outputs(folder, model, dataset, rows, proba)
+        runs.write_json(folder / runs.METRICS_FILE, metrics)
+        return metrics
+
+    return finish() if team is None else team.from_rank0(finish)
