@@ -1,0 +1,179 @@
+"""Multinomial L2 logistic regression: scikit-learn's objective, a faster loss and gradient.
+
+Why this exists: on HiCervix-sized inputs (28,160 × 1,024, 26 classes) scikit-learn's
+``LogisticRegression(solver="lbfgs")`` spends its time in the loss/gradient evaluation (two
+matrix products with the data and a single-threaded softmax), not in L-BFGS itself. This module
+minimises *the same objective with the same optimiser and options* but evaluates the loss and
+gradient with torch matrix products (numpy if torch cannot be imported), about 4–5× faster per
+evaluation on two cores.
+
+The objective, exactly as scikit-learn 1.x writes it for the lbfgs solver::
+
+    f(W, b) = sum_i s_i * (logsumexp(x_i W^T + b) - (x_i W^T + b)[y_i]) / sum_i s_i
+              + ||W||^2 / (2 * C * sum_i s_i)
+
+with sample weights ``s`` (all 1, or the "balanced" class weights ``n / (K * count_y)``), the
+intercept ``b`` unpenalised, minimised by ``scipy.optimize.minimize(method="L-BFGS-B")`` with
+``gtol=tol, maxiter=max_iter, maxls=50, ftol=64 * eps`` from a warm start. Parameters are laid
+out as scikit-learn does (the classes of one feature contiguous, intercepts last), so L-BFGS sees
+the same vector. The data products run in the input's precision (float32 stays float32, as in
+scikit-learn); the loss is summed and the penalty and optimiser state kept in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.utils.class_weight import compute_class_weight
+
+from embedcyto.errors import ProbeError
+
+BACKENDS = ("auto", "torch", "numpy")
+
+
+@dataclass(frozen=True)
+class MultinomialFit:
+    """One L-BFGS solution: ``coef`` (n_classes, n_features) and ``intercept`` in the data's
+    dtype (as scikit-learn stores them), the iteration count, and scipy's verdict."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    n_iter: int
+    converged: bool
+    message: str
+
+
+def class_sample_weight(y: np.ndarray, n_classes: int, class_weight) -> np.ndarray | None:
+    """Per-row weights of ``class_weight`` (None, "balanced" or a dict), computed by scikit-learn.
+
+    ``y`` holds encoded labels 0..n_classes-1, every class present (as in any training split the
+    probe fits on).
+    """
+    if class_weight is None:
+        return None
+    weights = compute_class_weight(class_weight, classes=np.arange(n_classes), y=y)
+    return np.asarray(weights, dtype=np.float64)[y]
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+class MultinomialObjective:
+    """The data of one fit (features, labels, weights), ready for repeated loss/gradient calls.
+
+    Built once per training set and reused along the C path: the features are wrapped (not
+    copied, when already contiguous and writeable) as a torch tensor, and the one-hot targets
+    are made once.
+
+    Args:
+        X: (n, p) float32 or float64 features.
+        y: (n,) encoded labels in 0..n_classes-1.
+        n_classes: K (> 2 for the multinomial model to differ from scikit-learn's binary one).
+        sample_weight: (n,) positive weights or None.
+        backend: "torch", "numpy", or "auto" (torch when importable).
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 sample_weight: np.ndarray | None = None, backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ProbeError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        X = np.ascontiguousarray(X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        if not X.flags.writeable:  # torch refuses to wrap read-only memory without a warning
+            X = X.copy()
+        self.n_samples, self.n_features = X.shape
+        self.n_classes = int(n_classes)
+        self.dtype = X.dtype
+        self.sw_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
+        torch = _import_torch() if backend in ("auto", "torch") else None
+        if backend == "torch" and torch is None:
+            raise ProbeError("backend='torch' needs torch: pip install torch, or use 'numpy'")
+        self.backend = "torch" if torch is not None else "numpy"
+        onehot = np.zeros((X.shape[0], self.n_classes), dtype=X.dtype)
+        onehot[np.arange(X.shape[0]), y] = 1
+        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=X.dtype)
+        if torch is not None:
+            self._torch = torch
+            self._X, self._onehot = torch.from_numpy(X), torch.from_numpy(onehot)
+            self._sw = None if sw is None else torch.from_numpy(np.ascontiguousarray(sw))
+        else:
+            self._X, self._onehot, self._sw = X, onehot, sw
+
+    def data_terms(self, weights_t: np.ndarray, intercept: np.ndarray):
+        """Weighted loss sum and the data part of the gradient at (W, b).
+
+        Args:
+            weights_t: W transposed, (p, K); intercept: b, (K,).
+
+        Returns:
+            (sum_i s_i * loss_i as a float, grad_W (K, p), grad_b (K,)), unscaled by sum(s).
+        """
+        if self.backend == "torch":
+            return self._torch_terms(weights_t, intercept)
+        raw = self._X @ weights_t.astype(self.dtype) + intercept.astype(self.dtype)
+        top = raw.max(axis=1, keepdims=True)
+        prob = np.exp(raw - top)
+        norm = prob.sum(axis=1, keepdims=True)
+        prob /= norm
+        loss = (np.log(norm[:, 0]) + top[:, 0] - np.sum(raw * self._onehot, axis=1))
+        resid = prob - self._onehot
+        if self._sw is not None:
+            loss, resid = loss * self._sw, resid * self._sw[:, None]
+        return (float(np.sum(loss, dtype=np.float64)), (self._X.T @ resid).T,
+                np.sum(resid, axis=0, dtype=np.float64))
+
+    def _torch_terms(self, weights_t, intercept):
+        torch = self._torch
+        w = torch.from_numpy(np.ascontiguousarray(weights_t, dtype=self.dtype))
+        b = torch.from_numpy(np.ascontiguousarray(intercept, dtype=self.dtype))
+        raw = torch.addmm(b, self._X, w)
+        lse = torch.logsumexp(raw, dim=1)
+        loss = lse - (raw * self._onehot).sum(dim=1)
+        resid = torch.exp(raw.sub_(lse[:, None])).sub_(self._onehot)
+        if self._sw is not None:
+            loss, resid = loss * self._sw, resid.mul_(self._sw[:, None])
+        grad_w = resid.T @ self._X
+        return (float(loss.sum(dtype=torch.float64)), grad_w.numpy(),
+                resid.sum(dim=0, dtype=torch.float64).numpy())
+
+    def loss_gradient(self, flat: np.ndarray, l2_reg_strength: float):
+        """Objective and gradient for scipy, in scikit-learn's parameter layout.
+
+        ``flat`` is the (p + 1, K) array of [W^T; b] ravelled in C order, which is scikit-learn's
+        (K, p + 1) coefficient array ravelled in Fortran order.
+        """
+        params = flat.reshape(self.n_features + 1, self.n_classes)
+        weights_t, intercept = params[:-1], params[-1]
+        loss_sum, grad_w, grad_b = self.data_terms(weights_t, intercept)
+        loss = loss_sum / self.sw_sum + 0.5 * l2_reg_strength * float(np.sum(weights_t ** 2))
+        grad = np.empty_like(params)
+        grad[:-1] = grad_w.T / self.sw_sum + l2_reg_strength * weights_t
+        grad[-1] = grad_b / self.sw_sum
+        return loss, grad.ravel()
+
+    def fit(self, C: float, tol: float, max_iter: int, coef=None, intercept=None) -> MultinomialFit:
+        """Minimise the objective at ``C`` with scikit-learn's L-BFGS-B options.
+
+        ``coef``/``intercept`` (a previous solution) start the search; zeros otherwise.
+        """
+        start = np.zeros((self.n_features + 1, self.n_classes))
+        if coef is not None:
+            start[:-1] = np.asarray(coef, dtype=np.float64).T
+            start[-1] = np.asarray(intercept, dtype=np.float64)
+        result = minimize(self.loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
+                          args=(1.0 / (C * self.sw_sum),),
+                          options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                   "ftol": 64 * np.finfo(float).eps})
+        params = result.x.reshape(self.n_features + 1, self.n_classes)
+        return MultinomialFit(coef=np.ascontiguousarray(params[:-1].T, dtype=self.dtype),
+                              intercept=params[-1].astype(self.dtype),
+                              n_iter=int(min(result.nit, max_iter)),
+                              converged=result.status == 0, message=str(result.message))
