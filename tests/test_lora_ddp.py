@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -34,7 +35,7 @@ def test_rank_bounds_are_contiguous_nearly_equal_and_cover_the_batch():
     for size, world in ((32, 8), (33, 4), (9, 9), (100, 7)):
         bounds = rank_bounds(size, world)
         assert bounds[0][0] == 0 and bounds[-1][1] == size
-        assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
         lengths = [stop - start for start, stop in bounds]
         assert max(lengths) - min(lengths) <= 1 and min(lengths) >= 1
 
@@ -91,7 +92,7 @@ def test_averaging_rank_gradients_gives_the_global_batch_gradient(size, world):
         grads.append(torch.autograd.grad(loss, head.weight)[0])
         means.append(mean)
     torch.testing.assert_close(sum(grads) / world, expected, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(means, float(full), rtol=1e-6)
+    np.testing.assert_allclose(means, float(full.detach()), rtol=1e-6)
 
 
 def test_global_batch_dropout_gives_each_row_its_single_process_mask():

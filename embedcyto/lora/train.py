@@ -18,6 +18,11 @@ head initialisation (a torch generator), the batch order and each image's augmen
 drawn in advance, see :func:`embedcyto.lora.data.batch_plan`) all derive from ``seed``. LoRA
 dropout uses torch's global generator, which is seeded from ``seed`` inside a forked RNG state,
 so the caller's global RNG is left as it was.
+
+Under ``torchrun`` (``ranks`` given) every rank trains its slice of each global batch in
+``DistributedDataParallel`` and rank 0 alone validates, tests and writes the run folder; the
+result equals a single-process run up to floating-point reduction order (see
+:mod:`embedcyto.lora.ddp`).
 """
 
 from __future__ import annotations
