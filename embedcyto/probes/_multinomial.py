@@ -16,8 +16,8 @@ with sample weights ``s`` (all 1, or the "balanced" class weights ``n / (K * cou
 intercept ``b`` unpenalised, minimised by ``scipy.optimize.minimize(method="L-BFGS-B")`` with
 ``gtol=tol, maxiter=max_iter, maxls=50, ftol=64 * eps`` from a warm start. Parameters are laid
 out as scikit-learn does (the classes of one feature contiguous, intercepts last), so L-BFGS sees
-the same vector. The data products run in the input's precision (float32 stays float32, as in
-scikit-learn); the loss is summed and the penalty and optimiser state kept in float64.
+the same vector. Everything touching the data runs in the input's precision, as in scikit-learn
+(float32 stays float32, the loss included); the penalty and the optimiser state are float64.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.utils.class_weight import compute_class_weight
+from threadpoolctl import threadpool_limits
 
 from embedcyto.errors import ProbeError
 
@@ -55,6 +56,19 @@ def class_sample_weight(y: np.ndarray, n_classes: int, class_weight) -> np.ndarr
         return None
     weights = compute_class_weight(class_weight, classes=np.arange(n_classes), y=y)
     return np.asarray(weights, dtype=np.float64)[y]
+
+
+def single_blas_thread():
+    """Limit numpy's and scipy's OpenBLAS to one thread while an L-BFGS fit runs.
+
+    L-BFGS-B's own vector work goes through scipy's OpenBLAS. Left multi-threaded, its idle
+    threads (and numpy's) spin on the cores that the next loss evaluation needs: on two cores
+    that makes each torch evaluation about 4x slower and a small scikit-learn fit 10x slower.
+    One BLAS thread costs little: L-BFGS-B's vectors are short, and the big products run in
+    torch (or, in the numpy fallback, lose less than the spinning costs). The previous limits
+    are restored on exit.
+    """
+    return threadpool_limits(1, user_api="blas")
 
 
 def _import_torch():
@@ -114,7 +128,11 @@ class MultinomialObjective:
             weights_t: W transposed, (p, K); intercept: b, (K,).
 
         Returns:
-            (sum_i s_i * loss_i as a float, grad_W (K, p), grad_b (K,)), unscaled by sum(s).
+            (sum_i s_i * loss_i, grad_W (K, p), grad_b (K,)), unscaled by sum(s), all in the
+            data's dtype as scikit-learn computes them: with float32 features the loss is a
+            float32 sum, and L-BFGS-B stops (``ftol``) once steps no longer change it, as it
+            does in scikit-learn. A float64 sum would let it chase rounding noise for many more
+            iterations without a better model.
         """
         if self.backend == "torch":
             return self._torch_terms(weights_t, intercept)
@@ -127,8 +145,7 @@ class MultinomialObjective:
         resid = prob - self._onehot
         if self._sw is not None:
             loss, resid = loss * self._sw, resid * self._sw[:, None]
-        return (float(np.sum(loss, dtype=np.float64)), (self._X.T @ resid).T,
-                np.sum(resid, axis=0, dtype=np.float64))
+        return loss.sum(), (self._X.T @ resid).T, resid.sum(axis=0)
 
     def _torch_terms(self, weights_t, intercept):
         torch = self._torch
@@ -141,8 +158,7 @@ class MultinomialObjective:
         if self._sw is not None:
             loss, resid = loss * self._sw, resid.mul_(self._sw[:, None])
         grad_w = resid.T @ self._X
-        return (float(loss.sum(dtype=torch.float64)), grad_w.numpy(),
-                resid.sum(dim=0, dtype=torch.float64).numpy())
+        return loss.sum().numpy()[()], grad_w.numpy(), resid.sum(dim=0).numpy()
 
     def loss_gradient(self, flat: np.ndarray, l2_reg_strength: float):
         """Objective and gradient for scipy, in scikit-learn's parameter layout.
@@ -153,7 +169,8 @@ class MultinomialObjective:
         params = flat.reshape(self.n_features + 1, self.n_classes)
         weights_t, intercept = params[:-1], params[-1]
         loss_sum, grad_w, grad_b = self.data_terms(weights_t, intercept)
-        loss = loss_sum / self.sw_sum + 0.5 * l2_reg_strength * float(np.sum(weights_t ** 2))
+        loss = float(loss_sum / self.dtype.type(self.sw_sum))
+        loss += 0.5 * l2_reg_strength * float(np.sum(weights_t ** 2))
         grad = np.empty_like(params)
         grad[:-1] = grad_w.T / self.sw_sum + l2_reg_strength * weights_t
         grad[-1] = grad_b / self.sw_sum
@@ -168,10 +185,11 @@ class MultinomialObjective:
         if coef is not None:
             start[:-1] = np.asarray(coef, dtype=np.float64).T
             start[-1] = np.asarray(intercept, dtype=np.float64)
-        result = minimize(self.loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
-                          args=(1.0 / (C * self.sw_sum),),
-                          options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
-                                   "ftol": 64 * np.finfo(float).eps})
+        with single_blas_thread():
+            result = minimize(self.loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
+                              args=(1.0 / (C * self.sw_sum),),
+                              options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                       "ftol": 64 * np.finfo(float).eps})
         params = result.x.reshape(self.n_features + 1, self.n_classes)
         return MultinomialFit(coef=np.ascontiguousarray(params[:-1].T, dtype=self.dtype),
                               intercept=params[-1].astype(self.dtype),

@@ -46,7 +46,8 @@ from sklearn.model_selection import StratifiedShuffleSplit
 
 from embedcyto.errors import ProbeError
 from embedcyto.probes._base import apply_normaliser, check_normalisation, fit_normaliser
-from embedcyto.probes._multinomial import MultinomialObjective, class_sample_weight
+from embedcyto.probes._multinomial import (MultinomialObjective, class_sample_weight,
+                                           single_blas_thread)
 from embedcyto.probes._sk import (ProbeInputError, require_two_classes, validate_fit,
                                   validate_predict, validate_val)
 
@@ -167,7 +168,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                                        max_iter=self.max_iter, tol=self.tol, warm_start=True)
             if start is not None:
                 model.coef_, model.intercept_ = start.coef, start.intercept
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, single_blas_thread():
                 warnings.simplefilter("always", ConvergenceWarning)
                 model.fit(X, y)
             n_iter = int(np.max(model.n_iter_))
