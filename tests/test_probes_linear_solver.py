@@ -9,8 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from embedcyto.errors import ProbeError
-from embedcyto.probes import LinearProbe
-from embedcyto.probes import _multinomial
+from embedcyto.probes import LinearProbe, _multinomial
 from embedcyto.probes._multinomial import MultinomialObjective, class_sample_weight
 
 GRID = [1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0]
@@ -36,7 +35,7 @@ def _standardise(*arrays):
 @pytest.mark.parametrize("class_weight", [None, "balanced"])
 @pytest.mark.parametrize("C", [1e-3, 0.1, 10.0])
 def test_float64_fit_is_sklearns_fit(class_weight, C):
-    (X, y), _, (Xt, yt) = _problem()
+    (X, y), _, (Xt, _) = _problem()
     X, Xt = _standardise(X, Xt)
     sk = LogisticRegression(C=C, tol=1e-6, max_iter=1000, class_weight=class_weight).fit(X, y)
     ours = MultinomialObjective(X, y, 5, class_sample_weight(y, 5, class_weight)).fit(C, 1e-6, 1000)
@@ -51,7 +50,7 @@ def test_float64_fit_is_sklearns_fit(class_weight, C):
 
 @pytest.mark.parametrize("class_weight", [None, "balanced"])
 def test_float32_fit_matches_sklearn_to_float32_precision(class_weight):
-    (X, y), _, (Xt, yt) = _problem(np.float32)
+    (X, y), _, (Xt, _) = _problem(np.float32)
     X, Xt = _standardise(X, Xt)
     sk = LogisticRegression(C=1.0, tol=1e-6, max_iter=1000, class_weight=class_weight).fit(X, y)
     ours = MultinomialObjective(X, y, 5, class_sample_weight(y, 5, class_weight)).fit(1.0, 1e-6,
@@ -83,7 +82,7 @@ def _sklearn_path(X, y, Xv, yv, class_weight, patience=3):
 
 @pytest.mark.parametrize("class_weight", [None, "balanced"])
 def test_probe_chooses_the_c_sklearn_chooses(class_weight):
-    (X, y), (Xv, yv), (Xt, yt) = _problem(dim=40)
+    (X, y), (Xv, yv), (Xt, _) = _problem(dim=40)
     Xs, Xvs, Xts = _standardise(X, Xv, Xt)
     c_sk, scores_sk = _sklearn_path(Xs, y, Xvs, yv, class_weight)
     probe = LinearProbe(Cs=GRID, class_weight=class_weight).fit(X, y, Xv, yv)
@@ -146,3 +145,17 @@ def test_iteration_cap_is_reported(caplog):
         probe = LinearProbe(Cs=[100.0], max_iter=3).fit(X, y)
     assert probe.n_iter_ == 3
     assert "max_iter=3" in caplog.text and "C=100" in caplog.text
+
+
+def test_blas_limit_is_restored_after_nested_fits():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas_threads()
+    with _multinomial.single_blas_thread():
+        with _multinomial.single_blas_thread():
+            assert set(blas_threads()) == {1}
+        assert set(blas_threads()) == {1}  # the outer fit is still running
+    assert blas_threads() == before

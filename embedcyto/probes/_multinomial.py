@@ -22,6 +22,7 @@ the same vector. Everything touching the data runs in the input's precision, as 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,39 @@ def class_sample_weight(y: np.ndarray, n_classes: int, class_weight) -> np.ndarr
     return np.asarray(weights, dtype=np.float64)[y]
 
 
-def single_blas_thread():
+class _OneBlasThread:
+    """Reentrant, thread-safe "one BLAS thread" section shared by concurrent fits.
+
+    ``threadpool_limits`` saves and restores process-wide limits; two fits running in threads
+    (joblib's threading backend) would restore them out of order and could leave BLAS on one
+    thread for good. Here the first fit to enter sets the limit and the last one to leave
+    restores it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._limits = None
+
+    def __enter__(self):
+        with self._lock:
+            if self._depth == 0:
+                self._limits = threadpool_limits(1, user_api="blas")
+            self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._limits.restore_original_limits()
+                self._limits = None
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()
+
+
+def single_blas_thread() -> _OneBlasThread:
     """Limit numpy's and scipy's OpenBLAS to one thread while an L-BFGS fit runs.
 
     L-BFGS-B's own vector work goes through scipy's OpenBLAS. Left multi-threaded, its idle
@@ -66,9 +99,9 @@ def single_blas_thread():
     that makes each torch evaluation about 4x slower and a small scikit-learn fit 10x slower.
     One BLAS thread costs little: L-BFGS-B's vectors are short, and the big products run in
     torch (or, in the numpy fallback, lose less than the spinning costs). The previous limits
-    are restored on exit.
+    are restored when the last concurrent fit leaves.
     """
-    return threadpool_limits(1, user_api="blas")
+    return _ONE_BLAS_THREAD
 
 
 def _import_torch():
