@@ -172,8 +172,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 warnings.simplefilter("always", ConvergenceWarning)
                 model.fit(X, y)
             n_iter = int(np.max(model.n_iter_))
-            if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-                self._warn_convergence(C, n_iter, "see scikit-learn's ConvergenceWarning")
+            failed = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+            if failed:
+                self._warn_convergence(C, n_iter, str(failed[0].message).splitlines()[0])
             return _Solution(C, model.coef_, model.intercept_, n_iter)
         return solve_binary
 
