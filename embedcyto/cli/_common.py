@@ -53,6 +53,39 @@ def split_options(func):
     return func
 
 
+def weights_options(func):
+    """--weights / --weights-dir / --random-weights: where a backbone's weights come from."""
+    decorators = [
+        click.option("--weights", type=click.Path(), default=None,
+                     help="Weights file or folder (one --model only)."),
+        click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+                     help="Local weights folder holding <model>/<file> "
+                          "(default: $EMBEDCYTO_WEIGHTS)."),
+        click.option("--random-weights", is_flag=True,
+                     help="Real architecture, random weights (benchmarks and smoke runs only)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def runtime_options(func):
+    """--device / --precision / --workers: where and how the backbone runs."""
+    decorators = [
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+                     default="auto", show_default=True,
+                     help="Backbone weights precision (auto: bf16 on CUDA and on CPUs with "
+                          "bf16 matrix units, else fp32)."),
+        click.option("--workers", type=int, default=None,
+                     help="Image decoding processes (default: min(4, CPUs - 1))."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 def store_option(func):
     return click.option("--store", type=click.Path(file_okay=False), default=None,
                         help="Store folder (default: $EMBEDCYTO_STORE or ./cache).")(func)

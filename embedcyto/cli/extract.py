@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embedcyto.cli._common import open_for_store, split_options, store_option
+from embedcyto.cli._common import (open_for_store, runtime_options, split_options,
+                                   store_option, weights_options)
 
 
 @click.command()
@@ -16,19 +17,9 @@ from embedcyto.cli._common import open_for_store, split_options, store_option
               help="Dataset root folder (one per --dataset).")
 @click.option("--name", default=None, help="Dataset name for folder/csv datasets.")
 @store_option
-@click.option("--weights", type=click.Path(), default=None,
-              help="Weights file or folder (one --model only).")
-@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-              help="Local weights folder holding <model>/<file> (default: $EMBEDCYTO_WEIGHTS).")
-@click.option("--random-weights", is_flag=True,
-              help="Real architecture, random weights (benchmarks and smoke runs only).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              default="auto", show_default=True,
-              help="Model precision (auto: bf16 on CUDA and on CPUs with bf16 units).")
+@weights_options
+@runtime_options
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--workers", type=int, default=None,
-              help="Image decoding processes (default: min(4, CPUs - 1)).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Feature dtype on disk.")
 @click.option("--force", is_flag=True,

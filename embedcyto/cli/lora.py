@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embedcyto.cli._common import open_for_store, split_options, store_option
+from embedcyto.cli._common import (open_for_store, runtime_options, split_options,
+                                   store_option, weights_options)
 
 
 def _numbers(kind):
@@ -109,18 +110,8 @@ def summary_line(result) -> str:
               help="Test the adapters and head of the step with the best validation accuracy.")
 @click.option("--grad-checkpointing", is_flag=True,
               help="Recompute activations in the backward pass: less memory, more compute.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-              default="auto", show_default=True,
-              help="Autocast precision (auto: bf16 on CUDA and on CPUs with bf16 units).")
-@click.option("--workers", type=int, default=None,
-              help="Image decoding processes (default: min(4, CPUs - 1)).")
-@click.option("--weights", type=click.Path(), default=None,
-              help="Backbone weights file or folder (one --model only).")
-@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
-              help="Local weights folder holding <model>/<file> (default: $EMBEDCYTO_WEIGHTS).")
-@click.option("--random-weights", is_flag=True,
-              help="Real architecture, random weights (benchmarks and smoke runs only).")
+@weights_options
+@runtime_options
 @store_option
 @click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
               help="Run folders go to RUNS/lora/... (default: ./runs).")
