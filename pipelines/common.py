@@ -257,14 +257,10 @@ def one_thread(active: bool):
     if not active:
         yield
         return
-    import torch
+    from embedcyto.backbones.runtime import torch_threads
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def run_main(body, argv=None) -> int:

@@ -9,7 +9,6 @@ runs, not how any real model performs.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,19 +31,6 @@ NEXT_STEPS = """On real data, next:
   embedcyto lora --model clip --dataset sipakmed --root ~/data/sipakmed --shots 4 --seed 1
   embedcyto report
 The study's experiments: python -m pipelines.exp1_linear --data-root ~/data (docs/reproduce.md)."""
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Tiny models run fastest on one thread (spinning threads dominate on a busy CPU)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _usable_shots(dataset) -> tuple[int, ...]:
@@ -134,9 +120,11 @@ def demo(out, keep, per_class, seed) -> None:
     and figures). About a minute on a laptop CPU.
     """
     click.echo(f"embedcyto demo. {WARNING}\n")
+    from embedcyto.backbones.runtime import torch_threads
+
     folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="embedcyto-demo-"))
     try:
-        with _one_thread():
+        with torch_threads(1):
             _run(folder, per_class, seed)
     finally:
         if out is None and not keep:
