@@ -85,6 +85,19 @@ def list_images(folder: Path, *, recursive: bool = True,
     return sorted(found)
 
 
+def class_folder_records(root: Path, folder: Path, label: int,
+                         split: str | None = None) -> list[Record]:
+    """One record per image under a class folder; an empty class folder is an error.
+
+    Raises:
+        DatasetError: the folder holds no images (a wrong folder, or a failed unpacking).
+    """
+    images = list_images(folder)
+    if not images:
+        raise empty_class_error(folder)
+    return [Record(path=relative_posix(root, p), label=label, split=split) for p in images]
+
+
 def relative_posix(root: Path, path: Path) -> str:
     """``path`` relative to ``root`` with POSIX separators: the stable row id of an image."""
     return path.relative_to(root).as_posix()

@@ -7,10 +7,10 @@ import logging
 from pathlib import Path
 
 from embedcyto.datasets._common import short_list
-from embedcyto.datasets.verify import image_problems
 from embedcyto.datasets.records import Dataset
 from embedcyto.datasets.registry import KNOWN_DATASETS, get_adapter
 from embedcyto.datasets.splits import DEFAULT_RATIOS, assign_splits
+from embedcyto.datasets.verify import image_problems
 from embedcyto.errors import DatasetError
 
 log = logging.getLogger(__name__)

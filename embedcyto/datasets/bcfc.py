@@ -16,7 +16,7 @@ from pathlib import Path
 
 from embedcyto.datasets._common import (
     child_dirs,
-    empty_class_error,
+    class_folder_records,
     finish,
     list_images,
     presplit_dirs,
@@ -52,12 +52,7 @@ def _class_folders(folder: Path) -> dict[str, Path]:
 def _from_class_folders(root: Path, folders: dict[str, Path], split: str | None) -> list[Record]:
     records = []
     for cls, folder in sorted(folders.items()):
-        images = list_images(folder)
-        if not images:
-            raise empty_class_error(folder)
-        label = CLASSES.index(cls)
-        records.extend(Record(path=relative_posix(root, p), label=label, split=split)
-                       for p in images)
+        records += class_folder_records(root, folder, CLASSES.index(cls), split)
     return records
 
 

@@ -12,16 +12,14 @@ from pathlib import Path
 
 from embedcyto.datasets._common import (
     child_dirs,
-    empty_class_error,
+    class_folder_records,
     finish,
-    list_images,
     presplit_dirs,
-    relative_posix,
     require_root,
     short_list,
     visible_names,
 )
-from embedcyto.datasets.records import Dataset, Record
+from embedcyto.datasets.records import Dataset
 from embedcyto.errors import DatasetError
 
 LAYOUT = ("a folder per class (root/<class>/<image>), optionally under train/ val/ test/ "
@@ -64,10 +62,5 @@ def read_folder(root, *, name: str = "folder") -> Dataset:
     records = []
     for split, dirs in per_split.items():
         for cls, folder in dirs.items():
-            images = list_images(folder)
-            if not images:
-                raise empty_class_error(folder)
-            label = classes.index(cls)
-            records.extend(Record(path=relative_posix(root, p), label=label, split=split)
-                           for p in images)
+            records += class_folder_records(root, folder, classes.index(cls), split)
     return finish(name, "folder", root, classes, records, official_split=bool(splits))

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from embedcyto.datasets._common import (
     child_dirs,
-    empty_class_error,
+    class_folder_records,
     finish,
-    list_images,
-    relative_posix,
     require_root,
     short_list,
     visible_names,
 )
-from embedcyto.datasets.records import Dataset, Record
+from embedcyto.datasets.records import Dataset
 from embedcyto.errors import DatasetError
 
 #: Short labels, in label order.
@@ -68,9 +66,5 @@ def read_mlcc(root, *, name: str = "mlcc") -> Dataset:
             f"{short_list(visible_names(root))}")
     records = []
     for label, cls in enumerate(CLASSES):
-        folder = present[_normalise(FOLDERS[cls])]
-        images = list_images(folder)
-        if not images:
-            raise empty_class_error(folder)
-        records.extend(Record(path=relative_posix(root, p), label=label) for p in images)
+        records += class_folder_records(root, present[_normalise(FOLDERS[cls])], label)
     return finish(name, "mlcc", root, CLASSES, records)
