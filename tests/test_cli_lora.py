@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
+from embedcyto.backbones.runtime import torch_threads
 from embedcyto.backbones.weights import file_sha256
 from embedcyto.cli.main import cli
 from embedcyto.datasets.fixtures import make_fixture
@@ -29,10 +29,8 @@ TRAIN = ["--lr", "2e-2", "--warmup", "5", "--batch-size", "16"]
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run far faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _invoke(*args):
@@ -46,14 +44,14 @@ def trained(tmp_path_factory):
     base = tmp_path_factory.mktemp("cli_lora")
     root = make_fixture("folder", base / "toy", per_class=40, seed=3)
     common = ["--dataset", "folder", "--root", root, "--store", base / "cache"]
-    torch.set_num_threads(1)
-    out = _invoke("extract", "--model", "tiny-clip", *common, "--device", "cpu",
-                  "--precision", "fp32", "--workers", "0", "--quiet")
-    assert out.exit_code == 0, out.output
-    lora_args = ["lora", "--model", "tiny-clip", *common, "--runs", base / "runs", "--shots", "8",
-                 "--seed", "1", "--iterations", "80", *TRAIN, *FAST]
-    out = _invoke(*lora_args, "--export-features")
-    assert out.exit_code == 0, out.output
+    with torch_threads(1):  # module fixtures run before the per-test one
+        out = _invoke("extract", "--model", "tiny-clip", *common, "--device", "cpu",
+                      "--precision", "fp32", "--workers", "0", "--quiet")
+        assert out.exit_code == 0, out.output
+        lora_args = ["lora", "--model", "tiny-clip", *common, "--runs", base / "runs",
+                     "--shots", "8", "--seed", "1", "--iterations", "80", *TRAIN, *FAST]
+        out = _invoke(*lora_args, "--export-features")
+        assert out.exit_code == 0, out.output
     run = base / "runs" / "lora" / "toy" / "tiny-clip" / "shots-8" / "seed-1"
     return {"base": base, "root": root, "common": common, "args": lora_args, "run": run,
             "output": out.output}

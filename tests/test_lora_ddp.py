@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
+from embedcyto.backbones.runtime import torch_threads
 from embedcyto.cli.main import cli
 from embedcyto.datasets.fixtures import make_fixture
 from embedcyto.errors import LoraError
@@ -139,10 +140,8 @@ def fixture_root(tmp_path_factory):
 @pytest.fixture
 def one_thread():
     """The in-process reference run, on one thread like each torchrun rank."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def test_two_ranks_train_like_one_process_and_rank0_writes_one_run(fixture_root, tmp_path,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from embedcyto.backbones.runtime import torch_threads
 from embedcyto.cli._common import open_for_store
 from embedcyto.datasets.fixtures import make_fixture
 from embedcyto.errors import LoraError
@@ -29,10 +30,8 @@ from embedcyto.probes.episodes import support_ids
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models run far faster on one thread when the cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
