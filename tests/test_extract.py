@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
-
 import h5py
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from killed_extraction import kill_extraction_after
 
 from embedcyto import extract as ex
 from embedcyto.backbones import build_backbone, get_card
@@ -175,40 +168,11 @@ def test_corrupt_image_in_error_mode_stops_cleanly_and_keeps_rows(tmp_path):
     assert "cannot read image" in result.output
 
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    import torch
-    from embedcyto import extract as ex
-    from embedcyto.backbones.loaders import Backbone
-    from embedcyto.datasets import open_dataset
-    forward = Backbone.forward
-    def slow(self, x):
-        time.sleep(0.3)
-        return forward(self, x)
-    Backbone.forward = slow
-    root, store = sys.argv[1], sys.argv[2]
-    ds = open_dataset("sipakmed", root, split_dir=store + "/sipakmed")
-    cfg = ex.ExtractConfig(batch_size=2, num_workers=0, device="cpu", precision="fp32",
-                           progress=False)
-    ex.extract_features(ds, "tiny-clip", store_dir=store, split_dir=store + "/sipakmed",
-                        config=cfg)
-    """)
-
-
 def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     root = make_fixture("sipakmed", tmp_path / "data", per_class=4)
     store = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root), str(store)], env=env,
-                            stderr=subprocess.PIPE)
     partial = partial_dir(store_path(store, "sipakmed", "tiny-clip"))
-    deadline = time.monotonic() + 120
-    while len(list(partial.glob("*.npz"))) < 3:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "extraction made no progress"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_extraction_after(3, partial, root=root, split_dir=store / "sipakmed", store=store)
     assert not store_path(store, "sipakmed", "tiny-clip").exists()
 
     dataset = open_dataset("sipakmed", root, split_dir=store / "sipakmed")

@@ -5,16 +5,14 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import subprocess
 import sys
-import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from killed_extraction import kill_extraction_after
 
 from embedcyto import extract as ex
 from embedcyto.backbones import get_card
@@ -199,41 +197,12 @@ def test_a_stale_merged_store_is_refused_by_shards_and_merge(data, tmp_path):
     assert load_features(path).provenance["precision"] == "bfloat16"
 
 
-CHILD = textwrap.dedent("""
-    import sys, time
-    from embedcyto import extract as ex
-    from embedcyto.backbones.loaders import Backbone
-    from embedcyto.datasets import open_dataset
-    forward = Backbone.forward
-    def slow(self, x):
-        time.sleep(0.3)
-        return forward(self, x)
-    Backbone.forward = slow
-    root, split_dir, store = sys.argv[1:4]
-    ds = open_dataset("sipakmed", root, split_dir=split_dir)
-    cfg = ex.ExtractConfig(batch_size=2, num_workers=0, device="cpu", precision="fp32",
-                           progress=False)
-    ex.extract_features(ds, "tiny-clip", store_dir=store, split_dir=split_dir, config=cfg,
-                        shard="1/2")
-    """)
-
-
 def test_a_killed_shard_resumes_and_the_merge_is_complete(data, tmp_path):
     dataset, split_dir, _ = data
     store = tmp_path / "cache"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-               OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(dataset.root), str(split_dir),
-                             str(store)], env=env, stderr=subprocess.PIPE)
     path = store_path(store, "sipakmed", MODEL)
-    batches = partial_dir(part_path(path, Shard(1, 2)))
-    deadline = time.monotonic() + 120
-    while len(list(batches.glob("*.npz"))) < 2:
-        assert proc.poll() is None, proc.stderr.read().decode()
-        assert time.monotonic() < deadline, "the shard made no progress"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_extraction_after(2, partial_dir(part_path(path, Shard(1, 2))), root=dataset.root,
+                          split_dir=split_dir, store=store, model=MODEL, shard="1/2")
     assert not part_path(path, Shard(1, 2)).exists()
     run_shard(data, store, Shard(0, 2), batch_size=2)
     with pytest.raises(StoreError, match="shard 1/2 is unfinished"):
