@@ -5,6 +5,13 @@ from __future__ import annotations
 import click
 
 
+def echo_columns(rows: list[tuple[str, ...]]) -> None:
+    """Print rows as aligned columns; the last column (free text) is left unpadded."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+
+
 def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     """``("csv_file=a.csv", ...)`` → ``{"csv_file": "a.csv"}`` (adapter options)."""
     options = {}

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import click
 
-from embedcyto.cli._common import (open_for_store, runtime_options, split_options,
-                                   store_option, weights_options)
+from embedcyto.cli._common import (
+    open_for_store,
+    runtime_options,
+    split_options,
+    store_option,
+    weights_options,
+)
 
 
 def _numbers(kind):

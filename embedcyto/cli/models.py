@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from embedcyto.cli._common import echo_columns
+
 _WEIGHTS_DIR_HELP = (
     "Local weights folder holding <model name>/<weights file> (default: $EMBEDCYTO_WEIGHTS)."
 )
@@ -47,9 +49,7 @@ def list_(as_json: bool) -> None:
                 c.description,
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    echo_columns(rows)
 
 
 @models.command("show")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from embedcyto.cli._common import echo_columns
+
 _STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
 
 
@@ -71,9 +73,7 @@ def ls(store_dir: Path | None) -> None:
                 i.status,
             )
         )
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    echo_columns(rows)
 
 
 @store.command("info")
