@@ -102,6 +102,10 @@ def open_for_store(adapter: str, root: str, *, store_dir, name=None, split_seed=
                    ratios="0.7,0.1,0.2", on_bad_image="skip", options=(), verify_size=None):
     """Open a dataset with its split saved beside its stores (``<store>/<name>/splits.json``).
 
+    With ``on_bad_image="skip"`` every image is checked first (large JPEGs decoded at
+    ``verify_size``, as extraction will) and unreadable ones are left out; with "error" nothing
+    is checked up front.
+
     Returns:
         (dataset, split_dir)
     """
@@ -115,6 +119,6 @@ def open_for_store(adapter: str, root: str, *, store_dir, name=None, split_seed=
     split_dir = Path(store_dir) / name
     dataset = open_dataset(adapter, root, name=name, split_dir=split_dir, seed=split_seed,
                            ratios=parse_ratios(ratios), on_bad_image=on_bad_image,
-                           verify_images=on_bad_image == "skip" or verify_size is not None,
+                           verify_images=on_bad_image == "skip",
                            verify_size=verify_size, **parse_options(options))
     return dataset, split_dir

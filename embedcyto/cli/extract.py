@@ -83,16 +83,15 @@ def _extract_all(job: dict, pairs, config, ranks) -> None:
 
     cards, store_dir = job["cards"], job["store_dir"]
     verbose = ranks is None or ranks.rank == 0
+    verify_size = max(c.input_size for c in cards)
     for adapter, root in pairs:
-        verify_size = max(c.input_size for c in cards)
-
         def opener(adapter=adapter, root=root, verify_size=verify_size):
             opts = job["open"]
             return open_for_store(
                 adapter, root, store_dir=store_dir, name=opts["name"],
                 split_seed=opts["split_seed"], ratios=opts["ratios"],
                 on_bad_image=opts["on_bad_image"], options=opts["options"],
-                verify_size=verify_size if opts["on_bad_image"] == "skip" else None)
+                verify_size=verify_size)
 
         dataset, split_dir = opener() if ranks is None else ranks.rank0_first(opener)
         if verbose:

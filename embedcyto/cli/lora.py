@@ -174,7 +174,7 @@ def _open(job: dict):
         opts["adapter"], opts["root"], store_dir=job["store_dir"], name=opts["name"],
         split_seed=opts["split_seed"], ratios=opts["ratios"], on_bad_image=opts["on_bad_image"],
         options=opts["options"],
-        verify_size=max(c.input_size for c in cards) if opts["on_bad_image"] == "skip" else None)
+        verify_size=max(c.input_size for c in cards))
 
 
 def _run_all(job: dict, ranks, progress: bool) -> None:
