@@ -7,6 +7,7 @@ read files, so the runner can hand them to any joblib backend.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,25 +16,58 @@ import numpy as np
 
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import classification_metrics, hierarchical_metrics, mean_ci
+from embedcyto.probes import registry
 
-FULL_DATA_METHODS = ("linear", "knn", "study_head")
-EPISODE_METHODS = ("simpleshot", "protonet")
-METHODS = FULL_DATA_METHODS + EPISODE_METHODS
-#: Methods whose result does not depend on the seed once a validation split exists.
-DETERMINISTIC = ("linear", "knn")
-NEEDS_VALIDATION = ("linear", "knn")
+log = logging.getLogger(__name__)
+
+#: Above this magnitude float32 sums of squares can overflow (|x|² · rows > 3.4e38), so the
+#: probes compute in float64 instead; embeddings are normally below 1e3.
+HUGE = 1e15
+
+
+def check_finite(X: np.ndarray, ids, where: str, chunk: int = 4096) -> None:
+    """Refuse features holding NaN or ±inf, naming the rows (read in chunks, memory-mapped ok).
+
+    Raises:
+        ProbeError: the message names up to five row ids, how many rows are affected, and the fix.
+    """
+    bad = [start + np.flatnonzero(~np.isfinite(np.asarray(X[start:start + chunk])).all(axis=1))
+           for start in range(0, X.shape[0], chunk)]
+    bad = np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+    if bad.size:
+        shown = ", ".join(str(i) for i in np.asarray(ids)[bad[:5]])
+        raise ProbeError(
+            f"{where}: {bad.size} row(s) hold NaN or infinite feature values ({shown}"
+            f"{', ...' if bad.size > 5 else ''}); no probe can use them: re-extract the store "
+            "(`embedcyto extract --force`) or leave those images out")
 
 
 def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
-    """Rows of one split as plain arrays (features as float32)."""
+    """Rows of one split as plain arrays (float32, or float64 for absurdly large values).
+
+    Raises:
+        ProbeError: the split is empty (when needed) or holds non-finite features.
+    """
     mask = np.asarray(features.splits) == split
     if need and not mask.any():
         raise ProbeError(f"the store has no {split!r} rows; re-split the dataset so that "
                          f"{split} is not empty, then extract again")
     out = {"X": np.asarray(features.X[mask], dtype=np.float32),
            "y": np.asarray(features.labels)[mask], "ids": np.asarray(features.ids)[mask]}
+    check_finite(out["X"], out["ids"], f"{split} split")
     out["levels"] = None if features.levels is None else np.asarray(features.levels)[mask]
     return out
+
+
+def _widen_if_huge(*splits: dict) -> None:
+    """Compute in float64 when any feature is huge (the same dtype for every split)."""
+    peak = max((float(np.abs(s["X"]).max(initial=0.0)) for s in splits), default=0.0)
+    if peak > HUGE:
+        log.warning("features reach %.3g in magnitude (embeddings are normally below 1e3): "
+                    "computing in float64 so that sums do not overflow; check the extraction",
+                    peak)
+        for s in splits:
+            s["X"] = s["X"].astype(np.float64)
 
 
 def _has_levels(features) -> bool:
@@ -52,26 +86,23 @@ def _full_proba(proba: np.ndarray, classes: np.ndarray, n_classes: int) -> np.nd
     return out
 
 
-def _make_estimator(method: str, seed: int | None, options: Mapping[str, Any]):
-    from embedcyto.probes import KNNProbe, LinearProbe, StudyLinearHead
-
-    if method == "linear":
-        return LinearProbe(**options)
-    if method == "knn":
-        return KNNProbe(**options)
-    return StudyLinearHead(random_state=seed, **options)
+def _make_estimator(spec: registry.ProbeMethod, seed: int | None, options: Mapping[str, Any]):
+    kwargs = {**dict(options), **({"random_state": seed} if spec.seeded else {})}
+    try:
+        return spec.estimator_class()(**kwargs)
+    except TypeError as err:
+        raise ProbeError(f"bad options for {spec.name}: {err}") from err
 
 
 def evaluate_full(features, method: str, seed: int | None, options: Mapping[str, Any]) -> dict:
     """Fit one full-data probe on train (choosing its hyper-parameter on val) and score test."""
     start = time.perf_counter()
+    spec = registry.get_method(method)
     train, test = split_arrays(features, "train"), split_arrays(features, "test")
-    val = split_arrays(features, "val", need=method in NEEDS_VALIDATION)
-    try:
-        est = _make_estimator(method, seed, options)
-    except TypeError as err:
-        raise ProbeError(f"bad options for {method}: {err}") from err
-    if method in NEEDS_VALIDATION:
+    val = split_arrays(features, "val", need=spec.needs_validation)
+    _widen_if_huge(train, val, test)
+    est = _make_estimator(spec, seed, options)
+    if spec.needs_validation:
         est.fit(train["X"], train["y"], val["X"], val["y"])
     else:
         est.fit(train["X"], train["y"])
@@ -79,7 +110,7 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     proba = _full_proba(est.predict_proba(test["X"]), est.classes_, k)
     pred = np.argmax(proba, axis=1)
     row = {"metrics": classification_metrics(test["y"], pred, proba, k),
-           "chosen": _chosen(est), "n_train": len(train["y"]), "n_val": len(val["y"]),
+           "chosen": _chosen(spec, est), "n_train": len(train["y"]), "n_val": len(val["y"]),
            "n_test": len(test["y"])}
     if _has_levels(features):
         row["levels"] = hierarchical_metrics(proba, test["levels"], features.level_maps,
@@ -88,14 +119,20 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     return row
 
 
-def _chosen(est) -> dict:
-    if hasattr(est, "C_"):
-        return {"C": est.C_, "selection": est.selection_,
-                "val_accuracy": [None if np.isnan(v) else float(v) for v in est.val_scores_]}
-    if hasattr(est, "k_"):
-        return {"k": int(est.k_), "selection": est.selection_,
-                "val_accuracy": [None if np.isnan(v) else float(v) for v in est.val_scores_]}
-    return {"epochs": est.epochs, "steps": est.n_steps_}
+def _json_value(value: Any) -> Any:
+    """An estimator attribute as JSON (arrays as lists, NaN as null)."""
+    value = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _chosen(spec: registry.ProbeMethod, est) -> dict:
+    """What the fit selected, as the registry row names it."""
+    return {key: _json_value(getattr(est, attr)) for key, attr in spec.chosen
+            if hasattr(est, attr)}
 
 
 def _summarise(values: np.ndarray, level: float) -> dict:
@@ -111,6 +148,7 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
 
     start = time.perf_counter()
     train, test = split_arrays(features, "train"), split_arrays(features, "test")
+    _widen_if_huge(train, test)
     levels = _has_levels(features)
     result = run_episodes(
         train["X"], train["y"], train["ids"], test["X"], test["y"], shots, n_episodes, seed,
@@ -119,7 +157,7 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
         level_maps=features.level_maps if levels else None,
         level_names=features.level_names if levels else (), **dict(options))
     summary = {m: _summarise(result[m], ci_level)
-               for m in ("accuracy", "balanced_accuracy", "macro_f1")}
+               for m in registry.HEADLINE_METRICS}
     row = {"metrics": {m: s["mean"] for m, s in summary.items()},
            "ci": {m: s["ci"] for m, s in summary.items()},
            "episode_std": {m: s["std"] for m, s in summary.items()},
@@ -137,11 +175,10 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
 def evaluate_unit(features, method: str, runs: Sequence[tuple[int | None, int | None]],
                   n_episodes: int, options: Mapping[str, Any]) -> list[dict]:
     """All requested (shots, seed) runs of one method on one feature set, in order."""
-    if method not in METHODS:
-        raise ProbeError(f"unknown probe method {method!r}; choose from {', '.join(METHODS)}")
+    spec = registry.get_method(method)
     rows = []
     for shots, seed in runs:
-        if method in EPISODE_METHODS:
+        if spec.episodic:
             rows.append(evaluate_episodes(features, method, shots, seed, n_episodes, options))
         else:
             rows.append(evaluate_full(features, method, seed, options))
