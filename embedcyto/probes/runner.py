@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto.errors import ProbeError, StoreError
+from embedcyto.folders import DEFAULT_RESULTS_DIR
 from embedcyto.probes import registry
 from embedcyto.probes.checks import StoreCheck, inspect_stores, store_identity, usable_shots
 from embedcyto.probes.results import (merge_rows, read_results, results_file, row_key,
@@ -39,7 +40,6 @@ from embedcyto.probes.results import (merge_rows, read_results, results_file, ro
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESULTS_DIR = Path("results") / "probe"
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
 DEFAULT_EPISODES = 600
