@@ -7,7 +7,6 @@ read files, so the runner can hand them to any joblib backend.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,35 +17,48 @@ from embedcyto.errors import ProbeError
 from embedcyto.metrics import classification_metrics, hierarchical_metrics, mean_ci
 from embedcyto.probes import registry
 
-log = logging.getLogger(__name__)
+#: No backbone produces embeddings this large (they are normally below 1e3); such values come
+#: from a damaged store or a broken extraction, and a single one dominates every centring mean
+#: and norm (kNN and SimpleShot then score chance), so the probe grid refuses them.
+ABSURD = 1e15
 
-#: Above this magnitude float32 sums of squares can overflow (|x|² · rows > 3.4e38), so the
-#: probes compute in float64 instead; embeddings are normally below 1e3.
-HUGE = 1e15
+
+def _bad_rows(X, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices holding NaN/inf, and rows holding absurdly large values (chunked reads)."""
+    bad, huge = [], []
+    for start in range(0, X.shape[0], chunk):
+        block = np.asarray(X[start:start + chunk])
+        finite = np.isfinite(block)
+        bad.append(start + np.flatnonzero(~finite.all(axis=1)))
+        huge.append(start + np.flatnonzero((np.abs(np.where(finite, block, 0)) > ABSURD)
+                                           .any(axis=1)))
+    empty = np.empty(0, dtype=np.int64)
+    return (np.concatenate(bad) if bad else empty), (np.concatenate(huge) if huge else empty)
 
 
-def check_finite(X: np.ndarray, ids, where: str, chunk: int = 4096) -> None:
-    """Refuse features holding NaN or ±inf, naming the rows (read in chunks, memory-mapped ok).
+def check_finite(X, ids, where: str) -> None:
+    """Refuse features holding NaN, ±inf or absurd magnitudes, naming the rows.
+
+    Works on memory-mapped stores (read in chunks).
 
     Raises:
         ProbeError: the message names up to five row ids, how many rows are affected, and the fix.
     """
-    bad = [start + np.flatnonzero(~np.isfinite(np.asarray(X[start:start + chunk])).all(axis=1))
-           for start in range(0, X.shape[0], chunk)]
-    bad = np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
-    if bad.size:
-        shown = ", ".join(str(i) for i in np.asarray(ids)[bad[:5]])
-        raise ProbeError(
-            f"{where}: {bad.size} row(s) hold NaN or infinite feature values ({shown}"
-            f"{', ...' if bad.size > 5 else ''}); no probe can use them: re-extract the store "
-            "(`embedcyto extract --force`) or leave those images out")
+    bad, huge = _bad_rows(X)
+    for rows, what in ((bad, "NaN or infinite"), (huge, f"absurdly large (above {ABSURD:g})")):
+        if rows.size:
+            shown = ", ".join(str(i) for i in np.asarray(ids)[rows[:5]])
+            raise ProbeError(
+                f"{where}: {rows.size} row(s) hold {what} feature values ({shown}"
+                f"{', ...' if rows.size > 5 else ''}); no probe can use them: re-extract the "
+                "store (`embedcyto extract --force`) or leave those images out")
 
 
 def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
-    """Rows of one split as plain arrays (float32, or float64 for absurdly large values).
+    """Rows of one split as plain arrays (features as float32).
 
     Raises:
-        ProbeError: the split is empty (when needed) or holds non-finite features.
+        ProbeError: the split is empty (when needed) or holds non-finite or absurd features.
     """
     mask = np.asarray(features.splits) == split
     if need and not mask.any():
@@ -57,17 +69,6 @@ def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
     check_finite(out["X"], out["ids"], f"{split} split")
     out["levels"] = None if features.levels is None else np.asarray(features.levels)[mask]
     return out
-
-
-def _widen_if_huge(*splits: dict) -> None:
-    """Compute in float64 when any feature is huge (the same dtype for every split)."""
-    peak = max((float(np.abs(s["X"]).max(initial=0.0)) for s in splits), default=0.0)
-    if peak > HUGE:
-        log.warning("features reach %.3g in magnitude (embeddings are normally below 1e3): "
-                    "computing in float64 so that sums do not overflow; check the extraction",
-                    peak)
-        for s in splits:
-            s["X"] = s["X"].astype(np.float64)
 
 
 def _has_levels(features) -> bool:
@@ -100,7 +101,6 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     spec = registry.get_method(method)
     train, test = split_arrays(features, "train"), split_arrays(features, "test")
     val = split_arrays(features, "val", need=spec.needs_validation)
-    _widen_if_huge(train, val, test)
     est = _make_estimator(spec, seed, options)
     if spec.needs_validation:
         est.fit(train["X"], train["y"], val["X"], val["y"])
@@ -148,7 +148,6 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
 
     start = time.perf_counter()
     train, test = split_arrays(features, "train"), split_arrays(features, "test")
-    _widen_if_huge(train, test)
     levels = _has_levels(features)
     result = run_episodes(
         train["X"], train["y"], train["ids"], test["X"], test["y"], shots, n_episodes, seed,
