@@ -156,10 +156,40 @@ def test_refuses_a_missing_validation_split(tmp_path):
     assert len(rows) == 4
 
 
-def test_refuses_too_many_shots_naming_the_class(tmp_path):
+def test_refuses_too_many_shots_naming_the_class_before_any_work(tmp_path, monkeypatch):
     write_store(tmp_path, make_dataset(), "alpha")
-    with pytest.raises(ProbeError, match="training images, fewer than shots=16"):
-        grid(tmp_path, results_dir=tmp_path / "r", **{**GRID, "shots": (16,)})
+    monkeypatch.setattr(runner, "_run_unit", lambda *a: pytest.fail("work started"))
+    with pytest.raises(ProbeError, match="shots=16 fits no dataset .toy: class 'nilm' has 12 "
+                                         "training images.*lower shots to at most 12"):
+        grid(tmp_path, results_dir=tmp_path / "r", **{**GRID, "shots": (2, 16)})
+
+
+def test_bad_options_fail_when_the_config_is_built():
+    for bad, match in [({"shots": (0,)}, "shots must be at least 1"),
+                       ({"seeds": ()}, "at least one seed"),
+                       ({"episodes": 0}, "episodes must be at least 1"),
+                       ({"methods": ("svm",)}, "unknown probe method 'svm'"),
+                       ({"options": {"simpleshot": {"centre": "x"}}}, "centre='x' is not one of")]:
+        with pytest.raises(ProbeError, match=match):
+            runner.ProbeGridConfig(**bad)
+
+
+def test_default_shots_a_dataset_cannot_supply_are_skipped_with_one_warning(tmp_path, caplog):
+    write_store(tmp_path, make_dataset(n_per_class=(3, 3, 5)), "alpha")  # 3 training per class
+    write_store(tmp_path, make_dataset(name="big", n_per_class=(9, 3, 5)), "alpha")
+    with caplog.at_level("WARNING"):
+        rows = grid(tmp_path, results_dir=tmp_path / "r", methods=("simpleshot",), seeds=(1,),
+                    episodes=3)
+    shots = {d: sorted(r["shots"] for r in rows if r["dataset"] == d) for d in ("toy", "big")}
+    assert shots == {"toy": [1, 2], "big": [1, 2, 4, 8]}
+    warnings = [r.getMessage() for r in caplog.records if "skipping shots" in r.getMessage()]
+    assert warnings == ["big: skipping shots 16: class 'nilm' has only 9 training images",
+                        "toy: skipping shots 4,8,16: class 'nilm' has only 3 training images"]
+    # an explicit value that one dataset supports runs there and is skipped on the other
+    rows = grid(tmp_path, results_dir=tmp_path / "r2", methods=("simpleshot",), seeds=(1,),
+                episodes=3, shots=(2, 8))
+    assert sorted((r["dataset"], r["shots"]) for r in rows) == [
+        ("big", 2), ("big", 8), ("toy", 2)]
 
 
 def test_hierarchical_rows_carry_levels(tmp_path):

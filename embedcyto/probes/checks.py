@@ -116,25 +116,19 @@ def usable_shots(checks: Sequence[StoreCheck], shots: Sequence[int], methods: Se
     """
     if not any(registry.get_method(m).episodic for m in methods):
         return {c.dataset: tuple(shots) for c in checks}
-    out = {}
-    for check in checks:
-        name, count = _shortest(check) if check.train_counts else ("?", 0)
-        out[check.dataset] = tuple(k for k in shots if k <= count)
-        dropped = [k for k in shots if k > count]
-        if dropped and out[check.dataset]:
-            log.warning("%s: skipping shots %s: class %r has only %d training images",
-                        check.dataset, ",".join(map(str, dropped)), name, count)
+    smallest = {c.dataset: _shortest(c) if c.train_counts else ("?", 0) for c in checks}
+    out = {d: tuple(k for k in shots if k <= n) for d, (_, n) in smallest.items()}
     unusable = [k for k in shots if all(k not in v for v in out.values())]
     if unusable and (explicit or not any(out.values())):
-        listing = "; ".join(f"{c.dataset}: class {n!r} has {k} training images"
-                            for c in checks for n, k in [_shortest(c)])
+        listing = "; ".join(f"{d}: class {c!r} has {n} training images"
+                            for d, (c, n) in smallest.items())
         raise ProbeError(
-            f"shots={','.join(map(str, unusable))} cannot be run ({listing}, fewer than "
-            f"shots={max(unusable)}): lower --shots to at most "
-            f"{max(_shortest(c)[1] for c in checks)}")
-    for check in checks:
-        if not out[check.dataset]:
-            name, count = _shortest(check)
-            log.warning("%s: no few-shot episodes: class %r has only %d training images, fewer "
-                        "than any requested shots", check.dataset, name, count)
+            f"shots={','.join(map(str, unusable))} fits no dataset ({listing}); every class "
+            f"needs at least `shots` training images: lower shots to at most "
+            f"{max(n for _, n in smallest.values())}")
+    for dataset, (name, count) in smallest.items():
+        dropped = [k for k in shots if k > count]
+        if dropped:
+            log.warning("%s: skipping shots %s: class %r has only %d training images", dataset,
+                        ",".join(map(str, dropped)), name, count)
     return out
