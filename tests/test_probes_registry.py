@@ -94,3 +94,33 @@ def test_reading_the_registry_imports_no_estimator():
             "print(any(m.startswith('sklearn') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _blobs(seed, n_per_class=20, n_classes=3, dim=12):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(7).normal(size=(n_classes, dim)) * 4
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return (means[y] + rng.normal(size=(y.size, dim))).astype("float32"), y
+
+
+@pytest.mark.parametrize("spec", registry.probe_methods(), ids=lambda m: m.name)
+def test_every_registered_method_learns_through_its_row(spec):
+    """Each row's estimator (and an episodic row's batched scorer) works as the row says."""
+    import numpy as np
+
+    from embedcyto.probes import run_episodes, support_indices
+
+    X, y = _blobs(0, n_per_class=150)  # enough steps for the study head's fixed budget
+    X_test, y_test = _blobs(1, n_per_class=10)
+    est = spec.estimator_class()(**({"random_state": 0} if spec.seeded else {}))
+    fit = (X, y, *_blobs(2, n_per_class=5)) if spec.needs_validation else (X, y)
+    assert est.fit(*fit) is est and est.score(X_test, y_test) > 0.9
+    if spec.episodic:
+        ids = np.array([f"img{i:03d}" for i in range(y.size)])
+        out = run_episodes(X, y, ids, X_test, y_test, 2, 4, 1, method=spec.name)
+        for episode in range(4):
+            idx = support_indices(ids, y, 2, 1, episode)
+            ref = spec.estimator_class()().fit(X[idx], y[idx]).score(X_test, y_test)
+            assert out["accuracy"][episode] == pytest.approx(ref)
