@@ -62,6 +62,9 @@ class Dataset:
         official_split: True when the splits come from the dataset itself (HiCervix CSVs or a
             pre-split folder layout) rather than from embedcyto's seeded split.
         skipped: (path, reason) for images found but left out (documented, reported skips).
+        split_hash: identity of the split the records carry: "official", the hash of the saved
+            split file they were given (see :func:`embedcyto.datasets.splits.assign_splits`),
+            or None for a split that was not saved.
     """
 
     name: str
@@ -75,6 +78,7 @@ class Dataset:
     level_maps: dict[str, tuple[int, ...]] = field(default_factory=dict)
     official_split: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_hash: str | None = None
 
     def fingerprint(self) -> str:
         """A hash of what the dataset *is*: paths, labels, splits, groups, levels, file sizes.
@@ -93,7 +97,3 @@ class Dataset:
             row = [rec.path, rec.label, rec.split, rec.group, list(rec.levels or ()), size]
             digest.update(json.dumps(row).encode())
         return digest.hexdigest()
-
-    def split_records(self, split: str) -> list[Record]:
-        """Records of one split, in dataset order."""
-        return [r for r in self.records if r.split == split]
