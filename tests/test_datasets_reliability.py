@@ -412,3 +412,15 @@ def test_an_image_replaced_in_place_is_not_a_cache_hit_and_force_rebuilds(tmp_pa
     assert "dataset_fingerprint" in stale.output and "--force" in stale.output
     rebuilt = _extract(root, store, "--force")
     assert rebuilt.exit_code == 0 and "12 computed" in rebuilt.output, rebuilt.output
+
+
+@pytest.mark.parametrize("name, file_name, fine", [
+    ("sipakmed", True, True), ("ASC-US", False, True), ("Superficial-Intermediate", False, True),
+    ("NL (4)", False, True), ("a/b", False, True), ("a/b", True, False), (".x", True, False),
+    ("", False, False), ("   ", False, False), ("a|b", False, False), ("a\x00", False, False),
+    ("a\u2028b", False, False), ("naïve", True, True), (3, False, False),
+])
+def test_one_name_check_for_every_kind_of_name(name, file_name, fine):
+    from embedcyto.names import name_problem
+
+    assert (name_problem(name, file_name=file_name) is None) is fine
