@@ -37,6 +37,8 @@ class NearestMean(ClassifierMixin, BaseEstimator):
 @pytest.fixture
 def toy_method(tmp_path, monkeypatch):
     """One module (on sys.path) and one registry row: nothing else is edited."""
+    import embedcyto.cli.probe  # noqa: F401  (its --help text is written at import: keep it real)
+
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "toy_probe_module.py").write_text(textwrap.dedent(TOY_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
