@@ -11,7 +11,7 @@ from embedcyto.backbones.cards import Card, FrozenDict, get_card, list_cards
 from embedcyto.errors import BackboneError
 
 ALL = [c.name for c in list_cards()]
-STUDY = {"clip", "clip-l14", "vit", "biomedclip", "quilt", "uni"}
+STUDY = {"clip", "clip-l14", "vit", "vit-hf", "biomedclip", "quilt", "uni"}
 
 
 def _valid(**changes) -> dict:

@@ -20,12 +20,15 @@ def test_list_shows_every_card_with_its_columns():
     result = _run("models", "list")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].split()[:6] == ["NAME", "FAMILY", "EMBED", "INPUT", "GATED", "KIND"]
+    header = lines[0].split()
+    assert header[:9] == ["NAME", "FAMILY", "DOMAIN", "PARAMS", "EMBED", "INPUT", "GATED",
+                          "WEIGHTS", "KIND"]
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert set(rows) == {c.name for c in list_cards()}
-    assert rows["uni"][1:6] == ["timm", "1024", "224", "yes", "study"]
-    assert rows["clip"][1:6] == ["open_clip", "512", "224", "no", "study"]
-    assert rows["tiny-clip"][5] == "RANDOM"
+    assert rows["uni"][1:9] == ["timm", "pathology", "303M", "1024", "224", "yes", "no", "study"]
+    assert rows["clip"][1:9] == ["open_clip", "natural,vision-language", "86M", "512", "224", "no",
+                                 "no", "study"]
+    assert rows["tiny-clip"][7:9] == ["random", "RANDOM-demo"]
 
 
 def test_list_json_round_trips_the_cards():
