@@ -255,6 +255,20 @@ class Card:
             kwargs["depth"] = depth
         return dataclasses.replace(self, model_kwargs=kwargs, depth=depth, params=None)
 
+    def with_input_size(self, size: int) -> "Card":
+        """The same card built for ``size``-pixel inputs (a smaller position-embedding grid).
+
+        Only for tests, which then run every block type on fewer tokens.
+        """
+        kwargs = _thaw(self.model_kwargs)
+        if self.family == "open_clip":
+            kwargs["vision_cfg"] = {**kwargs.get("vision_cfg", {}), "image_size": size}
+        elif self.family == "transformers":
+            kwargs["image_size"] = size
+        else:
+            kwargs["img_size"] = size
+        return dataclasses.replace(self, model_kwargs=kwargs, input_size=size, params=None)
+
     def to_dict(self) -> dict:
         """JSON-able dict; ``Card.from_dict(card.to_dict()) == card``.
 
