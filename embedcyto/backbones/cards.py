@@ -37,6 +37,9 @@ _LATER_FIELDS = frozenset(
     {"pool", "patch_size", "registers", "crop_pct", "params", "domains", "checkpoint_ignore",
      "checkpoint_format", "notes"}
 )
+# Fields that describe a card without changing what it computes (left out of identity_dict()):
+# patch size and registers are also implied by the model arguments, which are identity.
+_DESCRIPTIVE_FIELDS = frozenset({"params", "domains", "notes", "patch_size", "registers"})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -282,6 +285,12 @@ class Card:
                 continue
             out[f.name] = value
         return out
+
+    def identity_dict(self) -> dict:
+        """:meth:`to_dict` without the purely descriptive fields (parameter count, domains,
+        sources, patch size, registers), which never change the features: what stores and LoRA runs record as identity,
+        so documenting a card better does not make its stores stale."""
+        return {k: v for k, v in self.to_dict().items() if k not in _DESCRIPTIVE_FIELDS}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **{"indent": 2, **kwargs})
