@@ -225,3 +225,22 @@ def test_published_layout_loads_strictly_and_wrong_keys_are_listed(cut, tmp_path
         load_weights(loaded.encoder, card, path)  # what build_backbone does after building
     message = str(info.value)
     assert "missing" in message and "unexpected" in message and "surplus.weight" in message
+
+
+def test_transformers_cards_support_gradient_checkpointing_under_lora():
+    from embedcyto.lora.model import enable_grad_checkpointing
+
+    card = reduced("vit-hf").with_depth(1)
+    backbone = build_backbone(card, random_init=True)
+    x = torch.randn(2, 3, card.input_size, card.input_size)
+    with torch_threads(1):
+        plain = apply_lora(backbone, LoraSettings(dropout=0.0)).train()
+        checkpointed = apply_lora(backbone, LoraSettings(dropout=0.0)).train()
+        assert enable_grad_checkpointing(checkpointed) == "ViTModel"
+        grads = []
+        for model in (plain, checkpointed):
+            model(x).square().sum().backward()
+            grads.append([p.grad for n, p in model.named_parameters() if "lora_B" in n])
+    assert grads[1] and all(g is not None and g.abs().sum() > 0 for g in grads[1])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
