@@ -242,5 +242,5 @@ def test_transformers_cards_support_gradient_checkpointing_under_lora():
             model(x).square().sum().backward()
             grads.append([p.grad for n, p in model.named_parameters() if "lora_B" in n])
     assert grads[1] and all(g is not None and g.abs().sum() > 0 for g in grads[1])
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(*grads):  # same gradients up to float32 rounding of a recomputed forward
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
