@@ -236,6 +236,7 @@ def test_transformers_cards_support_gradient_checkpointing_under_lora():
     with torch_threads(1):
         plain = apply_lora(backbone, LoraSettings(dropout=0.0)).train()
         checkpointed = apply_lora(backbone, LoraSettings(dropout=0.0)).train()
+        checkpointed.load_state_dict(plain.state_dict())  # the same random LoRA A matrices
         assert enable_grad_checkpointing(checkpointed) == "ViTModel"
         grads = []
         for model in (plain, checkpointed):
@@ -243,4 +244,4 @@ def test_transformers_cards_support_gradient_checkpointing_under_lora():
             grads.append([p.grad for n, p in model.named_parameters() if "lora_B" in n])
     assert grads[1] and all(g is not None and g.abs().sum() > 0 for g in grads[1])
     for a, b in zip(*grads):  # same gradients up to float32 rounding of a recomputed forward
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * a.abs().max().item())
