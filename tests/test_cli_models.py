@@ -41,8 +41,10 @@ def test_list_json_round_trips_the_cards():
 def test_show_prints_the_card_and_where_weights_are_looked_for(tmp_path):
     result = _run("models", "show", "uni", "--weights-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
-    card_json = result.output.split("\nweights are looked for")[0]
+    card_json = result.output.split("\nattention (for LoRA)")[0]
     assert json.loads(card_json)["hub_repo"] == "MahmoodLab/UNI"
+    assert "attention (for LoRA): fused attn.qkv" in result.output
+    assert "gated: accept the terms at https://huggingface.co/MahmoodLab/UNI" in result.output
     assert str(tmp_path / "uni") in result.output
     assert "found: nothing on this machine" in result.output
     assert "hf download MahmoodLab/UNI pytorch_model.bin" in result.output
@@ -110,3 +112,10 @@ def test_list_present_shows_only_cards_whose_weights_are_here(tmp_path):
     assert _names(_run("models", "list", "--present", "--weights-dir", str(tmp_path))) == ["phikon"]
     empty = _run("models", "list", "--present")
     assert "no model matches" in empty.output
+
+
+def test_show_states_the_attention_layout_of_a_transformers_card():
+    result = _run("models", "show", "phikon-v2")
+    assert result.exit_code == 0, result.output
+    assert "attention (for LoRA): separate q_proj, k_proj, v_proj and o_proj" in result.output
+    assert "gated:" not in result.output

@@ -37,6 +37,14 @@ _LATER_FIELDS = frozenset(
     {"pool", "patch_size", "registers", "crop_pct", "params", "domains", "checkpoint_ignore",
      "checkpoint_format", "notes"}
 )
+_ATTENTION = {
+    "open_clip": "nn.MultiheadAttention, packed in_proj [3D, D] in q, k, v order + out_proj; "
+                 "LoRA unfuses it into attn.q_proj / k_proj / v_proj / out_proj",
+    "timm": "fused attn.qkv Linear(D, 3D) + attn.proj; LoRA unfuses qkv into "
+            "attn.qkv.q_proj / k_proj / v_proj (timm's head split, norms and proj unchanged)",
+    "transformers": "separate q_proj, k_proj, v_proj and o_proj (CLIP: out_proj) Linear layers; "
+                    "LoRA targets them directly, nothing is unfused",
+}
 # Fields that describe a card without changing what it computes (left out of identity_dict()):
 # patch size and registers are also implied by the model arguments, which are identity.
 _DESCRIPTIVE_FIELDS = frozenset({"params", "domains", "notes", "patch_size", "registers"})
@@ -236,6 +244,11 @@ class Card:
                 raise BackboneError(f"{where}: {attr} must be a positive integer")
         if not isinstance(self.registers, int) or self.registers < 0:
             raise BackboneError(f"{where}: registers must be an integer >= 0")
+
+    @property
+    def attention(self) -> str:
+        """How the attention is laid out, and so how q/v LoRA reaches it (derived from the family)."""
+        return _ATTENTION[self.family]
 
     @property
     def page(self) -> str | None:

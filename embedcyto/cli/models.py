@@ -129,6 +129,9 @@ def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: boo
     click.echo(card.to_json())
     if as_json:
         return
+    click.echo(f"\nattention (for LoRA): {card.attention}")
+    if card.gated:
+        click.echo(f"gated: accept the terms at {card.page}, then `hf auth login`")
     click.echo("\nweights are looked for in this order:")
     for i, place in enumerate(search_plan(card, weights, weights_dir=weights_dir), 1):
         click.echo(f"  {i}. {place}")
