@@ -22,6 +22,7 @@ COMMANDS = {
     "probe": "embedcyto.cli.probe:probe",
     "lora": "embedcyto.cli.lora:lora",
     "report": "embedcyto.cli.report:report",
+    "compare": "embedcyto.cli.compare:compare",
     "demo": "embedcyto.cli.demo:demo",
 }
 
