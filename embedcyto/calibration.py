@@ -81,7 +81,7 @@ def brier(proba, y) -> float:
 def nll(proba, y) -> float:
     """Mean negative log-likelihood of the true class (probabilities clipped at 1e-12)."""
     p, t = _check(proba, y)
-    return float(-np.mean(np.log(np.clip(p[np.arange(t.size), t], _EPS, None))))
+    return max(0.0, float(-np.mean(np.log(np.clip(p[np.arange(t.size), t], _EPS, None)))))
 
 
 def apply_temperature(proba, temperature: float) -> np.ndarray:

@@ -175,6 +175,9 @@ def _compare(dataset: str, key: tuple, entries: dict[str, _Entry], rng) -> Compa
         comp.notes.append(f"{model}: no per-image predictions (rows written before embedcyto "
                           "kept them); re-run with --rerun to include it")
     comp.accuracy = {m: float(np.mean(list(e.accuracy.values()))) for m, e in usable.items()}
+    if len(usable) < 2:
+        comp.notes.append("fewer than two models can be paired: no comparison")
+        return comp
     raw = []
     for a, b in itertools.combinations(sorted(usable, key=lambda m: -comp.accuracy[m]), 2):
         test, mc_p, seeds_p = (_episode_pair(usable[a], usable[b]) if episodic

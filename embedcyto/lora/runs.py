@@ -269,7 +269,9 @@ def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray,
     if dataset.level_names:
         levels = [dataset.records[i].levels for i in rows.test]
     meta = {"dataset": dataset.name, "level_names": list(dataset.level_names),
-            "level_maps": {n: list(m) for n, m in dataset.level_maps.items()}}
+            "level_maps": {n: list(m) for n, m in dataset.level_maps.items()},
+            "level_classes": {n: list(dataset.label_spaces[n].classes)
+                              for n in dataset.level_names if n in dataset.label_spaces}}
     predictions.write_predictions(folder / PREDICTIONS_FILE, predictions.pack(
         test["ids"], test["labels"], proba, dataset.classes, meta, levels=levels,
         val=None if val_proba is None else (val["ids"], val["labels"], val_proba)))

@@ -96,7 +96,10 @@ def _kept(features, test: dict, proba: np.ndarray, val: dict, est) -> dict:
     kept = {"ids": test["ids"], "y_true": test["y"], "proba": proba, "classes": features.classes,
             "levels": test["levels"] if _has_levels(features) else None,
             "meta": {"level_names": list(features.level_names or ()),
-                     "level_maps": {n: list(m) for n, m in (features.level_maps or {}).items()}}}
+                     "level_maps": {n: list(m) for n, m in (features.level_maps or {}).items()},
+                     "level_classes": {n: list(features.label_spaces[n])
+                                       for n in features.level_names or ()
+                                       if n in features.label_spaces}}}
     if len(val["y"]):
         kept["val"] = (val["ids"], val["y"], _full_proba(est.predict_proba(val["X"]),
                                                           est.classes_, k))

@@ -33,6 +33,7 @@ from embedcyto.report.records import (
     load_probe_records,
 )
 from embedcyto.report.render import to_csv, to_markdown
+from embedcyto.report.diagnostics import diagnostics_section
 from embedcyto.report.which import which_model_section
 
 FULL_DATA_METHODS = ("linear", "study_head", "knn")
@@ -51,7 +52,7 @@ class ReportResult:
     n_probe_rows: int = 0
     n_lora_runs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    which: list[str] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
 
 
 def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
@@ -137,8 +138,7 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
     for name, table in result.tables.items():
         lines += [to_markdown(table), f"CSV: [tables/{name}.csv](tables/{name}.csv)", ""]
-    if result.which:
-        lines += ["## Which model?", ""] + result.which
+    lines += result.sections
     if result.figures:
         lines += ["## Figures", ""]
         for fig in result.figures:
@@ -176,9 +176,15 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report")
         path.write_text(to_csv(table), encoding="utf-8")
         result.csv_files[name] = path
     result.figures = draw_figures(records, out / "figures")
-    result.which, written = which_model_section({r["dataset"] for r in records}, results_dir,
-                                                runs_dir, out / "tables")
+    which, written = which_model_section({r["dataset"] for r in records}, results_dir,
+                                         runs_dir, out / "tables")
     result.csv_files.update({p.stem: p for p in written})
+    diagnostics, written, figures, skipped = diagnostics_section(results_dir, runs_dir, out)
+    result.sections = ((["## Which model?", ""] + which if which else []) +
+                       (["## Per class and calibration", ""] + diagnostics if diagnostics else []))
+    result.csv_files.update({p.stem: p for p in written})
+    result.figures += figures
+    result.skipped += skipped
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
                                encoding="utf-8")
     return result

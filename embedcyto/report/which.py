@@ -45,10 +45,12 @@ def _tables(comp) -> tuple[str, str]:
 
 
 def _markdown(comp) -> list[str]:
+    title = f"#### {DATASET_LABELS.get(comp.dataset, comp.dataset)}: {comp.label}"
+    if not comp.groups:
+        return [title, ""] + [f"- {n}" for n in comp.notes] + [""]
     best = comp.groups[0][0]
     versus = {frozenset((p.a, p.b)): p for p in comp.pairs}
-    lines = [f"#### {DATASET_LABELS.get(comp.dataset, comp.dataset)}: {comp.label}", "",
-             f"Paired over {comp.unit}; groups: not significantly different from the group's "
+    lines = [title, "", f"Paired over {comp.unit}; groups: not significantly different from the group's "
              "best (p < 0.05, Holm).", "",
              "| group | model | accuracy (%) | vs best: diff (95 % CI) | p (Holm) |",
              "|---:|:---|---:|---:|---:|"]
@@ -81,6 +83,8 @@ def which_model_section(datasets, results_dir, runs_dir, tables_dir: Path) -> tu
         lines += [f"### Which model? {DATASET_LABELS.get(dataset, dataset)}", ""]
         for comp in comparisons:
             lines += _markdown(comp)
+            if not comp.groups:
+                continue
             rank, pairs = _tables(comp)
             for name, text in ((f"rank_{comp.stem}", rank), (f"pairs_{comp.stem}", pairs)):
                 path = tables_dir / f"{name}.csv"
