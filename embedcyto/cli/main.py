@@ -23,6 +23,7 @@ COMMANDS = {
     "lora": "embedcyto.cli.lora:lora",
     "report": "embedcyto.cli.report:report",
     "compare": "embedcyto.cli.compare:compare",
+    "predict": "embedcyto.cli.predict:predict",
     "demo": "embedcyto.cli.demo:demo",
 }
 
