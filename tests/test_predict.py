@@ -18,12 +18,15 @@ from embedcyto.saved_probe import SavedProbeError, load_probe
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
+    from embedcyto.backbones.runtime import torch_threads
+
     base = tmp_path_factory.mktemp("predict")
     root = make_fixture("sipakmed", base / "data", per_class=8)
     runner = CliRunner()
-    out = runner.invoke(cli, ["extract", "--model", "tiny-clip", "--dataset", "sipakmed",
-                              "--root", str(root), "--store", str(base / "cache"), "--quiet",
-                              "--workers", "0", "--precision", "fp32"])
+    with torch_threads(1):
+        out = runner.invoke(cli, ["extract", "--model", "tiny-clip", "--dataset", "sipakmed",
+                                  "--root", str(root), "--store", str(base / "cache"), "--quiet",
+                                  "--workers", "0", "--precision", "fp32"])
     assert out.exit_code == 0, out.output
     out = runner.invoke(cli, ["probe", "--dataset", "sipakmed", "--store", str(base / "cache"),
                               "--methods", "knn", "--seeds", "1", "--results",
@@ -94,3 +97,40 @@ def test_predict_needs_one_model_and_a_readable_probe(saved, tmp_path):
     out = CliRunner().invoke(cli, ["predict", str(root), "--probe", str(tmp_path), "--out",
                                    str(tmp_path / "x.csv")])
     assert out.exit_code == 1 and "saved probe" in out.output and "Traceback" not in out.output
+
+
+@pytest.fixture
+def _one_thread():
+    """Tiny models run far faster on one thread when the cores are shared."""
+    from embedcyto.backbones.runtime import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.mark.slow
+def test_predict_with_a_lora_run_matches_its_test_predictions(tmp_path, _one_thread):
+    from embedcyto.lora import runs
+    from embedcyto.predictions import read_predictions
+
+    root = make_fixture("folder", tmp_path / "toy", per_class=6, seed=3)
+    fast = ["--device", "cpu", "--precision", "fp32", "--workers", "0", "--quiet"]
+    out = CliRunner().invoke(cli, ["lora", "--model", "tiny-clip", "--dataset", "folder",
+                                   "--root", str(root), "--store", str(tmp_path / "cache"),
+                                   "--runs", str(tmp_path / "runs"), "--shots", "2", "--seed",
+                                   "1", "--iterations", "4", "--warmup", "1", "--batch-size", "4",
+                                   *fast])
+    assert out.exit_code == 0, out.output
+    run = next((tmp_path / "runs" / "lora").glob("*/tiny-clip/shots-2/seed-1"))
+    saved = read_predictions(run / runs.PREDICTIONS_FILE)
+    assert saved.val_proba is not None and len(saved.val_ids) > 0
+    out = CliRunner().invoke(cli, ["predict", str(root), "--run", str(run), "--out",
+                                   str(tmp_path / "pred.csv"), "--calibrated"])
+    assert out.exit_code == 0, out.output
+    rows = {r["path"]: r for r in _read(tmp_path / "pred.csv")}
+    assert {i: rows[i]["predicted"] for i in saved.ids} == {
+        i: saved.classes[k] for i, k in zip(saved.ids, saved.y_pred)}
+    report = CliRunner().invoke(cli, ["report", "--results", str(tmp_path / "none"), "--runs",
+                                      str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert list((tmp_path / "rep" / "figures").glob("confusion_*_tiny-clip_lora-shots-2.png"))
