@@ -21,16 +21,21 @@ def plot_confusion(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], title
     Cells are coloured by the share of the true class (rows sum to 100 %) and print the count,
     so rare classes are as readable as common ones.
     """
-    sizes = [len(names) for _, names in panels.values()]
-    width = sum(max(3.2, 0.42 * k + 1.6) for k in sizes) + 0.8
-    figure, axes = _new_figure(width, max(3.4, 0.42 * max(sizes) + 1.9), len(panels))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sizes = [max(len(names), 4) for _, names in panels.values()]
+    figure = Figure(figsize=(0.42 * sum(sizes) + 2.6 * len(sizes) + 1.2,
+                             0.42 * max(sizes) + 2.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = list(figure.subplots(1, len(panels), squeeze=False, width_ratios=sizes)[0])
     for ax, (name, (counts, names)) in zip(axes, panels.items()):
         counts = np.asarray(counts)
         support = counts.sum(axis=1, keepdims=True)
         share = np.divide(counts, support, out=np.zeros(counts.shape), where=support > 0)
         image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
         k = len(names)
-        small = 7 if k <= 10 else 5
+        small = 7 if k <= 10 else 6
         for i in range(k):
             for j in range(k):
                 if counts[i, j]:
