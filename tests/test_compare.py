@@ -70,3 +70,49 @@ def test_report_has_a_which_model_section_with_csv_tables(results, tmp_path):
     with open(tmp_path / "rep" / "tables" / "pairs_toy_simpleshot_2shot.csv") as handle:
         pairs = list(csv.DictReader(handle))
     assert len(pairs) == 3 and {p["test"] for p in pairs} == {"paired-t"}
+
+
+def _fake_run(runs, model, seed, correct, classes=("a", "b")):
+    """A finished LoRA run folder whose test predictions are right where ``correct`` is."""
+    import json
+
+    import numpy as np
+
+    from embedcyto import predictions as P
+
+    folder = runs / "lora" / "toy" / model / "all" / f"seed-{seed}"
+    folder.mkdir(parents=True)
+    y = np.arange(correct.size) % 2
+    pred = np.where(correct, y, 1 - y)
+    proba = np.eye(2)[pred] * 0.8 + 0.1
+    P.write_predictions(folder / "predictions.npz", P.pack(
+        [f"img{i:05d}.png" for i in range(y.size)], y, proba, classes, {}))
+    acc = float(correct.mean())
+    (folder / "config.json").write_text(json.dumps({"config": {
+        "dataset": "toy", "model": model, "shots": None, "fraction": None, "seed": seed}}))
+    (folder / "metrics.json").write_text(json.dumps({"test": {
+        "accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}}))
+    (folder / "COMPLETE").write_text("")
+
+
+def test_lora_runs_with_five_percent_of_errors_fixed_rank_above_with_the_right_sign(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for seed in (1, 2, 3):
+        base = rng.random(3000) < 0.8
+        better = base.copy()
+        wrong = np.flatnonzero(~base)
+        better[rng.choice(wrong, size=int(0.05 * wrong.size), replace=False)] = True
+        _fake_run(tmp_path / "runs", "plain", seed, base)
+        _fake_run(tmp_path / "runs", "fixed", seed, better)
+        _fake_run(tmp_path / "runs", "twin", seed, base)
+    (comp,) = compare_dataset("toy", tmp_path / "none", tmp_path / "runs", method="lora")
+    assert comp.unit == "images" and comp.label == "lora"
+    assert comp.groups == [["fixed"], ["plain", "twin"]] or comp.groups == [["fixed"],
+                                                                            ["twin", "plain"]]
+    pair = next(p for p in comp.pairs if {p.a, p.b} == {"fixed", "plain"})
+    assert pair.a == "fixed" and pair.diff > 0 and pair.low > 0 and pair.significant
+    assert pair.mcnemar_p < 0.05 and pair.seeds_p == pytest.approx(0.25)  # 3 seeds: floor
+    twins = next(p for p in comp.pairs if {p.a, p.b} == {"plain", "twin"})
+    assert twins.diff == 0 and twins.p_holm == 1.0 and twins.seeds_p == 1.0
