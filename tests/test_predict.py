@@ -134,3 +134,25 @@ def test_predict_with_a_lora_run_matches_its_test_predictions(tmp_path, _one_thr
                                       str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
     assert report.exit_code == 0, report.output
     assert list((tmp_path / "rep" / "figures").glob("confusion_*_tiny-clip_lora-shots-2.png"))
+
+
+OPTIONS = {"study_head": {"epochs": 3}, "linear": {"Cs": [0.5]}}
+
+
+@pytest.mark.parametrize("method", ["linear", "study_head"])
+def test_saved_linear_probes_reproduce_the_rows_test_predictions(tmp_path, method):
+    from embedcyto.probes.runner import run_probe_grid
+    from embedcyto.saved_probe import fit_and_save
+    from embedcyto.store import load_features
+    from test_probes_runner import make_dataset, write_store
+
+    path = write_store(tmp_path / "cache", make_dataset(), "alpha", seed=1)
+    (row,) = run_probe_grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=(method,),
+                            seeds=(1,), options=OPTIONS)
+    options = OPTIONS[method]
+    probe = load_probe(fit_and_save(path, method, tmp_path / "models", options, seed=1))
+    pred = row_predictions(tmp_path / "res", row)
+    feats = load_features(path)
+    X = feats.X[[list(feats.ids).index(i) for i in pred.ids]]
+    np.testing.assert_allclose(probe.predict_proba(X), pred.proba, atol=1e-5)
+    assert not list((tmp_path / "models").rglob("*.pkl"))

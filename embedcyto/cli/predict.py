@@ -13,7 +13,7 @@ import click
               help="A finished LoRA run folder (runs/lora/<dataset>/<model>/<mode>/seed-S).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), required=True,
               help="CSV to write: path, predicted, error, p_<class> per class.")
-@click.option("--calibrated", is_flag=True,
+@click.option("--calibrated", "--calibrate", "calibrated", is_flag=True,
               help="Temperature-scaled probabilities (temperature fitted on validation).")
 @click.option("--weights", default=None, help="Backbone weights file (default: the usual search).")
 @click.option("--weights-dir", default=None, help="Folder of local weights.")
