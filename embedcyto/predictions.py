@@ -25,7 +25,8 @@ meta       str ()       JSON: dataset, model, method, shots, fraction, seed, lev
 
 Probe rows write ``<results>/predictions/<dataset>/<digest>.npz`` and name it, relative to the
 results folder, in the row's ``predictions_file`` field (``digest``: a hash of the row's task and
-store identity). LoRA runs write ``predictions.npz`` in their run folder with the same arrays.
+store identity; the seeds of a deterministic row share one file, whose ``meta`` seed is null).
+LoRA runs write ``predictions.npz`` in their run folder with the same arrays.
 Few-shot episode rows keep their per-episode accuracies (``episode_accuracy``) instead: the
 images of 600 episodes would dwarf the results, and episodes are what their comparisons pair.
 """
@@ -167,12 +168,14 @@ def keep_row_predictions(results_dir: str | os.PathLike, rows: list[dict]) -> li
         pending = row.pop(PENDING, None)
         if pending is None:
             continue
-        meta = {k: row.get(k) for k in ("dataset", "model", "method", "shots", "seed",
+        # a deterministic row is the same computation for every seed: its seeds share one file
+        key = {**row, "seed": None} if row.get("deterministic") else row
+        meta = {k: key.get(k) for k in ("dataset", "model", "method", "shots", "seed",
                                         "options", "store_identity")}
         meta.update(pending.get("meta", {}))
         pred = pack(pending["ids"], pending["y_true"], pending["proba"], pending["classes"],
                     meta, val=pending.get("val"), levels=pending.get("levels"))
-        rel = Path(PREDICTIONS_DIR) / row["dataset"] / f"{row_digest(row)}.npz"
+        rel = Path(PREDICTIONS_DIR) / row["dataset"] / f"{row_digest(key)}.npz"
         write_predictions(Path(results_dir) / rel, pred)
         row[ROW_FIELD] = rel.as_posix()
     return rows
