@@ -61,6 +61,8 @@ def test_confusion_reliability_and_embedding_figures_are_written(report):
     assert embedding.text["Description"].splitlines() == ["nilm", "lsil", "hsil", "agc"]
     text = (base / "rep" / "report.md").read_text()
     assert "## Per class and calibration" in text and "figures/confusion_toy_beta_knn.png" in text
+    assert text.index("## The features at a glance") < text.index("figures/embedding_toy_beta")
+    assert text.index("figures/embedding_toy_beta") < text.index("## Which model?")
 
 
 def test_calibration_table_has_before_and_after_temperature_scaling(report):

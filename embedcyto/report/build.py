@@ -136,15 +136,21 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
                    "about any real model.**"), ""]
     if result.skipped:
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
+    maps = [f for f in result.figures if f.path.name.startswith("embedding_")]
+    if maps:  # people look at the features before reading tables
+        lines += ["## The features at a glance", ""] + _images(result, maps)
     for name, table in result.tables.items():
         lines += [to_markdown(table), f"CSV: [tables/{name}.csv](tables/{name}.csv)", ""]
     lines += result.sections
-    if result.figures:
-        lines += ["## Figures", ""]
-        for fig in result.figures:
-            rel = fig.path.relative_to(result.out_dir).as_posix()
-            lines += [f"![{fig.title}]({rel})", ""]
+    others = [f for f in result.figures if f not in maps]
+    if others:
+        lines += ["## Figures", ""] + _images(result, others)
     return "\n".join(lines)
+
+
+def _images(result: ReportResult, figures) -> list[str]:
+    return [line for fig in figures for line in
+            (f"![{fig.title}]({fig.path.relative_to(result.out_dir).as_posix()})", "")]
 
 
 def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report") -> ReportResult:
