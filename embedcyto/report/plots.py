@@ -13,6 +13,8 @@ import numpy as np
 
 from embedcyto.report.figures import FigureSummary, _colours, _new_figure, _save
 
+MIN_BIN = 3
+
 
 def plot_confusion(panels: Mapping[str, tuple[np.ndarray, Sequence[str]]], title: str,
                    path) -> FigureSummary:
@@ -59,7 +61,8 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]
 
     ``curves[panel][label]`` is :func:`embedcyto.calibration.reliability` output; panels are
     e.g. "before" and "after temperature scaling". The diagonal is perfect calibration; a line
-    below it is over-confident.
+    below it is over-confident. Marker area grows with the bin's share of the images; bins of
+    fewer than :data:`MIN_BIN` images are not drawn (their accuracy is noise).
     """
     figure, axes = _new_figure(4.4 * len(curves) + 1.8, 4.2, len(curves))
     labels = sorted({label for panel in curves.values() for label in panel})
@@ -70,9 +73,11 @@ def plot_reliability(curves: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]
             if label not in lines:
                 continue
             bins = lines[label]
-            keep = bins["count"] > 0
-            ax.plot(bins["confidence"][keep], bins["accuracy"][keep], marker="o", markersize=3,
-                    color=colours[label], label=label)
+            keep = bins["count"] >= MIN_BIN
+            ax.plot(bins["confidence"][keep], bins["accuracy"][keep], color=colours[label],
+                    alpha=0.8, linewidth=1.2, label=label)
+            ax.scatter(bins["confidence"][keep], bins["accuracy"][keep], color=colours[label],
+                       s=4 + 60 * np.sqrt(bins["count"][keep] / bins["count"].sum()), zorder=3)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top class)")
