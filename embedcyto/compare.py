@@ -106,14 +106,17 @@ def _probe_entries(results_dir: Path, dataset: str) -> dict[tuple, dict[str, _En
 
 
 def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]]:
-    from embedcyto.report.records import COMPLETE, lora_run_folders
+    from embedcyto.report.records import COMPLETE, _read, lora_run_folders
 
     out: dict[tuple, dict[str, _Entry]] = {}
     for folder in lora_run_folders(runs_dir):
         if not (folder / COMPLETE).is_file() or folder.parts[-4] != dataset:
             continue
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))["config"]
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        config = _read(folder / "config.json").get("config") or {}
+        metrics = _read(folder / "metrics.json")
+        if "model" not in config or "accuracy" not in metrics.get("test", {}):
+            raise ReportError(f"{folder} is not a finished LoRA run (config or test metrics "
+                              "missing); rerun it with `embedcyto lora --rerun`")
         entry = out.setdefault(("lora", config.get("shots"), config.get("fraction")), {})
         entry = entry.setdefault(config["model"], _Entry())
         seed = int(config.get("seed") or 0)

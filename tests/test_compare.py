@@ -116,3 +116,15 @@ def test_lora_runs_with_five_percent_of_errors_fixed_rank_above_with_the_right_s
     assert pair.mcnemar_p < 0.05 and pair.seeds_p == pytest.approx(0.25)  # 3 seeds: floor
     twins = next(p for p in comp.pairs if {p.a, p.b} == {"plain", "twin"})
     assert twins.diff == 0 and twins.p_holm == 1.0 and twins.seeds_p == 1.0
+
+
+def test_a_damaged_run_folder_is_a_clean_error(tmp_path):
+    import numpy as np
+
+    _fake_run(tmp_path / "runs", "plain", 1, np.ones(10, bool))
+    _fake_run(tmp_path / "runs", "other", 1, np.ones(10, bool))
+    (tmp_path / "runs" / "lora" / "toy" / "other" / "all" / "seed-1" / "config.json").write_text(
+        "{not json")
+    out = CliRunner().invoke(cli, ["compare", "--dataset", "toy", "--runs",
+                                   str(tmp_path / "runs"), "--results", str(tmp_path / "none")])
+    assert out.exit_code == 1 and "config.json" in out.output and "Traceback" not in out.output
