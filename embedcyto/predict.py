@@ -53,13 +53,18 @@ class PredictResult:
         return buffer.getvalue()
 
 
-def list_inputs(source: str | os.PathLike) -> tuple[Path, list[str]]:
-    """(root, relative paths) of the images of a folder or CSV (``path`` column)."""
+def list_inputs(source: str | os.PathLike) -> tuple[Path, list[str], list[tuple[str, str]]]:
+    """(root, relative paths, skipped (path, reason)) of a folder or CSV (``path`` column).
+
+    A folder is listed as the dataset adapters list one: entries named like images that are
+    not readable files (broken links, folders named ``x.png``) are skipped with the reason.
+    """
     from embedcyto.datasets._common import list_images
 
     source = Path(source)
+    skipped: list[tuple[str, str]] = []
     if source.is_dir():
-        paths = [p.relative_to(source).as_posix() for p in list_images(source)]
+        paths = [p.relative_to(source).as_posix() for p in list_images(source, source, skipped)]
         root = source
     elif source.is_file() and source.suffix.lower() == ".csv":
         with open(source, newline="", encoding="utf-8") as handle:
@@ -71,16 +76,19 @@ def list_inputs(source: str | os.PathLike) -> tuple[Path, list[str]]:
         root = source.parent
     else:
         raise PredictError(f"{source} is neither a folder of images nor a .csv file")
-    if not paths:
+    if not paths and not skipped:
         raise PredictError(f"no images found in {source}")
-    return root, paths
+    return root, paths, skipped
 
 
-def _check(root: Path, paths: list[str], jpeg_draft: bool, input_size: int) -> list[str]:
+def _inputs(source, jpeg_draft: bool, input_size: int) -> tuple[Path, list[str], list[str]]:
+    """(root, paths, error per path): each image checked as extraction checks it."""
     from embedcyto.datasets.images import image_problem
 
-    return [image_problem(root / p, target_size=input_size if jpeg_draft else None) or ""
-            for p in paths]
+    root, paths, skipped = list_inputs(source)
+    errors = [image_problem(root / p, target_size=input_size if jpeg_draft else None) or ""
+              for p in paths]
+    return root, paths + [p for p, _ in skipped], errors + [why for _, why in skipped]
 
 
 def _features(card, weights_path, root: Path, paths: list[str], device, batch_size: int,
@@ -117,8 +125,7 @@ def predict_with_probe(probe_dir, source, *, weights=None, weights_dir=None, dev
     probe.check_features({"model": card.name, "weights_sha256": sha or "random-init",
                           "preprocessing": preprocess_spec(card),
                           "decode": probe.signature.get("decode")})
-    root, paths = list_inputs(source)
-    errors = _check(root, paths, jpeg_draft, card.input_size)
+    root, paths, errors = _inputs(source, jpeg_draft, card.input_size)
     good = [p for p, e in zip(paths, errors) if not e]
     proba = np.zeros((0, len(probe.classes)))
     if good:
@@ -140,8 +147,7 @@ def predict_with_run(run_dir, source, *, weights=None, weights_dir=None, device=
 
     saved = read_predictions(Path(run_dir) / runs.PREDICTIONS_FILE)
     model = load_classifier(run_dir, weights=weights, weights_dir=weights_dir, device=device)
-    root, paths = list_inputs(source)
-    errors = _check(root, paths, True, model.encoder.card.input_size)
+    root, paths, errors = _inputs(source, True, model.encoder.card.input_size)
     good = [p for p, e in zip(paths, errors) if not e]
     proba = np.zeros((0, len(saved.classes)))
     if good:

@@ -50,6 +50,7 @@ def test_predict_on_a_folder_gives_the_test_predictions_of_the_same_images(saved
         (new / image_id).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(root / image_id, new / image_id)
     (new / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (new / "folder.png").mkdir()  # named like an image, listed as extraction lists it
     probe_dir = base / "models" / "sipakmed" / "tiny-clip" / "knn"
     out = CliRunner().invoke(cli, ["predict", str(new), "--probe", str(probe_dir), "--out",
                                    str(base / "pred.csv")])
@@ -57,6 +58,7 @@ def test_predict_on_a_folder_gives_the_test_predictions_of_the_same_images(saved
     rows = {r["path"]: r for r in _read(base / "pred.csv")}
     assert rows["broken.png"]["predicted"] == "" and rows["broken.png"]["error"]
     assert "not read: broken.png" in out.output
+    assert rows["folder.png"]["predicted"] == "" and rows["folder.png"]["error"]
     expected = {i: pred.classes[k] for i, k in zip(pred.ids, pred.y_pred)}
     assert {i: rows[i]["predicted"] for i in expected} == expected
     proba = np.array([[float(rows[i][f"p_{c}"]) for c in pred.classes] for i in pred.ids])
