@@ -215,7 +215,7 @@ def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_has
     The number of ranks is not part of it: a distributed run gives a single process's result.
     """
     train_ids = sorted(dataset.records[i].path for i in train_rows)
-    return {"config": config.identity(), "card": card.to_dict(),
+    return {"config": config.identity(), "card": card.identity_dict(),
             "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
             "dataset_fingerprint": dataset.fingerprint(),
             "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
