@@ -116,8 +116,11 @@ def format_table(rows: list[dict]) -> str:
               help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
 @results_option
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
+@click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Also fit each full-data probe on the training split and save it under "
+                   "DIR/<dataset>/<model>/<method>/ for `embedcyto predict`.")
 def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jobs, backend,
-          scheduler, results_dir, rerun):
+          scheduler, results_dir, rerun, save_dir):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
     Every option and every (dataset, shots) pair is checked before any probe runs. Results go
@@ -137,3 +140,9 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     click.echo(format_table(rows))
     click.echo(f"\n{len(rows)} result rows in {config.results_folder}/ "
                f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
+    if save_dir:
+        from embedcyto.saved_probe import SAVABLE, fit_and_save
+
+        for store_path, method in sorted({(r["store_path"], r["method"]) for r in rows
+                                          if r["method"] in SAVABLE}):
+            click.echo(f"saved probe: {fit_and_save(store_path, method, save_dir)}")

@@ -33,6 +33,7 @@ from typing import Any
 
 from embedcyto.errors import ProbeError, StoreError
 from embedcyto.folders import DEFAULT_RESULTS_DIR
+from embedcyto.predictions import keep_row_predictions
 from embedcyto.probes import registry
 from embedcyto.probes.checks import StoreCheck, inspect_stores, store_identity, usable_shots
 from embedcyto.probes.results import (merge_rows, read_results, results_file, row_key,
@@ -301,7 +302,7 @@ def run_probe_grid(config: ProbeGridConfig) -> list[dict]:
                                                         scheduler=config.scheduler))
         for unit, (identity, results) in zip(units, Parallel(n_jobs=n_jobs,
                                                              return_as="generator")(jobs)):
-            new = _rows_of(unit, identity, results)
+            new = keep_row_predictions(folder, _rows_of(unit, identity, results))
             merged = merge_rows(results_file(folder, unit["tasks"][0].dataset), new)
             keys = {row_key(r) for r in new}
             computed.update((task_key(r), r) for r in merged if row_key(r) in keys)
