@@ -20,7 +20,7 @@ def results(tmp_path_factory):
     for model, noise in (("alpha", 1.2), ("alphacopy", 1.2), ("beta", 4.0)):
         write_store(base / "cache", ds, model, seed=1, noise=noise)
     grid(base / "cache", results_dir=base / "res", methods=("knn", "simpleshot"),
-                   shots=(2,), seeds=(1, 2), episodes=30)
+         shots=(2,), seeds=(1, 2), episodes=30)
     return base
 
 

@@ -75,6 +75,8 @@ def test_the_registry_drives_every_list():
     assert aggregate.few_shot_methods() == registry.method_names(registry.EPISODIC)
     assert aggregate.method_label("knn") == "kNN" and aggregate.method_label("lora") == "LoRA"
     assert all(m.needs_validation for m in registry.probe_methods() if m.deterministic)
+    assert registry.non_default_options("simpleshot", {"centre": "support"}) == {}
+    assert registry.non_default_options("simpleshot", {"centre": "train"}) == {"centre": "train"}
     with pytest.raises(ProbeError, match="unknown probe method 'svm'; choose from linear"):
         registry.get_method("svm")
 

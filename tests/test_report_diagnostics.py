@@ -21,7 +21,7 @@ def report(tmp_path_factory):
     for model, noise in (("alpha", 1.2), ("beta", 4.0)):
         write_store(base / "cache", ds, model, seed=1, noise=noise)
     rows = grid(base / "cache", results_dir=base / "res", methods=("knn",),
-                          shots=(1,), seeds=(1, 2))
+                shots=(1,), seeds=(1, 2))
     out = CliRunner().invoke(cli, ["report", "--results", str(base / "res"), "--runs",
                                    str(base / "runs"), "--out", str(base / "rep")])
     assert out.exit_code == 0, out.output

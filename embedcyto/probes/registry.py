@@ -170,3 +170,14 @@ def display_name(name: str) -> str:
         if method.name == name:
             return method.display_name
     return name
+
+
+def non_default_options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options of a result row that differ from what its method records by default (what
+    names a variant in tables; unknown methods keep all their options)."""
+    defaults = {}
+    for method in PROBE_METHODS:
+        if method.name == name:
+            defaults = dict(method.defaults)
+    return {k: v for k, v in dict(options or {}).items()
+            if k not in defaults or defaults[k] != v}
