@@ -2,7 +2,8 @@
 
 Defined once here (a module importing nothing heavy), so the library functions that fall back to
 them, the CLI options that document them and the pipelines agree. The store folder's default
-(``$EMBEDCYTO_STORE``, else ``./cache``) lives with the store: :func:`embedcyto.store.default_store_dir`.
+(``$EMBEDCYTO_STORE``, else ``./cache``) lives with the store:
+:func:`embedcyto.store.default_store_dir`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Options and parsers shared by several commands, each defined once (rasterio's ``rio/options.py``).
+"""Options and parsers shared by several commands, each defined once (as rasterio's
+``rio/options.py`` does).
 
 An option used by more than one command — its name, type, default and help — is written here and
 only here; a command applies it as a decorator. Defaults that are library behaviour (folders,

@@ -3,7 +3,8 @@
 Several ``embedcyto probe`` processes may write the same folder at once (a grid split over
 machines sharing a disk, or two terminals). Every write therefore takes an exclusive POSIX record
 lock (``fcntl.lockf`` on a ``.<dataset>.jsonl.lock`` file beside it), re-reads the file under the
-lock, merges its own rows in and replaces the file atomically (:func:`embedcyto.fsio.atomic_write_text`).
+lock, merges its own rows in and replaces the file atomically
+(:func:`embedcyto.fsio.atomic_write_text`).
 A finished row of another process is never dropped: a row is only ever replaced by a newer row
 of the same task (same dataset, model, method, shots, seed and options). Readers need no lock:
 the file is replaced whole, so they see the old version or the new one.
