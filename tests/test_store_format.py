@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from store_damage import make_legacy
 from test_store_fixtures import (
     CLASSES,
     HIERARCHY,
@@ -119,10 +120,14 @@ def test_subset_and_split_argument(hier_store):
         load_features(path, split="tset")
 
 
-def test_mmap_matches_and_falls_back_when_compressed(tmp_path):
+def test_mmap_maps_unfiltered_stores_and_falls_back_for_checksummed_or_compressed(tmp_path):
     ds = make_dataset(3000)  # three chunks of rows, each larger than HDF5's chunk cache
     plain = store_path(tmp_path, "toy", "plain")
     feats = write_full(plain, ds, dim=1024, batch=500)
+    checked = load_features(plain, mmap=True)  # Fletcher-32 chunks cannot be mapped
+    assert not isinstance(checked.X, np.memmap)
+    np.testing.assert_array_equal(checked.X, feats)
+    make_legacy(plain)  # as written before checksums: uncompressed chunks back to back
     mapped = load_features(plain, mmap=True)
     assert isinstance(mapped.X, np.memmap)
     np.testing.assert_array_equal(mapped.X, feats)

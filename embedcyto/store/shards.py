@@ -31,10 +31,9 @@ import numpy as np
 from embedcyto.datasets.records import Dataset
 from embedcyto.errors import StaleStoreError, StoreError
 from embedcyto.store import provenance as prov
-from embedcyto.store.h5format import DTYPES
+from embedcyto.store.h5format import DTYPES, read_store_provenance
 from embedcyto.store.partial import PartialFolder
 from embedcyto.store.paths import PARTIAL_SUFFIX, SHARDS_SUFFIX, STORE_SUFFIX
-from embedcyto.store.reader import read_store_provenance
 from embedcyto.store.writer import FeatureWriter, complete_provenance
 
 SCHEME = "contiguous-batch-blocks"
