@@ -223,3 +223,21 @@ def split_hash(split_file) -> str:
     data = load_split_file(split_file)
     canonical = {k: data[k] for k in ("seed", "ratios", "fingerprint", "assignments")}
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+
+def dataset_split_hash(dataset: Dataset, split_dir: str | Path | None) -> str:
+    """The split's identity for provenance: the saved split file's hash, "official" for given
+    splits (HiCervix, pre-split folders).
+
+    Raises:
+        SplitError: a generated split with no saved split file (open the dataset with
+            ``split_dir=`` so its split is saved once and shared by every model).
+    """
+    if dataset.official_split:
+        return "official"
+    if split_dir is None or not (Path(split_dir) / SPLIT_FILE).exists():
+        raise SplitError(
+            f"dataset {dataset.name!r} has no saved split file; open it with split_dir= so its "
+            "split is saved once and shared by every model"
+        )
+    return split_hash(Path(split_dir) / SPLIT_FILE)

@@ -159,13 +159,13 @@ def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device,
     import torch
 
     from embedcyto.backbones import make_transform
-    from embedcyto.extract import ExtractConfig
+    from embedcyto.backbones.runtime import default_workers
 
     images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
     plan = batch_plan(len(rows), config.batch_size, iterations, config.seed)
     if team is not None:
         plan = rank_plan(plan, team.rank, team.world_size)
-    workers = ExtractConfig(num_workers=config.num_workers).workers()
+    workers = default_workers(config.num_workers)
     return torch.utils.data.DataLoader(
         images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -291,7 +291,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_
     import torch
 
     from embedcyto.backbones import get_card, resolve_device, resolve_precision
-    from embedcyto.extract import dataset_split_hash, resolve_model_weights
+    from embedcyto.backbones.weights import resolve_model_weights
+    from embedcyto.datasets.splits import dataset_split_hash
 
     start = time.perf_counter()
     card = get_card(config.model)
