@@ -24,6 +24,7 @@ from embedcyto.errors import StoreError
 from embedcyto.fsio import atomic_write
 from embedcyto.store.integrity import (
     INTEGRITY_ATTR,
+    REBUILD_FIX,
     UNVERIFIED,
     compute_integrity,
     damaged,
@@ -276,7 +277,7 @@ def _open(path: Path, require_complete: bool, check: bool) -> Iterator[h5py.File
     except OSError as err:
         raise StoreError(
             f"{path} is not a readable HDF5 file ({str(err).splitlines()[0]}); if it is a "
-            f"feature store it is damaged: rebuild it with --force, or delete it"
+            f"feature store it is damaged: {REBUILD_FIX}"
         ) from err
     with handle as f:
         _check_format(f, path, require_complete)

@@ -231,5 +231,5 @@ def check_finite(features: np.ndarray, ids=None, *, where: str = "the features")
     more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
     raise DamagedStoreError(
         f"{where} holds NaN or infinite values in {len(bad)} row(s): {', '.join(named)}{more}; "
-        f"such features give silently wrong probes. {REBUILD_FIX}"
+        f"such features give silently wrong probes; {REBUILD_FIX}"
     )
