@@ -17,8 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from embedcyto.datasets.records import Dataset
 from embedcyto.errors import LoraError, StaleStoreError
 from embedcyto.lora import runs

@@ -1,7 +1,8 @@
 """The HDF5 layout of a finished store (documented field by field in docs/store.md).
 
-Only this module, the integrity checks and the reader know dataset names inside the file. Everything is plain HDF5:
-numeric arrays, UTF-8 string arrays and scalar attributes, so h5py alone can read a store.
+Only this module, the integrity checks and the reader know dataset names inside the file.
+Everything is plain HDF5: numeric arrays, UTF-8 string arrays and scalar attributes, so h5py
+alone can read a store.
 """
 
 from __future__ import annotations
