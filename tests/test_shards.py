@@ -111,7 +111,9 @@ def test_more_shards_than_batches_and_cache_hit_on_every_shard(data, tmp_path, m
     def no_model(*args, **kwargs):
         raise AssertionError("a cache hit must not build the model")
 
-    monkeypatch.setattr(ex, "_build", no_model)
+    import embedcyto.backbones.loaders
+
+    monkeypatch.setattr(embedcyto.backbones.loaders, "build_backbone", no_model)
     hit = run_shard(data, store, Shard(3, 8), batch_size=4)
     assert hit.cache_hit and hit.computed == 0 and hit.path == path
 

@@ -146,3 +146,48 @@ def test_validate_features_checks_arrays_from_anywhere(tmp_path):
     short = Features(**{**good.__dict__, "labels": good.labels[:-1]})
     with pytest.raises(StoreError, match="labels has"):
         validate_features(short)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_probes_of_other_stores_run_beside_a_damaged_one(tmp_path, damage):
+    from test_probes_runner import make_dataset as probe_dataset
+    from test_probes_runner import write_store
+
+    store = tmp_path / "cache"
+    write_store(store, probe_dataset("other"), "alpha")
+    bad = write_store(store, probe_dataset("toy"), "alpha")
+    DAMAGES[damage](bad)
+    args = ["probe", "--store", str(store), "--results", str(tmp_path / "res"),
+            "--episodes", "5", "--shots", "1", "--seeds", "1", "--methods", "simpleshot"]
+    runner = CliRunner()
+    other = runner.invoke(cli, [*args, "--dataset", "other"])
+    assert other.exit_code == 0, other.output
+    assert (tmp_path / "res" / "other.jsonl").is_file()
+    broken = runner.invoke(cli, [*args, "--dataset", "toy", "--model", "alpha"])
+    assert broken.exit_code == 1 and "damaged" in broken.output
+    assert "--force" in broken.output and "Traceback" not in broken.output
+
+
+def test_extraction_refuses_non_finite_features_naming_the_images(tmp_path, monkeypatch):
+    from embedcyto import extract as ex
+    from embedcyto.backbones.loaders import Backbone
+    from embedcyto.datasets import open_dataset
+    from embedcyto.datasets.fixtures import make_fixture
+
+    root = make_fixture("sipakmed", tmp_path / "data", per_class=1)
+    store = tmp_path / "cache"
+    dataset = open_dataset("sipakmed", root, split_dir=store / "sipakmed")
+    forward = Backbone.forward
+
+    def nan_in_second_row(self, images):
+        out = forward(self, images).clone()
+        out[1, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(Backbone, "forward", nan_in_second_row)
+    config = ex.ExtractConfig(batch_size=8, num_workers=0, device="cpu", precision="fp32",
+                              progress=False)
+    with pytest.raises(StoreError, match=rf"NaN or infinite.*{dataset.records[1].path}"):
+        ex.extract_features(dataset, "tiny-vit", store_dir=store, split_dir=store / "sipakmed",
+                            config=config)
+    assert not store_path(store, "sipakmed", "tiny-vit").exists()
