@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -125,8 +125,8 @@ class RowImages:
     opaque worker traceback: the main process raises a clean :class:`ImageReadError`.
     """
 
-    def __init__(self, root: Path, paths: list[str], rows: np.ndarray, transform, input_size: int,
-                 *, jpeg_draft: bool = True):
+    def __init__(self, root: Path, paths: list[str], rows: np.ndarray,
+                 transform: Callable[[Any], Any], input_size: int, *, jpeg_draft: bool = True):
         self.root = Path(root)
         self.paths = paths
         self.rows = rows
@@ -138,7 +138,7 @@ class RowImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, Any, str]:
         from embedcyto.datasets import read_image
 
         row = int(self.rows[i])
@@ -250,7 +250,7 @@ def _open(path: Path, dataset: Dataset, provenance: dict[str, Any], card: Card,
           config: ExtractConfig, shard: Shard | str | None):
     """The store's writer, or one shard's writer (its ``dataset`` is the shard's rows)."""
     from embedcyto.store import open_writer
-    from embedcyto.store.shards import Shard, open_shard_writer  # noqa: F811 - the runtime class
+    from embedcyto.store.shards import Shard, open_shard_writer
 
     kwargs = {"dataset": dataset, "provenance": provenance, "embed_dim": card.embed_dim,
               "dtype": config.store_dtype, "force": config.force}

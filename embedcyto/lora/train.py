@@ -255,14 +255,6 @@ def _dropout(team, model):
     return nullcontext() if team is None else team.global_dropout(model)
 
 
-def _backbone(card, weights_path, device, dtype):
-    from embedcyto.backbones import build_backbone
-
-    if weights_path is None:
-        return build_backbone(card, random_init=True, device=device, dtype=dtype)
-    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
-
-
 def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_dir=None,
                weights=None, weights_dir=None, random_init: bool = False, rerun: bool = False,
                progress: bool = False, ranks=None) -> LoraResult:
@@ -356,10 +348,12 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
     folder; the others get None) writes the files, tests, and shares the metrics.
     """
+    from embedcyto.backbones import build_backbone
     from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
 
     def build():
-        model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
+        model = build_classifier(build_backbone(card, weights=wpath, random_init=wpath is None,
+                                                 device=device, dtype=dtype), config.settings,
                                  len(dataset.classes), config.seed)
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt
