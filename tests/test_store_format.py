@@ -203,3 +203,33 @@ def test_plain_h5py_snippet_in_docs_runs(tmp_path, capsys):
     )
     assert namespace["X"].shape == (9, 8) and namespace["train"].sum() == 4
     assert namespace["card"]["family"] == "timm" and "quilt" in capsys.readouterr().out
+
+
+def test_store_modules_import_each_other_without_cycles():
+    """integrity <- h5format <- catalog <- reader <- writer: no module imports one above it,
+    not even inside a function."""
+    import ast
+
+    import embedcyto.store
+
+    folder = Path(embedcyto.store.__file__).parent
+    graph = {}
+    for module in folder.glob("*.py"):
+        if module.name == "__init__.py":
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "embedcyto.store."):
+                deps.add(node.module.split(".")[2])
+        graph[module.stem] = deps
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d)))
+                   for d in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert cycles == []
+    assert graph["integrity"] == set()
+    assert not {"catalog", "reader", "writer"} & graph["h5format"]
+    assert "reader" not in graph["catalog"]
