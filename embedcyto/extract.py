@@ -283,13 +283,6 @@ def make_loader(dataset: Dataset, rows: np.ndarray, card: Card, config: ExtractC
     )
 
 
-_SKIP_ADVICE = (
-    "Run again with --on-bad-image skip (the default) to check every image first and leave "
-    "unreadable ones out, or replace the file and run again with --force (the dataset changed, "
-    "so the unfinished rows are redone)"
-)
-
-
 def embed_rows(encoder: Backbone | torch.nn.Module, dataset: Dataset, pending: np.ndarray,
                writer: FeatureWriter, device: torch.device, config: ExtractConfig) -> int:
     """Forward every pending row through ``encoder`` and write each finished batch at once.
@@ -319,8 +312,11 @@ def embed_rows(encoder: Backbone | torch.nn.Module, dataset: Dataset, pending: n
                     row, reason = bad[0]
                     raise ImageReadError(
                         dataset.root / dataset.records[row].path,
-                        f"{reason}; the rows computed so far are kept in the unfinished store. "
-                        f"{_SKIP_ADVICE}",
+                        f"{reason}; the rows computed so far are kept in the unfinished store, "
+                        "but they were computed for an image list that includes this file, so "
+                        "leaving it out or replacing it needs --force: run again with "
+                        "--on-bad-image skip (the default: every image is checked first) and "
+                        "--force, or replace the file and run again with --force",
                     )
                 feats = encoder(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())
