@@ -163,7 +163,7 @@ def build_provenance(dataset: Dataset, card: Card, weights_sha256: str | None,
 
     return {
         "model": card.name,
-        "card": card.to_dict(),
+        "card": card.identity_dict(),
         "weights_sha256": weights_sha256 or "random-init",
         "preprocessing": preprocess_spec(card),
         "precision": str(precision).replace("torch.", ""),
