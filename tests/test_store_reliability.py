@@ -49,11 +49,10 @@ def test_lock_dies_with_its_process_even_when_forked_children_live_on(tmp_path):
         import os, sys, time
         from embedcyto.store.lock import StoreLock
         lock = StoreLock(sys.argv[1] + ".lock", sys.argv[1]).acquire()
-        child = os.fork()
-        if child == 0:
-            time.sleep(60)   # a worker that outlives its parent
+        if os.fork() == 0:  # a worker that outlives its parent; it runs once forked:
+            print(os.getpid(), flush=True)  # (fork's child handlers have run by then)
+            time.sleep(60)
             os._exit(0)
-        print(child, flush=True)
         time.sleep(60)
         """, target)
     child = int(proc.stdout.readline())

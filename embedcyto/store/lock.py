@@ -5,7 +5,8 @@ last descriptor of it is closed: when the process exits for any reason (kill -9 
 crash never leaves a lock that blocks the next run. A forked child (a DataLoader decoding
 worker) would inherit the descriptor and keep the lock alive after its parent died; so every
 child closes the lock descriptors it inherited as soon as it is forked (closing, unlike
-unlocking, leaves the parent's lock in place). The lock file also records who holds it, so a
+unlocking, leaves the parent's lock in place). Only in the instant between ``fork`` and the
+child's first step does the child hold a copy; it drops it the moment it runs. The lock file also records who holds it, so a
 refused writer can say which process to wait for.
 """
 
