@@ -73,15 +73,19 @@ def test_three_concurrent_probe_processes_lose_no_row(tmp_path):
 def test_rows_carry_the_identity_of_the_store_actually_read(tmp_path, monkeypatch):
     ds = make_dataset()
     write_store(tmp_path / "cache", ds, "alpha")
-    original = runner._run_unit
+    before = store_identity(load_features(tmp_path / "cache" / "toy" / "alpha.h5").provenance)
+    original, rebuilt = runner._run_unit, []
 
     def rebuilt_meanwhile(path, *args):
-        write_store(tmp_path / "cache", ds, "alpha", seed=5, note="rebuilt", force=True)
+        if not rebuilt:  # once, after the grid inspected the store and before any unit read it
+            write_store(tmp_path / "cache", ds, "alpha", seed=5, note="rebuilt", force=True)
+            rebuilt.append(path)
         return original(path, *args)
 
     monkeypatch.setattr(runner, "_run_unit", rebuilt_meanwhile)
     rows = grid(tmp_path / "cache", results_dir=tmp_path / "res", seeds=(1,), **GRID)
     actual = store_identity(load_features(tmp_path / "cache" / "toy" / "alpha.h5").provenance)
+    assert actual != before
     assert rows and {r["store_identity"] for r in rows} == {actual}
 
 
