@@ -22,6 +22,7 @@ the same vector. Everything touching the data runs in the input's precision, as 
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -72,11 +73,16 @@ class _OneBlasThread:
         self._lock = threading.Lock()
         self._depth = 0
         self._limits = None
+        self._torch_threads = None
 
     def __enter__(self):
         with self._lock:
             if self._depth == 0:
                 self._limits = threadpool_limits(1, user_api="blas")
+                torch = _loaded_torch()
+                if torch is not None:
+                    self._torch_threads = torch.get_num_threads()
+                    torch.set_num_threads(1)
             self._depth += 1
         return self
 
@@ -86,6 +92,9 @@ class _OneBlasThread:
             if self._depth == 0:
                 self._limits.restore_original_limits()
                 self._limits = None
+                if self._torch_threads is not None:
+                    _loaded_torch().set_num_threads(self._torch_threads)
+                    self._torch_threads = None
 
 
 _ONE_BLAS_THREAD = _OneBlasThread()
@@ -102,6 +111,11 @@ def single_blas_thread() -> _OneBlasThread:
     are restored when the last concurrent fit leaves.
     """
     return _ONE_BLAS_THREAD
+
+
+def _loaded_torch():
+    """torch if this process already imported it (limiting its threads never imports it)."""
+    return sys.modules.get("torch")
 
 
 def _import_torch():
