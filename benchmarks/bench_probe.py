@@ -170,6 +170,8 @@ def _args(argv):
     parser.add_argument("--scale", type=float, default=None,
                         help="rows relative to the real sizes (2, 4: HiCervix repeated)")
     parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--separation", type=float, default=6.0,
+                        help="class-mean separation of the synthetic features (lower: harder)")
     parser.add_argument("--no-sklearn", action="store_true",
                         help="skip scikit-learn's run of the linear protocol")
     parser.add_argument("--naive", action="store_true", help="check k and episodes naively")
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
     total = sk_total = lin_total = 0.0
     rows, ok = 0, True
     for name in args.datasets.split(","):
-        feats = make_features(name, dim, scale)
+        feats = make_features(name, dim, scale, separation=args.separation)
         fast = run_fast(feats, SHOTS, episodes, counter)
         total += report(name, feats, fast, SHOTS, episodes, rate)
         rows += feats.labels.size
