@@ -5,7 +5,8 @@ For each card (random weights of the real architecture), in the requested precis
 * which scaled-dot-product-attention kernels a forward pass runs, for the card as built
   (fused q/k/v) and after :func:`embedcyto.lora.unfuse.unfuse_attention` (what LoRA trains):
   the ``aten::_scaled_dot_product_*`` operators in a ``torch.profiler`` trace (flash, memory-
-  efficient, cuDNN, or the CPU flash kernel). Unfused q/k/v must still reach a fused kernel; no
+  efficient, cuDNN, or the CPU flash kernel), and ``nn.MultiheadAttention``'s fused inference
+  path (``aten::_native_multi_head_attention``). Unfused q/k/v must still reach a fused kernel; no
   such operator means attention ran as separate matrix products and a softmax;
 * the forward throughput eagerly and under ``torch.compile`` (after its compilation, whose time
   is printed apart), so the gain of compiling is measured, not assumed.
@@ -35,7 +36,7 @@ def sdpa_kernels(model, x) -> list[str]:
     with torch.no_grad(), profile(activities=activities) as prof:
         model(x)
     return sorted({e.key for e in prof.key_averages()
-                   if e.key.startswith("aten::_scaled_dot_product")
+                   if e.key.startswith(("aten::_scaled_dot_product", "aten::_native_multi_head"))
                    or "flash" in e.key.lower() or "efficient_attention" in e.key})
 
 
