@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU readiness check: extraction, LoRA, sharding and attention kernels on real-size cards.
 #
-# On a CUDA machine (about 5 minutes; installs nothing), with random weights of the real
+# On a CUDA machine (about 5 minutes for steps 1-5; installs nothing), with random weights of the real
 # architectures ViT-B/16 (card `clip`) and ViT-L/14 (card `clip-l14`) in bf16:
 #   1. bench_extract.py  - extract img/s end to end against the bare forward (ratio >= 0.9
 #                          expected on small images with enough decode workers);
@@ -9,7 +9,10 @@
 #   3. bench_shards.py   - one process against torchrun (several GPUs when present);
 #   4. pytest -m gpu     - the CUDA tests that are skipped on a CPU;
 #   5. gpu_attention.py  - which fused SDPA/flash kernels each card's attention runs, as built
-#                          and after unfusing q/k/v for LoRA, and torch.compile on/off.
+#                          and after unfusing q/k/v for LoRA, and torch.compile on/off;
+#   6. pytest -m giant   - every pretrained card at full size builds, has its declared parameter
+#                          count and matches its library's own call (on the GPU);
+#   7. gpu_card_times.py - measured ms/image per full-size card beside `models list`'s estimate.
 # Every step runs under its own time limit and the script goes on after a failure; it exits 1
 # if any step failed.
 #
@@ -27,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
         --list) LIST=1 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $arg (use --dry-run or --list)" >&2; exit 2 ;;
     esac
 done
@@ -39,9 +42,11 @@ fi
 if [[ $DRY == 1 ]]; then
     BASE=tiny-clip; LARGE=tiny-vit; PREC=fp32; DEVICE=cpu; IMAGES=10; BATCH=5; WORKERS=0
     STEPS=1; LORA_BATCH=2; COMPILE=eager; LIMIT=240
+    GIANT="--co"; CARDS="--tiny"
 else
     BASE=clip; LARGE=clip-l14; PREC=bf16; DEVICE=cuda; IMAGES=256; BATCH=64; WORKERS=8
     STEPS=5; LORA_BATCH=32; COMPILE=inductor; LIMIT=120
+    GIANT=""; CARDS=""
 fi
 
 STEPS_RUN=(
@@ -51,6 +56,8 @@ STEPS_RUN=(
     "benchmarks/bench_shards.py --model $BASE --images $IMAGES --batch-size $BATCH --precision $PREC"
     "-m pytest -q -m gpu -rs -p no:cacheprovider"
     "benchmarks/gpu_attention.py --models $BASE,$LARGE --device $DEVICE --precision $PREC --batch-size $BATCH --steps $STEPS --compile-backend $COMPILE"
+    "-m pytest -q -m giant $GIANT -p no:cacheprovider tests/test_backbones_zoo_full.py"
+    "benchmarks/gpu_card_times.py --device $DEVICE --precision $PREC --batch-size $BATCH $CARDS"
 )
 
 if [[ $LIST == 1 ]]; then
