@@ -4,11 +4,8 @@ Why this exists: on HiCervix-sized inputs (28,160 × 1,024, 26 classes) scikit-l
 ``LogisticRegression(solver="lbfgs")`` spends its time in the loss/gradient evaluation (two
 matrix products with the data and a single-threaded softmax), not in L-BFGS itself. This module
 minimises *the same objective with the same optimiser and options* but evaluates the loss and
-gradient with two plain matrix products in the data's precision and a float64 softmax and loss
-sum. Fits run with one BLAS and one torch thread (:func:`single_blas_thread`); on one thread
-numpy's OpenBLAS ran the two skinny products (N = 26 classes) at 49 and 53 GFLOP/s against 35
-and 53 for torch, so ``backend="auto"`` is numpy (76 against 87 ms of CPU per HiCervix-sized
-evaluation); ``backend="torch"`` remains available.
+gradient with torch matrix products (numpy if torch cannot be imported), about 4–5× faster per
+evaluation on two cores.
 
 The objective, exactly as scikit-learn 1.x writes it for the lbfgs solver::
 
@@ -20,8 +17,7 @@ intercept ``b`` unpenalised, minimised by ``scipy.optimize.minimize(method="L-BF
 ``gtol=tol, maxiter=max_iter, maxls=50, ftol=64 * eps`` from a warm start. Parameters are laid
 out as scikit-learn does (the classes of one feature contiguous, intercepts last), so L-BFGS sees
 the same vector. Everything touching the data runs in the input's precision, as in scikit-learn
-(float32 stays float32) for the two matrix products; the softmax, the loss and its sum, the
-penalty and the optimiser state are float64.
+(float32 stays float32, the loss included); the penalty and the optimiser state are float64.
 """
 
 from __future__ import annotations
@@ -107,14 +103,16 @@ _ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def single_blas_thread() -> _OneBlasThread:
-    """Limit numpy's and scipy's OpenBLAS to one thread while an L-BFGS fit runs.
+    """Limit OpenBLAS (numpy's, scipy's) and torch's intra-op pool to one thread while a fit runs.
 
     L-BFGS-B's own vector work goes through scipy's OpenBLAS. Left multi-threaded, its idle
     threads (and numpy's) spin on the cores that the next loss evaluation needs: on two cores
     that makes each torch evaluation about 4x slower and a small scikit-learn fit 10x slower.
     One BLAS thread costs little: L-BFGS-B's vectors are short, and the big products run in
-    torch (or, in the numpy fallback, lose less than the spinning costs). The previous limits
-    are restored when the last concurrent fit leaves.
+    torch (or, in the numpy fallback, lose less than the spinning costs). torch's own threads
+    are limited too (when torch is loaded): on the shared 2-core machine, two torch threads
+    waiting on each other made small fits 5-40x slower. The previous limits are restored when
+    the last concurrent fit leaves.
     """
     return _ONE_BLAS_THREAD
 
@@ -144,7 +142,7 @@ class MultinomialObjective:
         y: (n,) encoded labels in 0..n_classes-1.
         n_classes: K (> 2 for the multinomial model to differ from scikit-learn's binary one).
         sample_weight: (n,) positive weights or None.
-        backend: "torch", "numpy", or "auto" (numpy: faster on the one thread a fit uses).
+        backend: "torch", "numpy", or "auto" (torch when importable).
     """
 
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
@@ -154,19 +152,19 @@ class MultinomialObjective:
         X = np.ascontiguousarray(X)
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
-        if backend == "torch" and not X.flags.writeable:  # torch will not wrap read-only memory
+        if not X.flags.writeable:  # torch refuses to wrap read-only memory without a warning
             X = X.copy()
         self.n_samples, self.n_features = X.shape
         self.n_classes = int(n_classes)
         self.dtype = X.dtype
         self.sw_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
-        torch = _import_torch() if backend == "torch" else None
+        torch = _import_torch() if backend in ("auto", "torch") else None
         if backend == "torch" and torch is None:
             raise ProbeError("backend='torch' needs torch: pip install torch, or use 'numpy'")
         self.backend = "torch" if torch is not None else "numpy"
-        onehot = np.zeros((X.shape[0], self.n_classes), dtype=np.float64)
+        onehot = np.zeros((X.shape[0], self.n_classes), dtype=X.dtype)
         onehot[np.arange(X.shape[0]), y] = 1
-        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        sw = None if sample_weight is None else np.asarray(sample_weight, dtype=X.dtype)
         if torch is not None:
             self._torch = torch
             self._X, self._onehot = torch.from_numpy(X), torch.from_numpy(onehot)
@@ -181,16 +179,15 @@ class MultinomialObjective:
             weights_t: W transposed, (p, K); intercept: b, (K,).
 
         Returns:
-            (sum_i s_i * loss_i as a Python float, grad_W (K, p), grad_b (K,)). The two products
-            with the data run in the data's dtype; the softmax, the per-row losses and their sum
-            are float64 (they cost O(n K), nothing beside the products). A float32 loss (as
-            scikit-learn computes it for float32 data) stops resolving the decrease long before
-            the gradient tolerance is met: L-BFGS-B's line search then spent 2.4 evaluations
-            per iteration on HiCervix-sized features, most of them on steps it could not see.
+            (sum_i s_i * loss_i, grad_W (K, p), grad_b (K,)), unscaled by sum(s), all in the
+            data's dtype as scikit-learn computes them: with float32 features the loss is a
+            float32 sum, and L-BFGS-B stops (``ftol``) once steps no longer change it, as it
+            does in scikit-learn. A float64 sum would let it chase rounding noise for many more
+            iterations without a better model.
         """
         if self.backend == "torch":
             return self._torch_terms(weights_t, intercept)
-        raw = (self._X @ weights_t.astype(self.dtype)).astype(np.float64) + intercept
+        raw = self._X @ weights_t.astype(self.dtype) + intercept.astype(self.dtype)
         top = raw.max(axis=1, keepdims=True)
         prob = np.exp(raw - top)
         norm = prob.sum(axis=1, keepdims=True)
@@ -199,21 +196,20 @@ class MultinomialObjective:
         resid = prob - self._onehot
         if self._sw is not None:
             loss, resid = loss * self._sw, resid * self._sw[:, None]
-        resid = resid.astype(self.dtype)
-        return float(loss.sum()), resid.T @ self._X, resid.sum(axis=0)
+        return loss.sum(), (self._X.T @ resid).T, resid.sum(axis=0)
 
     def _torch_terms(self, weights_t, intercept):
         torch = self._torch
         w = torch.from_numpy(np.ascontiguousarray(weights_t, dtype=self.dtype))
-        raw = (self._X @ w).double().add_(torch.from_numpy(np.asarray(intercept, np.float64)))
+        b = torch.from_numpy(np.ascontiguousarray(intercept, dtype=self.dtype))
+        raw = torch.addmm(b, self._X, w)
         lse = torch.logsumexp(raw, dim=1)
         loss = lse - (raw * self._onehot).sum(dim=1)
         resid = torch.exp(raw.sub_(lse[:, None])).sub_(self._onehot)
         if self._sw is not None:
             loss, resid = loss * self._sw, resid.mul_(self._sw[:, None])
-        resid = resid.to(self._X.dtype)
         grad_w = resid.T @ self._X
-        return loss.sum().item(), grad_w.numpy(), resid.sum(dim=0).numpy()
+        return loss.sum().numpy()[()], grad_w.numpy(), resid.sum(dim=0).numpy()
 
     def loss_gradient(self, flat: np.ndarray, l2_reg_strength: float):
         """Objective and gradient for scipy, in scikit-learn's parameter layout.
@@ -224,7 +220,7 @@ class MultinomialObjective:
         params = flat.reshape(self.n_features + 1, self.n_classes)
         weights_t, intercept = params[:-1], params[-1]
         loss_sum, grad_w, grad_b = self.data_terms(weights_t, intercept)
-        loss = loss_sum / self.sw_sum
+        loss = float(loss_sum / self.dtype.type(self.sw_sum))
         loss += 0.5 * l2_reg_strength * float(np.sum(weights_t ** 2))
         grad = np.empty_like(params)
         grad[:-1] = grad_w.T / self.sw_sum + l2_reg_strength * weights_t
