@@ -127,7 +127,8 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the same store
     are reused unless --rerun, and several probe runs may share one results folder. Numbers
     below are percent: mean ± std over seeds, or ± the 95 % confidence interval over episodes
-    when there is one seed.
+    when there is one seed. A damaged store is left out and named with its fix; the others are
+    probed, and the command then exits with status 1.
     """
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
 
@@ -146,3 +147,9 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
         for store_path, method in sorted({(r["store_path"], r["method"]) for r in rows
                                           if r["method"] in SAVABLE}):
             click.echo(f"saved probe: {fit_and_save(store_path, method, save_dir)}")
+    if rows.skipped:
+        from embedcyto.errors import ProbeError
+
+        listing = "".join(f"\n  {s.dataset}/{s.model}: {s.problem}" for s in rows.skipped)
+        raise ProbeError(f"skipped {len(rows.skipped)} damaged store(s); the rows above are "
+                         f"those of the other stores:{listing}")
