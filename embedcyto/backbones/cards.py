@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from embedcyto.dataclass_io import from_mapping
 from embedcyto.errors import BackboneError
 
 FAMILIES = ("open_clip", "timm", "transformers")
@@ -311,17 +312,7 @@ class Card:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Card":
         """Build a card from a dict, refusing keys it does not know (typos must not pass)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BackboneError(
-                f"card {data.get('name', '?')!r}: unknown field(s) {unknown}; "
-                f"valid fields: {sorted(known)}"
-            )
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise BackboneError(f"card {data.get('name', '?')!r}: {err}") from err
+        return from_mapping(cls, data, BackboneError, f"card {data.get('name', '?')!r}")
 
     @classmethod
     def from_json(cls, text: str) -> "Card":
