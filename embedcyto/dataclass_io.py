@@ -8,6 +8,7 @@ error that lists the valid ones, raised as the caller's own error type.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -35,3 +36,14 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], error: type[Exception],
         return cls(**data)
     except TypeError as err:
         raise error(f"{what}: {err}") from err
+
+
+def from_json(cls: type[T], text: str, error: type[Exception], what: str) -> T:
+    """:func:`from_mapping` of a JSON object; malformed JSON or a non-object is ``error`` too."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{what} is malformed JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object, not {type(data).__name__}")
+    return from_mapping(cls, data, error, what)

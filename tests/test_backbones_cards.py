@@ -94,6 +94,10 @@ def test_dataclasses_are_built_from_dicts_by_one_helper_with_the_callers_error()
         from_mapping(Toy, {"alpha": 2.0}, LoraError, "toy")
     with pytest.raises(BackboneError, match=r"card 'a-card': unknown field\(s\) \['embedding_dim'"):
         Card.from_dict(_valid(name="a-card", embedding_dim=3))
+    for text, fragment in (("{", "card JSON is malformed JSON"), ("[1]", "must be a JSON object"),
+                           ('{"embedding_dim": 3}', "unknown field")):
+        with pytest.raises(BackboneError, match=fragment):
+            Card.from_json(text)
 
 
 def test_unknown_name_suggests_close_matches_and_lists_known():

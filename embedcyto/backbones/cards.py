@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from embedcyto.dataclass_io import from_mapping
+from embedcyto import dataclass_io
 from embedcyto.errors import BackboneError
 
 FAMILIES = ("open_clip", "timm", "transformers")
@@ -312,17 +312,13 @@ class Card:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Card":
         """Build a card from a dict, refusing keys it does not know (typos must not pass)."""
-        return from_mapping(cls, data, BackboneError, f"card {data.get('name', '?')!r}")
+        name = data.get("name", "?")
+        return dataclass_io.from_mapping(cls, data, BackboneError, f"card {name!r}")
 
     @classmethod
     def from_json(cls, text: str) -> "Card":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BackboneError(f"card JSON is malformed: {err}") from err
-        if not isinstance(data, dict):
-            raise BackboneError("card JSON must be an object")
-        return cls.from_dict(data)
+        """A card from its JSON text (malformed JSON is a :class:`BackboneError`)."""
+        return dataclass_io.from_json(cls, text, BackboneError, "card JSON")
 
 
 def _card_files() -> dict[str, Any]:
