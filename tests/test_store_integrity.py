@@ -15,7 +15,7 @@ from store_damage import DAMAGES, make_legacy, put_value
 from test_store_fixtures import make_dataset, make_features, provenance, write_full
 
 from embedcyto.cli.main import cli
-from embedcyto.errors import DamagedStoreError, StoreError
+from embedcyto.errors import DamagedStoreError, ProbeError, StoreError
 from embedcyto.store import (
     Features,
     list_stores,
@@ -201,6 +201,8 @@ def test_a_plain_probe_reports_a_damaged_store_and_probes_the_others(tmp_path, d
     assert {(r["dataset"], r["model"]) for r in got} == {("other", "alpha"), ("toy", "beta")}
     assert [(s.dataset, s.model, s.path) for s in got.skipped] == [("toy", "alpha", bad)]
     assert "--force" in got.skipped[0].problem
+    with pytest.raises(ProbeError, match=r"(?s)skipped 1 damaged store.*toy/alpha"):
+        got.raise_for_skipped()  # what the CLI and the pipelines call once the rows are written
 
 
 def test_extraction_refuses_non_finite_features_naming_the_images(tmp_path, monkeypatch):

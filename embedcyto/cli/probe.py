@@ -147,9 +147,4 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
         for store_path, method in sorted({(r["store_path"], r["method"]) for r in rows
                                           if r["method"] in SAVABLE}):
             click.echo(f"saved probe: {fit_and_save(store_path, method, save_dir)}")
-    if rows.skipped:
-        from embedcyto.errors import ProbeError
-
-        listing = "".join(f"\n  {s.dataset}/{s.model}: {s.problem}" for s in rows.skipped)
-        raise ProbeError(f"skipped {len(rows.skipped)} damaged store(s); the rows above are "
-                         f"those of the other stores:{listing}")
+    rows.raise_for_skipped()

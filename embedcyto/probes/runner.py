@@ -159,6 +159,17 @@ class GridRows(list):
 
     skipped: tuple[SkippedStore, ...] = ()
 
+    def raise_for_skipped(self) -> None:
+        """Raise :class:`ProbeError` listing every skipped store with its fix, if any was.
+
+        Called once the other stores' rows are written, so a caller that must not take a
+        partial grid for a full one (the CLI, the pipelines) fails without losing them.
+        """
+        if self.skipped:
+            listing = "".join(f"\n  {s.dataset}/{s.model}: {s.problem}" for s in self.skipped)
+            raise ProbeError(f"skipped {len(self.skipped)} damaged store(s); the rows written "
+                             f"are those of the other stores:{listing}")
+
 
 def _models_for(store_dir: Path, dataset: str,
                 models: Sequence[str] | None) -> tuple[list[str], list[SkippedStore]]:
