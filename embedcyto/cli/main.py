@@ -6,6 +6,7 @@ Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.util
@@ -24,6 +25,17 @@ COMMANDS = {
     "report": "embedcyto.cli.report:report",
     "demo": "embedcyto.cli.demo:demo",
 }
+
+# What an interrupted command has kept, and how to carry on (printed instead of "Aborted!").
+KEPT_ON_INTERRUPT = {
+    "extract": "the rows written so far are kept in the partial store; the same command resumes "
+               "from there",
+    "probe": "result rows already written are kept; the same command skips them and runs the rest",
+    "lora": "finished runs are kept; the same command skips them and retrains the interrupted one "
+            "from its start",
+    "demo": "rerun `embedcyto demo` to start the demo again",
+}
+INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
 
 
 def _available(target: str) -> bool:
@@ -45,6 +57,23 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         return _with_clean_errors(command)
 
+    def resolve_command(self, ctx, args):
+        """Like click's, plus a did-you-mean for a mistyped command name."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            if close:
+                options = " or ".join(f"'{c}'" for c in close)
+                ctx.fail(f"No such command '{name}'. Did you mean {options}?")
+        return super().resolve_command(ctx, args)
+
+
+def _interrupted(name: str) -> click.exceptions.Exit:
+    kept = KEPT_ON_INTERRUPT.get(name, "work finished before the interruption is kept; run "
+                                       "the same command again to continue")
+    click.echo(f"\nInterrupted: {kept}.", err=True)
+    return click.exceptions.Exit(INTERRUPTED_EXIT_CODE)
+
 
 def _with_clean_errors(command: click.Command) -> click.Command:
     """Wrap a command (and its sub-commands) so library errors print without a traceback."""
@@ -55,6 +84,7 @@ def _with_clean_errors(command: click.Command) -> click.Command:
             _with_clean_errors(sub)
     if command.callback is not None:
         original = command.callback
+        name = command.name
 
         @functools.wraps(original)
         def callback(*args, **kwargs):
@@ -64,6 +94,8 @@ def _with_clean_errors(command: click.Command) -> click.Command:
                 return original(*args, **kwargs)
             except EmbedcytoError as err:
                 raise click.ClickException(str(err)) from err
+            except KeyboardInterrupt:
+                raise _interrupted(name) from None
 
         command.callback = callback
     command._embedcyto_wrapped = True
