@@ -1,0 +1,46 @@
+"""The docs and the README say what the code does: weight file names, provenance values."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+
+from embedcyto import extract as ex
+from embedcyto.backbones import list_cards
+from embedcyto.datasets import open_dataset
+from embedcyto.datasets.fixtures import make_fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "pipelines/README.md"]
+
+
+def test_docs_recommend_the_same_weight_file_as_the_missing_weights_error():
+    first = {c.hub_repo: c.weights_files[0] for c in list_cards() if c.hub_repo and c.weights_files}
+    seen = 0
+    for page in PAGES:
+        for repo, file in re.findall(r"hf download (\S+/\S+) (\S+\.(?:safetensors|bin|pth|pt))\b",
+                                     page.read_text()):
+            if "{" in repo:
+                continue
+            seen += 1
+            assert repo in first, f"{page.name}: {repo} is no card's hub repository"
+            assert file == first[repo], (f"{page.name} recommends {file} for {repo}; the "
+                                         f"missing-weights error recommends {first[repo]}")
+    assert seen >= 2
+
+
+def test_the_documented_random_weights_hash_is_what_a_store_holds(tmp_path):
+    row = next(line for line in (ROOT / "docs/store.md").read_text().splitlines()
+               if line.startswith("| `weights_sha256` |"))
+    documented = re.search(r'`"([^"`]+)"` for random weights', row).group(1)
+    root = make_fixture("sipakmed", tmp_path / "data", per_class=2)
+    dataset = open_dataset("sipakmed", root, split_dir=tmp_path / "cache" / "sipakmed")
+    config = ex.ExtractConfig(batch_size=8, num_workers=0, device="cpu", precision="fp32",
+                              progress=False)
+    result = ex.extract_features(dataset, "tiny-vit", store_dir=tmp_path / "cache",
+                                 split_dir=tmp_path / "cache" / "sipakmed", random_init=True,
+                                 config=config)
+    with h5py.File(result.path, "r") as f:
+        assert f.attrs["weights_sha256"] == documented
