@@ -324,9 +324,9 @@ def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
                     raise ImageReadError(
                         dataset.root / dataset.records[row].path,
                         f"{reason}; the rows computed so far are kept in the unfinished store. "
-                        "Run again with --on-bad-image skip (the default) to check every image "
+                        "Run again with `on_bad_image='skip'` (the default) to check every image "
                         "first and leave unreadable ones out, or replace the file and run again "
-                        "with --force (the dataset changed, so the unfinished rows are redone)",
+                        "with `force=True` (the dataset changed, so the unfinished rows are redone)",
                     )
                 feats = backbone(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())

@@ -211,7 +211,7 @@ def resolve_weights(
             hit = _from_hub(card, cache, looked)
             if hit is not None:
                 return hit
-    raise WeightsNotFoundError(_not_found_message(card, looked, wdir))
+    raise WeightsNotFoundError(_not_found_message(card, looked, wdir), looked=tuple(looked))
 
 
 def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
@@ -222,8 +222,13 @@ def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
     return "\n".join(lines)
 
 
-def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[str]:
-    """The steps that put a card's weights where :func:`resolve_weights` will find them."""
+def weights_instructions(card: Card, weights_dir: Path | None = None, *,
+                         offer_weights_path: bool = True) -> list[str]:
+    """The steps that put a card's weights where :func:`resolve_weights` will find them.
+
+    ``offer_weights_path=False`` leaves out the "pass --weights PATH" step, for callers (the
+    study's recipes) that have no such option.
+    """
     steps = []
     if card.weights_help:
         steps.append(card.weights_help)
@@ -243,7 +248,8 @@ def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[st
         steps.append(
             f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`"
         )
-    steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
+    if offer_weights_path:
+        steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
     return steps
 
 

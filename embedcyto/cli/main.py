@@ -11,6 +11,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import re
 
 import click
 
@@ -36,6 +37,14 @@ KEPT_ON_INTERRUPT = {
     "demo": "rerun `embedcyto demo` to start the demo again",
 }
 INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
+
+# Library messages name a parameter to change as `name=value` (Python's spelling, right for a
+# Python caller); the CLI rewrites each into the flag of the command that was run.
+PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
+# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
+STANDS_IN = {"split_dir": ("--name", "another --name NAME (each dataset name has its own split "
+                                     "folder in the store)"),
+             "store_dir": ("--store", "--store DIR")}
 
 
 def _available(target: str) -> bool:
@@ -68,6 +77,30 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+def cli_wording(message: str, command: click.Command) -> str:
+    """Rewrite the library's `name=value` suggestions as this command's flags."""
+    flags = {}
+    for param in command.params:
+        long = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+        if isinstance(param, click.Option) and long:
+            flags[param.name] = (long[0], param)
+            flags[long[0][2:].replace("-", "_")] = (long[0], param)
+
+    def rewrite(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        if name in flags:
+            flag, param = flags[name]
+            if param.is_flag:
+                return flag
+            return f"{flag} {value or name.upper()}"
+        stand_in = STANDS_IN.get(name)
+        if stand_in and stand_in[0] in {f for f, _ in flags.values()}:
+            return stand_in[1]
+        return match.group(0)
+
+    return PARAMETER.sub(rewrite, message)
+
+
 def _interrupted(name: str) -> click.exceptions.Exit:
     kept = KEPT_ON_INTERRUPT.get(name, "work finished before the interruption is kept; run "
                                        "the same command again to continue")
@@ -93,7 +126,7 @@ def _with_clean_errors(command: click.Command) -> click.Command:
             try:
                 return original(*args, **kwargs)
             except EmbedcytoError as err:
-                raise click.ClickException(str(err)) from err
+                raise click.ClickException(cli_wording(str(err), command)) from err
             except KeyboardInterrupt:
                 raise _interrupted(name) from None
 

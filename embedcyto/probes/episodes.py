@@ -56,8 +56,8 @@ class _Pool:
         if short:
             listing = ", ".join(f"class {name!r} has {n} training images" for name, n in short)
             raise ProbeError(
-                f"{listing}, fewer than shots={shots}: lower --shots to at most "
-                f"{min(n for _, n in short)} or leave those classes out")
+                f"{listing}, fewer than shots={shots}: use at most "
+                f"`shots={min(n for _, n in short)}` or leave those classes out")
         self.digest = _ids_digest(sorted_ids)
         self.shots = int(shots)
 

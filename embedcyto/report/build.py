@@ -161,7 +161,7 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report")
     if not records:
         raise ReportError(f"no results found: no probe rows in {results_dir} and no finished "
                           f"LoRA run in {runs_dir}; run `embedcyto probe` or `embedcyto lora` "
-                          "first, or point --results / --runs at their folders")
+                          "first, or point `results_dir=` / `runs_dir=` at their folders")
     out = Path(out_dir)
     result = ReportResult(out, out / "report.md", n_probe_rows=len(probe.records),
                           n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)

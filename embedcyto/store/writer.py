@@ -33,8 +33,8 @@ from embedcyto.store.reader import read_store_provenance
 log = logging.getLogger(__name__)
 
 _FIX = (
-    "pass --force to rebuild it (the old store stays until the new one is complete), or "
-    "write to another store folder with --store"
+    "pass `force=True` to rebuild it (the old store stays until the new one is complete), or "
+    "write to another store folder (`store_dir=`)"
 )
 
 
@@ -154,10 +154,10 @@ class FeatureWriter:
         try:
             return read_store_provenance(self.path)
         except StoreError as err:
-            raise StoreError(f"{err}; pass --force to replace it") from err
+            raise StoreError(f"{err}; pass `force=True` to replace it") from err
 
     def _rebuild_hint(self) -> str:
-        """Mention an interrupted forced rebuild that --force would resume."""
+        """Mention an interrupted forced rebuild that ``force=True`` would resume."""
         if not self._partial.exists():
             return ""
         try:
@@ -169,7 +169,7 @@ class FeatureWriter:
         done = int(self._partial.done_mask(self.n_rows).sum())
         return (
             f" (an interrupted rebuild with these inputs has {done}/{self.n_rows} rows; "
-            f"--force resumes it)"
+            f"`force=True` resumes it)"
         )
 
     def _open_partial(self, force: bool) -> None:
@@ -197,8 +197,8 @@ class FeatureWriter:
             if not force:
                 raise StaleStoreError(
                     f"an unfinished extraction in {partial.folder} was started with other inputs "
-                    f"({prov.describe_differences(diffs)}); pass --force to discard it and start "
-                    f"again, or write to another store folder with --store"
+                    f"({prov.describe_differences(diffs)}); pass `force=True` to discard it and "
+                    f"start again, or write to another store folder (`store_dir=`)"
                 )
         partial.create(
             {"n_rows": self.n_rows, "provenance": self.provenance, "started_at": utc_now()}
