@@ -200,6 +200,7 @@ def _missing_datasets(settings: Settings) -> list[str]:
 def _missing_weights(settings: Settings, models) -> list[str]:
     from embedcyto.backbones import get_card
     from embedcyto.backbones.weights import (
+        NOT_GIVEN,
         default_weights_dir,
         resolve_weights,
         weights_instructions,
@@ -217,7 +218,7 @@ def _missing_weights(settings: Settings, models) -> list[str]:
         except BackboneError as err:
             wdir = settings.weights_dir or default_weights_dir()
             looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
-                               if not place.startswith("--weights:"))  # recipes have no --weights
+                               if place != NOT_GIVEN)  # the recipes take no weights path
             steps = "\n".join(f"      - {s}" for s in
                               weights_instructions(card, wdir, offer_weights_path=False))
             head = str(err).splitlines()[0].removesuffix(" Looked in:")

@@ -32,6 +32,9 @@ WEIGHTS_ENV = "EMBEDCYTO_WEIGHTS"
 _TRUE = {"1", "true", "yes", "on"}
 
 
+# The first place searched: an explicit weights path (the CLI's --weights), absent.
+NOT_GIVEN = "--weights: not given"
+
 def default_weights_dir() -> Path | None:
     """The local weights directory named by ``EMBEDCYTO_WEIGHTS``, or None when unset."""
     value = os.environ.get(WEIGHTS_ENV, "").strip()
@@ -186,7 +189,7 @@ def resolve_weights(
         raise WeightsNotFoundError(
             f"model {card.name!r} is a random-weight demonstration card: it has no weights to find"
         )
-    looked = ["--weights: not given"]
+    looked = [NOT_GIVEN]
     wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
     if wdir is None:
         looked.append(f"weights folder: none set (use --weights-dir or {WEIGHTS_ENV})")
