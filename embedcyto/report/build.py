@@ -79,9 +79,19 @@ def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
     return tables
 
 
+def random_weights_warning(records: list[dict]) -> str | None:
+    """The warning every table and figure built from random-weight models carries, or None."""
+    random = _random_models(records)
+    if not random:
+        return None
+    return (f"random-weight models ({', '.join(random)}): their numbers say nothing about any "
+            "real model")
+
+
 def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
     """The Experiment 2 figure of every dataset with few-shot results, and the Experiment 3
-    figure of every dataset with fraction runs."""
+    figure of every dataset with fraction runs; each carries the random-weights warning of the
+    records it draws."""
     from embedcyto.metrics import HIERSWIN
 
     out = []
@@ -89,8 +99,10 @@ def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
     for dataset in agg.dataset_order(few):
         curves, refs = agg.shot_curves(records, dataset)
         label = agg.DATASET_LABELS.get(dataset, dataset)
+        drawn = [r for r in records if r["dataset"] == dataset]
         out.append(plot_shot_curves(curves, refs, f"{label}: accuracy vs shots per class",
-                                    figures_dir / f"fewshot_{dataset}.png"))
+                                    figures_dir / f"fewshot_{dataset}.png",
+                                    warning=random_weights_warning(drawn)))
     fractions = {r["dataset"] for r in records if r["method"] == LORA
                  and r["fraction"] is not None}
     for dataset in agg.dataset_order(fractions):
@@ -104,7 +116,8 @@ def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
         label = agg.DATASET_LABELS.get(dataset, dataset)
         out.append(plot_fraction_curves(by_level, reference,
                                         f"{label}: LoRA accuracy vs training data used",
-                                        figures_dir / f"fractions_{dataset}.png"))
+                                        figures_dir / f"fractions_{dataset}.png",
+                                        warning=random_weights_warning(chosen)))
     return out
 
 
