@@ -64,3 +64,42 @@ def test_figures_of_real_models_carry_no_warning(tmp_path):
     report = build_report(results, tmp_path / "runs", tmp_path / "report")
     assert report.figures and all(f.warning is None for f in report.figures)
     assert all("Warning" not in _info(f.path) for f in report.figures)
+
+
+def test_the_shipped_reference_values_are_cited_and_match_the_metrics_module():
+    from embedcyto.metrics import HIERSWIN
+    from embedcyto.report.paper import load_paper_reference
+
+    paper = load_paper_reference()
+    assert "Dausort" in paper.source and "2411.14975" in paper.source
+    assert dict(paper.hierswin) == HIERSWIN and "HiCervix" in paper.hierswin_source
+    assert paper.table1 or "Not shipped" in paper.table1_note  # never a number without a source
+
+
+def test_published_table1_rows_sit_under_the_users_rows(tmp_path):
+    from embedcyto.report.build import plan_tables
+    from embedcyto.report.records import probe_record
+
+    rows = [probe_record(_row(m, s, 0.8)) for m in ("clip", "tiny-vit") for s in (1, 2)]
+    tables = plan_tables(rows, {"clip": {"mlcc": 95.5}})
+    table = tables["table1_accuracy_linear"]
+    names = [name for name, _ in table.rows]
+    assert names[:3] == ["clip", "clip (paper)", "tiny-vit"]
+    assert table.cell("clip (paper)", "mlcc").mean == 0.955
+    assert table.cell("clip (paper)", "average") is None
+    assert "validation" in table.note
+    assert [n for n, _ in tables["table1_balanced_accuracy_linear"].rows] == [
+        "clip", "tiny-vit", "average"]  # published values are accuracy only
+
+
+def test_a_bad_reference_file_is_refused(tmp_path):
+    import pytest
+
+    from embedcyto.report.paper import load_paper_reference
+    from embedcyto.report.records import ReportError
+
+    bad = tmp_path / "ref.json"
+    bad.write_text(json.dumps({"source": "x", "table1": {"values": {"clip": {"mlcc": 0.955e3}}},
+                               "hierswin": {"source": "y", "values": {}}}))
+    with pytest.raises(ReportError, match="percentage"):
+        load_paper_reference(bad)

@@ -36,6 +36,7 @@ from embedcyto.report.render import to_csv, to_markdown
 
 FULL_DATA_METHODS = ("linear", "study_head", "knn")
 TABLE_METRICS = ("accuracy", "balanced_accuracy")
+PAPER_METHODS = ("linear", "study_head")  # the probes comparable to the study's classifier
 
 
 @dataclass
@@ -52,15 +53,23 @@ class ReportResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
-    """Every table the records support, by file stem, in report order (pure)."""
+def plan_tables(records: list[dict], paper_table1=None) -> dict[str, agg.Table]:
+    """Every table the records support, by file stem, in report order (pure).
+
+    ``paper_table1`` (model -> dataset -> percent) adds the published Table 1 rows under the
+    accuracy tables of the linear classifiers.
+    """
     from embedcyto.metrics import HIERSWIN
+    from embedcyto.report.paper import with_paper_rows
 
     tables: dict[str, agg.Table] = {}
     methods = {r["method"] for r in records if r["shots"] is None and r["fraction"] is None}
     for method in (m for m in FULL_DATA_METHODS if m in methods):
         for metric in TABLE_METRICS:
-            tables[f"table1_{metric}_{method}"] = agg.model_dataset_table(records, method, metric)
+            table = agg.model_dataset_table(records, method, metric)
+            if paper_table1 and metric == "accuracy" and method in PAPER_METHODS:
+                table = with_paper_rows(table, paper_table1)
+            tables[f"table1_{metric}_{method}"] = table
     for dataset in agg.dataset_order({r["dataset"] for r in records if r.get("levels")}):
         reference = HIERSWIN if dataset == "hicervix" else None
         for method in (m for m in FULL_DATA_METHODS if m in methods):
@@ -135,11 +144,23 @@ def _random_models(records: list[dict]) -> list[str]:
     return found
 
 
+def _sources_line() -> str:
+    from embedcyto.report.paper import load_paper_reference
+
+    paper = load_paper_reference()
+    shipped = "Table 1 rows marked (paper)" if paper.table1 else (
+        "Table 1 of the study is not shipped (no citable copy was available), so no "
+        "(paper) rows appear")
+    return (f"Published values: HierSwin rows from {paper.hierswin_source}. {shipped}. "
+            f"Study: {paper.source}.")
+
+
 def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) -> str:
     source = (f"From {result.n_probe_rows} probe result rows in `{results_dir}` and "
               f"{result.n_lora_runs} finished LoRA runs in `{runs_dir}`. Numbers are percent, "
               "mean ± std over seeds.")
     lines = ["# embedcyto report", "", source, ""]
+    lines += [_sources_line(), ""]
     random = _random_models(records)
     if random:
         lines += [(f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
@@ -178,7 +199,9 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report")
     out = Path(out_dir)
     result = ReportResult(out, out / "report.md", n_probe_rows=len(probe.records),
                           n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)
-    result.tables = plan_tables(records)
+    from embedcyto.report.paper import load_paper_reference
+
+    result.tables = plan_tables(records, load_paper_reference().table1)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, table in result.tables.items():
         path = out / "tables" / f"{name}.csv"
