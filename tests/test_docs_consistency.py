@@ -44,3 +44,51 @@ def test_the_documented_random_weights_hash_is_what_a_store_holds(tmp_path):
                                  config=config)
     with h5py.File(result.path, "r") as f:
         assert f.attrs["weights_sha256"] == documented
+
+
+def _deviation_rows():
+    page = (ROOT / "docs/reproduce.md").read_text()
+    section = page.split("## 6. Where embedcyto's defaults differ from the authors' code", 1)[1]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]  # past header
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def _command_flags():
+    import click
+
+    from embedcyto.cli.main import COMMANDS, cli
+
+    def flags(command):
+        found = {o for p in command.params for o in getattr(p, "opts", ()) if o.startswith("--")}
+        if isinstance(command, click.Group):
+            for sub in command.commands.values():
+                found |= flags(sub)
+        return found
+
+    return {name: flags(cli.get_command(None, name)) for name in COMMANDS}
+
+
+def test_every_option_the_deviations_page_names_exists():
+    from pipelines.common import make_parser
+
+    commands = _command_flags()
+    recipe = {o for o in make_parser("x", "x")._option_string_actions if o.startswith("--")}
+    rows = _deviation_rows()
+    points = {row[0] for row in rows}
+    for point in ("splits", "SIPaKMeD groups", "attention of UNI and BiomedCLIP",
+                  "training augmentation", "launcher vs README", "precision",
+                  "Experiment 3 length", "fractions", "HiCervix label space",
+                  "SimpleShot centring", "reported split"):
+        assert point in points
+    checked = 0
+    for row in rows:
+        owner = None
+        for snippet in re.findall(r"`([^`]+)`", row[-1]):
+            named = re.match(r"(?:embedcyto (\w+)|python -m pipelines\.(\w+))", snippet)
+            if named:
+                owner = commands[named.group(1)] if named.group(1) else recipe
+            for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", snippet):
+                assert owner is not None, f"{snippet!r}: which command?"
+                assert flag in owner, f"docs/reproduce.md names {flag}, which does not exist"
+                checked += 1
+    assert checked >= 8
