@@ -5,12 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import h5py
-
 from embedcyto import extract as ex
 from embedcyto.backbones import list_cards
-from embedcyto.datasets import open_dataset
-from embedcyto.datasets.fixtures import make_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "pipelines/README.md"]
@@ -31,19 +27,17 @@ def test_docs_recommend_the_same_weight_file_as_the_missing_weights_error():
     assert seen >= 2
 
 
-def test_the_documented_random_weights_hash_is_what_a_store_holds(tmp_path):
+def test_the_documented_random_weights_hash_is_what_a_store_records():
+    from test_store_fixtures import make_dataset
+
+    from embedcyto.backbones import get_card
+
     row = next(line for line in (ROOT / "docs/store.md").read_text().splitlines()
                if line.startswith("| `weights_sha256` |"))
     documented = re.search(r'`"([^"`]+)"` for random weights', row).group(1)
-    root = make_fixture("sipakmed", tmp_path / "data", per_class=2)
-    dataset = open_dataset("sipakmed", root, split_dir=tmp_path / "cache" / "sipakmed")
-    config = ex.ExtractConfig(batch_size=8, num_workers=0, device="cpu", precision="fp32",
-                              progress=False)
-    result = ex.extract_features(dataset, "tiny-vit", store_dir=tmp_path / "cache",
-                                 split_dir=tmp_path / "cache" / "sipakmed", random_init=True,
-                                 config=config)
-    with h5py.File(result.path, "r") as f:
-        assert f.attrs["weights_sha256"] == documented
+    provenance = ex.build_provenance(make_dataset(5), get_card("tiny-vit"), None, "float32",
+                                     split_hash="x", device="cpu", config=ex.ExtractConfig())
+    assert provenance["weights_sha256"] == documented
 
 
 def _deviation_rows():
