@@ -25,7 +25,7 @@ DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicer
 METHOD_LABELS = {"linear": "linear probe", "study_head": "study head", "knn": "kNN",
                  "simpleshot": "SimpleShot", "protonet": "ProtoNet", LORA: "LoRA"}
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
-                 "macro_f1": "macro-F1"}
+                 "macro_f1": "macro-F1", "val_accuracy": "validation accuracy"}
 LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
                 "average": "average"}
 FEW_SHOT_METHODS = ("simpleshot", "protonet")

@@ -28,6 +28,7 @@ from embedcyto.report.figures import (
 from embedcyto.report.records import (
     LEVELS,
     LORA,
+    VAL_ACCURACY,
     ReportError,
     load_lora_records,
     load_probe_records,
@@ -53,11 +54,12 @@ class ReportResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
-def plan_tables(records: list[dict], paper_table1=None) -> dict[str, agg.Table]:
+def plan_tables(records: list[dict], paper_table1=None, splits=("test",)) -> dict[str, agg.Table]:
     """Every table the records support, by file stem, in report order (pure).
 
     ``paper_table1`` (model -> dataset -> percent) adds the published Table 1 rows under the
-    accuracy tables of the linear classifiers.
+    accuracy tables of the linear classifiers. ``splits`` including "val" adds Table 1 on the
+    validation split (the split the study reports) after the test tables, the headline.
     """
     from embedcyto.metrics import HIERSWIN
     from embedcyto.report.paper import with_paper_rows
@@ -70,6 +72,12 @@ def plan_tables(records: list[dict], paper_table1=None) -> dict[str, agg.Table]:
             if paper_table1 and metric == "accuracy" and method in PAPER_METHODS:
                 table = with_paper_rows(table, paper_table1)
             tables[f"table1_{metric}_{method}"] = table
+    if "val" in splits:
+        for method in (m for m in FULL_DATA_METHODS if m in methods):
+            table = _val_table(records, method)
+            if paper_table1 and method in PAPER_METHODS:
+                table = with_paper_rows(table, paper_table1)
+            tables[f"table1_val_accuracy_{method}"] = table
     for dataset in agg.dataset_order({r["dataset"] for r in records if r.get("levels")}):
         reference = HIERSWIN if dataset == "hicervix" else None
         for method in (m for m in FULL_DATA_METHODS if m in methods):
@@ -95,6 +103,17 @@ def random_weights_warning(records: list[dict]) -> str | None:
         return None
     return (f"random-weight models ({', '.join(random)}): their numbers say nothing about any "
             "real model")
+
+
+def _val_table(records: list[dict], method: str) -> agg.Table:
+    table = agg.model_dataset_table(records, method, VAL_ACCURACY)
+    missing = any(r[VAL_ACCURACY] is None for r in records
+                  if r["method"] == method and r["shots"] is None and r["fraction"] is None)
+    if not missing:
+        return table
+    note = (table.note + " Empty cells: rows written before embedcyto recorded validation "
+            "accuracy; recompute them (the probe stage's rerun option).")
+    return agg.Table(table.title, table.row_header, table.columns, table.rows, note=note)
 
 
 def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
@@ -177,13 +196,16 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
     return "\n".join(lines)
 
 
-def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report") -> ReportResult:
+def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report", *,
+                 splits=("test",)) -> ReportResult:
     """Read every probe row and finished LoRA run; write tables, figures and ``report.md``.
 
     Args:
         results_dir: folder of the probe stage's ``<dataset>.jsonl`` files.
         runs_dir: root of the LoRA run folders (holding ``lora/``); may not exist.
         out_dir: where the report goes (created; files of the same name are replaced).
+        splits: "test" (always, the headline); with "val", Table 1 on the validation split
+            too, for comparison with the study's Table 1 (validation accuracy).
 
     Raises:
         ReportError: no results at all, an unreadable file, or results that cannot be
@@ -201,7 +223,11 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report")
                           n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)
     from embedcyto.report.paper import load_paper_reference
 
-    result.tables = plan_tables(records, load_paper_reference().table1)
+    unknown = set(splits) - {"test", "val"}
+    if unknown:
+        raise ReportError(f"unknown split(s) {sorted(unknown)}: the report shows 'test' and "
+                          "'val'")
+    result.tables = plan_tables(records, load_paper_reference().table1, splits)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, table in result.tables.items():
         path = out / "tables" / f"{name}.csv"

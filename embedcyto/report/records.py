@@ -27,6 +27,7 @@ from typing import Any
 from embedcyto.errors import ReportError
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+VAL_ACCURACY = "val_accuracy"  # full-data probes: the kept model's accuracy on validation
 LEVELS = ("level_1", "level_2", "level_3", "average")
 LORA = "lora"
 #: The run folder's file names (the LoRA stage's documented layout; not imported from it so that
@@ -89,6 +90,9 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
             raise ReportError(f"{where}: no {name} in its metrics")
         record[name] = _number(metrics[name], f"{where} {name}")
     record["levels"] = _levels(row.get("levels"), where)
+    val = row.get("val_metrics") or {}
+    record[VAL_ACCURACY] = _number(val["accuracy"], f"{where} val_metrics") if "accuracy" in val \
+        else None
     record["variant"] = _canonical(row.get("options") or {})
     record["source"] = source
     return record
@@ -115,6 +119,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
+    record[VAL_ACCURACY] = None
     learned = {k: v for k, v in run.items() if k not in _LORA_RUNTIME}
     learned["iterations"] = metrics.get("iterations", learned.get("iterations"))
     record["variant"] = _canonical(learned)
