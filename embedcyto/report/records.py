@@ -84,7 +84,7 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
                   "seed": row.get("seed")}
     except (KeyError, TypeError) as err:
         raise ReportError(f"{where}: not a probe results row (missing {err}); delete the line "
-                          "or point --results at embedcyto probe's output folder") from err
+                          "or point `results_dir=` at embedcyto probe's output folder") from err
     for name in METRICS:
         if name not in metrics:
             raise ReportError(f"{where}: no {name} in its metrics")
