@@ -23,7 +23,7 @@ from embedcyto.report.aggregate import LEVEL_LABELS, LORA, Curve, Reference
 _STYLE = {LORA: ("-", "o"), "simpleshot": ("--", "s"), "protonet": ("-.", "^")}
 _BAND_ALPHA = 0.15
 _LOG2_STEP = 0.035      # sideways shift between lines on the log2 shots axis (x 1.025 per line)
-_PERCENT_STEP = 0.6     # sideways shift between lines on the percentage axis (points)
+_SPAN_STEP = 0.025      # sideways shift between lines on a linear axis, as a share of its span
 SHIFT_NOTE = ("points of different lines are shifted sideways slightly so that equal values stay "
               "visible; the ticks mark the real values")
 
@@ -160,8 +160,10 @@ def plot_fraction_curves(curves_by_level: Mapping[str, Sequence[Curve]],
     xlabel, ylabel = "training data used (%)", "accuracy (%)"
     ylim = (0.0, 100.0)
     most = max((len(cs) for cs in curves_by_level.values()), default=0)
+    xs = [x for cs in curves_by_level.values() for c in cs for x in c.x]
+    step = _SPAN_STEP * ((max(xs) - min(xs)) if len(set(xs)) > 1 else 10.0)
     for ax, level in zip(axes, levels):
-        offsets = shifts(len(curves_by_level[level]), _PERCENT_STEP)
+        offsets = shifts(len(curves_by_level[level]), step)
         for curve, offset in zip(curves_by_level[level], offsets):
             _draw_curve(ax, curve, colours[curve.model], x=[v + offset for v in curve.x])
         if reference and level in reference:
