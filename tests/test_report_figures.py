@@ -103,3 +103,16 @@ def test_a_bad_reference_file_is_refused(tmp_path):
                                "hierswin": {"source": "y", "values": {}}}))
     with pytest.raises(ReportError, match="percentage"):
         load_paper_reference(bad)
+
+
+def test_published_values_are_drawn_as_their_own_lines(tmp_path):
+    from embedcyto.report.build import draw_figures
+    from embedcyto.report.records import probe_record
+
+    rows = [probe_record(_row("clip", s, 0.5 + 0.01 * s, k)) for s in (1, 2) for k in (1, 2)]
+    rows += [probe_record(_row("clip", s, 0.7)) for s in (1, 2)]
+    (fig,) = draw_figures(rows, tmp_path, {"clip": {"mlcc": 91.0}, "uni": {"mlcc": 95.0}})
+    assert "clip linear (paper, validation)" in fig.legend
+    assert not any(entry.startswith("uni") for entry in fig.legend)  # only models drawn
+    (plain,) = draw_figures(rows, tmp_path / "plain")
+    assert not any("paper" in entry for entry in plain.legend)

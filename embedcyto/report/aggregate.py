@@ -88,6 +88,7 @@ class Reference:
     model: str | None
     value: float
     std: float | None = None
+    published: bool = False  # a number from a paper, drawn apart from the user's own
 
 
 def make_cell(values: Iterable[tuple[int | None, float]]) -> Cell:

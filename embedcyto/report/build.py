@@ -116,16 +116,28 @@ def _val_table(records: list[dict], method: str) -> agg.Table:
     return agg.Table(table.title, table.row_header, table.columns, table.rows, note=note)
 
 
-def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
-    """The Experiment 2 figure of every dataset with few-shot results, and the Experiment 3
-    figure of every dataset with fraction runs; each carries the random-weights warning of the
-    records it draws."""
+def paper_lines(models, dataset: str, paper_table1) -> list[agg.Reference]:
+    """The study's published Table 1 value of each drawn model on ``dataset``, as lines."""
+    table = paper_table1 or {}
+    return [agg.Reference(f"{m} linear (paper, validation)", m, table[m][dataset] / 100,
+                          published=True)
+            for m in models if dataset in table.get(m, {})]
+
+
+def draw_figures(records: list[dict], figures_dir: Path,
+                 paper_table1=None) -> list[FigureSummary]:
+    """The Experiment 2 figure of every dataset with few-shot results (with the study's
+    published full-data value of each model, where shipped), and the Experiment 3 figure of
+    every dataset with fraction runs; each carries the random-weights warning of the records it
+    draws."""
     from embedcyto.metrics import HIERSWIN
 
     out = []
     few = {r["dataset"] for r in records if r["shots"] is not None and r["fraction"] is None}
     for dataset in agg.dataset_order(few):
         curves, refs = agg.shot_curves(records, dataset)
+        refs = list(refs) + paper_lines(dict.fromkeys(c.model for c in curves), dataset,
+                                        paper_table1)
         label = agg.DATASET_LABELS.get(dataset, dataset)
         drawn = [r for r in records if r["dataset"] == dataset]
         out.append(plot_shot_curves(curves, refs, f"{label}: accuracy vs shots per class",
@@ -233,7 +245,7 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report",
         path = out / "tables" / f"{name}.csv"
         path.write_text(to_csv(table), encoding="utf-8")
         result.csv_files[name] = path
-    result.figures = draw_figures(records, out / "figures")
+    result.figures = draw_figures(records, out / "figures", load_paper_reference().table1)
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
                                encoding="utf-8")
     return result

@@ -123,8 +123,8 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
         _draw_curve(ax, curve, colours[curve.model], dashes, marker,
                     x=[v * 2 ** offset for v in curve.x])
     for ref in references:
-        ax.axhline(100 * ref.value, color=colours[ref.model], linestyle=":", linewidth=1.5,
-                   label=ref.label)
+        ax.axhline(100 * ref.value, color=colours[ref.model], linewidth=1.5, label=ref.label,
+                   linestyle="-." if ref.published else ":")
     shots = sorted({x for c in curves for x in c.x})
     if shots:
         ax.set_xscale("log", base=2)
