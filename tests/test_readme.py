@@ -63,3 +63,9 @@ def test_every_self_contained_command_of_the_readme_and_docs_runs_in_order(tmp_p
             assert "Traceback" not in output, f"{page.name}: `{command}`:\n{output[-2000:]}"
             ran.append(command)
     assert "embedcyto datasets list" in ran and "python -m pipelines.exp1_linear --smoke" in ran
+
+
+def test_doc_commands_are_pasteable_not_usage_notation():
+    found = [f"{page.name}: {c}" for page in PAGES for c in commands(page)
+             if re.search(r"\[--|<[a-z]+>", c)]
+    assert not found, "\n".join(found)
