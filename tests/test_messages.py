@@ -159,12 +159,8 @@ def test_the_split_conflict_in_extract_suggests_an_option_extract_has(tmp_path, 
 
 
 def test_a_library_error_reaches_the_command_line_with_its_flags(tmp_path):
-    from embedcyto.datasets.fixtures import make_fixture
-
-    root = make_fixture("sipakmed", tmp_path / "data", per_class=2)
     result = CliRunner().invoke(main.cli, [
-        "extract", "--model", "tiny-vit", "--random-weights", "--dataset", "sipakmed",
-        "--root", str(root), "--store", str(tmp_path / "cache"), "--device", "cpu",
-        "--precision", "fp16"])
+        "probe", "--backend", "threading", "--scheduler", "tcp://head:8786",
+        "--store", str(tmp_path)])
     assert result.exit_code == 1
-    assert "use --precision bf16 or --precision fp32" in result.output
+    assert "choose --backend dask" in result.output and "backend=" not in result.output
