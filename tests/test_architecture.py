@@ -31,18 +31,20 @@ def violations(importer: str, forbidden: set[str], *, allowed_importers=()) -> l
 
 
 LIBRARY = {"datasets", "backbones", "store", "extract", "probes", "lora", "report", "metrics",
-           "fsio", "errors", "parallel", "distributed", "_torchvision_compat", "embedcyto"}
+           "fsio", "errors", "names", "parallel", "distributed", "_torchvision_compat",
+           "embedcyto"}
 
 # package -> packages it must never import (each a row of the table in docs/architecture.md)
 RULES = {
     "errors": LIBRARY | {"cli", "pipelines"},
+    "names": LIBRARY | {"cli", "pipelines"},
     "fsio": LIBRARY - {"errors"} | {"cli", "pipelines"},
     "metrics": LIBRARY - {"errors"} | {"cli", "pipelines"},
-    "datasets": LIBRARY - {"errors", "fsio"} | {"cli", "pipelines"},
+    "datasets": LIBRARY - {"errors", "fsio", "names"} | {"cli", "pipelines"},
     "backbones": LIBRARY - {"errors", "fsio", "_torchvision_compat"} | {"cli", "pipelines"},
     "store": {"backbones", "extract", "probes", "lora", "report", "cli", "pipelines"},
     "extract": {"probes", "lora", "report", "cli", "pipelines"},
-    "probes": {"backbones", "extract", "lora", "report", "datasets", "cli", "pipelines"},
+    "probes": {"backbones", "extract", "lora", "report", "cli", "pipelines"},
     "lora": {"probes", "report", "cli", "pipelines"},
     "report": {"extract", "probes", "lora", "store", "cli", "pipelines"},
     "parallel": LIBRARY - {"errors"} | {"cli", "pipelines"},
@@ -51,8 +53,6 @@ RULES = {
 }
 # Rules the tree does not meet yet; strict, so each flips to a failure once it is met.
 NOT_YET = {
-    "lora": "lora/data.py draws supports with probes/episodes.py; the draws move to "
-            "datasets/sampling.py",
     "pipelines": "pipelines/steps.py uses the CLI's open_for_store; it moves into the library",
 }
 

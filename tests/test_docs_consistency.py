@@ -53,7 +53,9 @@ def _command_flags():
     from embedcyto.cli.main import COMMANDS, cli
 
     def flags(command):
-        found = {o for p in command.params for o in getattr(p, "opts", ()) if o.startswith("--")}
+        found = {o for p in command.params
+                 for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
+                 if o.startswith("--")}
         if isinstance(command, click.Group):
             for sub in command.commands.values():
                 found |= flags(sub)

