@@ -144,6 +144,9 @@ def test_the_cli_turns_parameters_into_its_own_flags(command, expected):
     assert expected in text
     if command == "extract":
         assert "use --force, or --on-bad-image skip" in text
+    else:
+        on_off = main.cli_wording("`verify_images=True` / `verify_images=False`", target)
+        assert on_off == "--verify-images / --no-verify-images"
 
 
 def test_the_split_conflict_in_extract_suggests_an_option_extract_has(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """The ``embedcyto`` command group.
 
 Sub-commands are imported lazily, so ``embedcyto --help`` is instant and never imports torch.
-Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click errors.
+Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click errors, with the
+library's parameter suggestions (`force=True`) rewritten as the command's own flags (--force).
+A mistyped command gets a did-you-mean; Ctrl-C says what was kept and how to carry on.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ def cli_wording(message: str, command: click.Command) -> str:
         if name in flags:
             flag, param = flags[name]
             if param.is_flag:
-                return flag
+                off = [o for o in param.secondary_opts if o.startswith("--")]
+                return off[0] if value == "False" and off else flag
             return f"{flag} {value or name.upper()}"
         stand_in = STANDS_IN.get(name)
         if stand_in and stand_in[0] in {f for f, _ in flags.values()}:
