@@ -116,3 +116,35 @@ def test_published_values_are_drawn_as_their_own_lines(tmp_path):
     assert not any(entry.startswith("uni") for entry in fig.legend)  # only models drawn
     (plain,) = draw_figures(rows, tmp_path / "plain")
     assert not any("paper" in entry for entry in plain.legend)
+
+
+def test_stamping_adds_the_warning_under_a_finished_figure(tmp_path):
+    from embedcyto.report.figures import stamp_warning
+
+    curves = [agg.Curve("a LoRA", "a", "lora", (1, 2), (0.5, 0.6), (0.0, 0.0))]
+    fig = plot_shot_curves(curves, [], "t", tmp_path / "f.png")
+    with Image.open(fig.path) as image:
+        height = image.height
+    stamped = stamp_warning(fig, "random-weight models (tiny-vit)")
+    info = _info(fig.path)
+    assert stamped.warning == "random-weight models (tiny-vit)" == info["Warning"]
+    assert info["Title"] == "t" and info["Description"] == "a LoRA"  # metadata kept
+    with Image.open(fig.path) as image:
+        assert image.height > height
+    assert stamp_warning(stamped, "other") is stamped  # never stamped twice
+
+
+def test_figures_drawn_by_the_diagnostics_carry_the_warning_too(tmp_path):
+    from test_probes_runner import make_dataset, write_store
+
+    from embedcyto.probes.runner import run_probe_grid
+
+    ds = make_dataset(n_per_class=(12, 12, 12), levels=False)
+    write_store(tmp_path / "cache", ds, "tiny-vit", seed=1, noise=1.0)
+    run_probe_grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=("knn",),
+                   shots=(1,), seeds=(1,))
+    report = build_report(tmp_path / "res", tmp_path / "runs", tmp_path / "rep")
+    drawn = [f for f in report.figures if not f.path.name.startswith("fewshot_")]
+    assert drawn  # confusion, reliability or embedding maps
+    for fig in report.figures:
+        assert "tiny-vit" in _info(fig.path)["Warning"]

@@ -24,6 +24,7 @@ from embedcyto.report.figures import (
     FigureSummary,
     plot_fraction_curves,
     plot_shot_curves,
+    stamp_warning,
 )
 from embedcyto.report.records import (
     LEVELS,
@@ -263,7 +264,8 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report",
     result.sections = ((["## Which model?", ""] + which if which else []) +
                        (["## Per class and calibration", ""] + diagnostics if diagnostics else []))
     result.csv_files.update({p.stem: p for p in written})
-    result.figures += figures
+    warning = random_weights_warning(records)
+    result.figures += [stamp_warning(f, warning) for f in figures] if warning else figures
     result.skipped += skipped
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
                                encoding="utf-8")

@@ -184,3 +184,29 @@ def plot_fraction_curves(curves_by_level: Mapping[str, Sequence[Curve]],
     _save(figure, Path(path), title, legend, warning, notes)
     return FigureSummary(Path(path), title, xlabel, ylabel, tuple(legend), len(levels), ylim,
                          warning, notes)
+
+
+def stamp_warning(summary: FigureSummary, warning: str) -> FigureSummary:
+    """Add ``warning`` under an already written figure (and to its metadata), for figures drawn
+    by code that does not take a warning itself; a figure that has one is returned unchanged."""
+    import dataclasses
+
+    from PIL import Image, ImageDraw, ImageFont
+    from PIL.PngImagePlugin import PngInfo
+
+    if summary.warning:
+        return summary
+    with Image.open(summary.path) as image:
+        info = {k: v for k, v in image.info.items() if isinstance(v, str)}
+        base = image.convert("RGB")
+    text = f"WARNING: {warning}"
+    font = ImageFont.load_default()
+    band_height = 24
+    stamped = Image.new("RGB", (base.width, base.height + band_height), "white")
+    stamped.paste(base, (0, 0))
+    ImageDraw.Draw(stamped).text((8, base.height + 6), text, fill=(178, 34, 34), font=font)
+    meta = PngInfo()
+    for key, value in {**info, "Warning": warning}.items():
+        meta.add_text(key, value)
+    stamped.save(summary.path, pnginfo=meta)
+    return dataclasses.replace(summary, warning=warning)
