@@ -104,8 +104,6 @@ def _cycles() -> list[list[str]]:
     return cycles
 
 
-@pytest.mark.xfail(strict=True, reason="store/reader.py and store/catalog.py import each other; "
-                                       "open_store_file moves down into h5format.py")
 def test_no_import_cycles_between_modules():
     assert not _cycles()
 

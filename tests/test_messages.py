@@ -36,7 +36,8 @@ STILL_NAMING_FLAGS = {
     "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
     "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
     "embedcyto.report.aggregate", "embedcyto.report.records",
-    "embedcyto.store.export", "embedcyto.store.lock",
+    "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
+    "embedcyto.store.lock",
     "embedcyto.store.merge", "embedcyto.store.paths", "embedcyto.store.reader",
     "embedcyto.store.shards",
 }
