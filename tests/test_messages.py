@@ -38,7 +38,7 @@ STILL_NAMING_FLAGS = {
     "embedcyto.report.aggregate", "embedcyto.report.records",
     "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
     "embedcyto.store.lock",
-    "embedcyto.store.merge", "embedcyto.store.paths", "embedcyto.store.reader",
+    "embedcyto.store.merge", "embedcyto.store.paths",
     "embedcyto.store.shards",
 }
 
