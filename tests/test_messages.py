@@ -35,6 +35,7 @@ STILL_NAMING_FLAGS = {
     "embedcyto.datasets.table", "embedcyto.lora.config",
     "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
     "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
+    "embedcyto.probes.checks", "embedcyto.probes.evaluate",
     "embedcyto.report.aggregate", "embedcyto.report.records",
     "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
     "embedcyto.store.lock",

@@ -135,14 +135,12 @@ def test_stamping_adds_the_warning_under_a_finished_figure(tmp_path):
 
 
 def test_figures_drawn_by_the_diagnostics_carry_the_warning_too(tmp_path):
-    from test_probes_runner import make_dataset, write_store
-
-    from embedcyto.probes.runner import run_probe_grid
+    from test_probes_runner import grid, make_dataset, write_store
 
     ds = make_dataset(n_per_class=(12, 12, 12), levels=False)
     write_store(tmp_path / "cache", ds, "tiny-vit", seed=1, noise=1.0)
-    run_probe_grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=("knn",),
-                   shots=(1,), seeds=(1,))
+    grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=("knn",), shots=(1,),
+         seeds=(1,))
     report = build_report(tmp_path / "res", tmp_path / "runs", tmp_path / "rep")
     drawn = [f for f in report.figures if not f.path.name.startswith("fewshot_")]
     assert drawn  # confusion, reliability or embedding maps

@@ -20,7 +20,23 @@ from pathlib import Path
 
 from embedcyto.report.aggregate import LEVEL_LABELS, LORA, Curve, Reference
 
-_STYLE = {LORA: ("-", "o"), "simpleshot": ("--", "s"), "protonet": ("-.", "^")}
+_LORA_STYLE = ("-", "o")
+
+
+def _style(method: str) -> tuple[str, str]:
+    """(linestyle, marker) of a method's lines: LoRA's, or its probe registry row's."""
+    from embedcyto.errors import ProbeError
+    from embedcyto.probes import registry
+
+    if method == LORA:
+        return _LORA_STYLE
+    try:
+        spec = registry.get_method(method)
+    except ProbeError:
+        return _LORA_STYLE
+    return spec.linestyle, spec.marker
+
+
 _BAND_ALPHA = 0.15
 _LOG2_STEP = 0.035      # sideways shift between lines on the log2 shots axis (x 1.025 per line)
 _SPAN_STEP = 0.025      # sideways shift between lines on a linear axis, as a share of its span
@@ -119,7 +135,7 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     colours = _colours([c.model for c in curves] + [r.model for r in references])
     offsets = shifts(len(curves), _LOG2_STEP)
     for curve, offset in zip(curves, offsets):
-        dashes, marker = _STYLE.get(curve.method, ("-", "o"))
+        dashes, marker = _style(curve.method)
         _draw_curve(ax, curve, colours[curve.model], dashes, marker,
                     x=[v * 2 ** offset for v in curve.x])
     for ref in references:
