@@ -6,8 +6,9 @@ Pure functions: lists of records (see :mod:`embedcyto.report.records`) in, :clas
 
 Honesty rules:
     * a cell averages the seeds of exactly one (dataset, model, method, shots, fraction) and one
-      variant of settings; records of two variants, or two records of one seed, are an error
-      rather than a silently blended number;
+      variant of settings: results made with different settings become different rows
+      (:func:`split_variants`, named by the settings that differ), never one blended number;
+      two records of one seed in a cell are an error;
     * an average over datasets (or models) is given only when every averaged cell exists; its
       std is the std over seeds of the per-seed averages, which needs the same seeds in every
       cell, otherwise the average is shown without a std.
@@ -15,9 +16,11 @@ Honesty rules:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from embedcyto.configs import MISSING, flatten, what_differs
 from embedcyto.report.records import LEVELS, LORA, ReportError
 
 DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
@@ -129,15 +132,60 @@ def _order(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
 
 
 def model_order(names: Iterable[str]) -> list[str]:
-    """Models in the card list's order (study models first), unknown names after."""
+    """Models in the card list's order (study models first), unknown names after; a row of
+    other settings (``clip [lr 0.02]``, see :func:`split_variants`) right after its model."""
     from embedcyto.backbones.cards import list_cards
 
-    return _order(names, [c.name for c in list_cards()])
+    names = set(names)
+    bases = _order({n.split(VARIANT_MARK, 1)[0] for n in names}, [c.name for c in list_cards()])
+    return [n for base in bases for n in sorted(names)
+            if n.split(VARIANT_MARK, 1)[0] == base]
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
     """The study's datasets in its order (BCFC, MLCC, SIPaKMeD, HiCervix), then others."""
     return _order(names, DATASET_ORDER)
+
+
+#: Separates a model's name from the settings that name one of its variants.
+VARIANT_MARK = " ["
+
+
+def _setting(value) -> str:
+    text = "default" if value is MISSING else json.dumps(value, default=str)
+    return text.strip('"')
+
+
+def split_variants(records: Sequence[Mapping]) -> tuple[list[dict], list[str]]:
+    """Results of one (dataset, model, method) made with different settings, as separate rows.
+
+    When a model's results of one method were made with two or more sets of settings (another
+    learning rate, another LoRA rank, other probe options), each set becomes a row of its own,
+    named by the settings that differ: ``clip [lr 0.02]``. Nothing is averaged across settings
+    and nothing is refused.
+
+    Returns:
+        The records (``model`` renamed where needed) and one note per split group, saying so.
+    """
+    variants: dict[tuple, set[str]] = {}
+    for r in records:
+        variants.setdefault((r["dataset"], r["model"], r["method"]), set()).add(r["variant"])
+    names, notes = {}, []
+    for key, found in sorted(variants.items()):
+        if len(found) < 2:
+            continue
+        flat = {v: flatten(json.loads(v)) for v in found}
+        keys = sorted({k for f in flat.values() for k in f
+                       if len({_setting(g.get(k, MISSING)) for g in flat.values()}) > 1})
+        for v, f in flat.items():
+            label = ", ".join(f"{k} {_setting(f.get(k, MISSING))}" for k in keys)
+            names[(key, v)] = f"{key[1]}{VARIANT_MARK}{label}]"
+        notes.append(f"{DATASET_LABELS.get(key[0], key[0])}, {key[1]}, "
+                     f"{METHOD_LABELS.get(key[2], key[2])}: results of {len(found)} different "
+                     f"settings, shown as separate rows (they differ in {', '.join(keys)}).")
+    out = [dict(r, model=names.get(((r["dataset"], r["model"], r["method"]), r["variant"]),
+                                   r["model"])) for r in records]
+    return out, notes
 
 
 def _group_key(record: Mapping) -> tuple:
@@ -149,7 +197,8 @@ def group_seeds(records: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
     """Records grouped by (dataset, model, method, shots, fraction), checked for honesty.
 
     Raises:
-        ReportError: two variants of settings in one group, or one seed twice.
+        ReportError: two variants of settings in one group (:func:`split_variants` separates
+            them), or one seed twice.
     """
     groups: dict[tuple, list[Mapping]] = {}
     for record in records:
@@ -159,8 +208,9 @@ def group_seeds(records: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
         if len(variants) > 1:
             raise ReportError(
                 f"{'/'.join(str(k) for k in key[:3])} (shots {key[3]}, fraction {key[4]}) has "
-                f"results made with different settings ({' vs '.join(variants)}): keep one set "
-                "of results per folder (separate --results / --runs folders)")
+                "results made with different settings ("
+                f"{what_differs(json.loads(variants[0]), json.loads(variants[1]))}): pass the "
+                "records through split_variants first, which shows each as its own row")
         seeds = [m["seed"] for m in members]
         if len(set(seeds)) != len(seeds):
             raise ReportError(f"{'/'.join(str(k) for k in key[:3])} holds seed(s) twice "

@@ -25,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto.errors import ReportError
+from embedcyto.lora.config import RUNTIME_KEYS
+from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, RUNS_SUBDIR
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 LEVELS = ("level_1", "level_2", "level_3", "average")
 LORA = "lora"
-#: The run folder's file names (the LoRA stage's documented layout; not imported from it so that
-#: reading results never imports torch).
-COMPLETE, CONFIG_FILE, METRICS_FILE = "COMPLETE", "config.json", "metrics.json"
-#: LoRA config fields that say where or how fast a run executed, not what it learned.
-_LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", "device", "num_workers"}
+#: LoRA config fields that place a run in the grid or say where it executed; the others are
+#: the settings that name a variant.
+_LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", *RUNTIME_KEYS}
 
 
 @dataclass
@@ -115,9 +115,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
-    learned = {k: v for k, v in run.items() if k not in _LORA_RUNTIME}
-    learned["iterations"] = metrics.get("iterations", learned.get("iterations"))
-    record["variant"] = _canonical(learned)
+    record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
     return record
 
@@ -164,10 +162,10 @@ def lora_run_folders(runs_dir) -> list[Path]:
     or left by an interrupted process) are not runs.
     """
     root = Path(runs_dir)
-    base = root / "lora" if (root / "lora").is_dir() else root
+    base = root / RUNS_SUBDIR if (root / RUNS_SUBDIR).is_dir() else root
     if not base.is_dir():
         return []
-    return sorted(p for p in base.glob("*/*/*/seed-*") if p.is_dir()
+    return sorted(p for p in base.glob(RUN_GLOB) if p.is_dir()
                   and not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 
