@@ -71,6 +71,8 @@ def summary_line(result) -> str:
         parts = [f"{name} {_percent(level['accuracy'])}" for name, level in levels.items()
                  if name != "average"]
         text += f"; {', '.join(parts)}, average {_percent(levels['average'])}"
+    if metrics.get("study25"):
+        text += f"; study-25 flat {_percent(metrics['study25']['accuracy'])}"
     if result.skipped:
         text += " (already done; --rerun to redo)"
     else:
