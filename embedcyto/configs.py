@@ -26,25 +26,27 @@ MISSING: Any = object()
 
 
 def from_dict(cls: type[T], data: Any, *, error: type[Exception] = EmbedcytoError,
-              what: str = "setting") -> T:
+              what: str = "setting", where: str = "") -> T:
     """``cls(**data)`` for a dataclass, refusing unknown keys and wrong types with ``error``.
 
     Args:
         cls: the dataclass to build.
         data: a mapping of field names to values.
         error: the exception raised (the caller's own :class:`EmbedcytoError` subclass).
-        what: how the message names one key ("LoRA setting", "card field").
+        what: how the message names one key ("LoRA setting", "field").
+        where: what the message is about, as its opening words ("card 'uni': ").
     """
     if not isinstance(data, Mapping):
-        raise error(f"malformed {what}s: expected a JSON object, got {type(data).__name__}")
+        raise error(f"{where}malformed {what}s: expected a JSON object, got "
+                    f"{type(data).__name__}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise error(f"unknown {what}(s) {unknown}; valid: {sorted(known)}")
+        raise error(f"{where}unknown {what}(s) {unknown}; valid: {sorted(known)}")
     try:
         return cls(**data)
     except TypeError as err:
-        raise error(f"malformed {what}s: {err}") from err
+        raise error(f"{where}malformed {what}s: {err}") from err
 
 
 def from_json(cls: type[T], text: str, *, error: type[Exception] = EmbedcytoError,

@@ -131,6 +131,20 @@ def test_unknown_fields_in_a_saved_config_are_refused():
         LoraRunConfig.from_dict(data)
 
 
+def test_the_single_process_team_has_the_distributed_teams_interface():
+    from embedcyto.lora.ddp import DataParallel, SingleProcess, make_team
+
+    public = {n for n in dir(DataParallel) if not n.startswith("_")} - {"ranks", "size"}
+    assert public <= {n for n in dir(SingleProcess) if not n.startswith("_")}
+    team = make_team(None, 8)
+    assert isinstance(team, SingleProcess) and team.from_rank0(lambda: 7) == 7
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    loss, value = team.step_loss(logits, labels, lambda: None)
+    assert value == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+    with pytest.raises(LoraError, match="bad image"):
+        team.step_loss(logits, labels, lambda: (_ for _ in ()).throw(LoraError("bad image")))
+
+
 # -- schedule ----------------------------------------------------------------------------------
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
