@@ -7,7 +7,8 @@ Pure functions: lists of records (see :mod:`embedcyto.report.records`) in, :clas
 Honesty rules:
     * a cell averages the seeds of exactly one (dataset, model, method, shots, fraction) and one
       variant of settings: results made with different settings become different rows
-      (:func:`split_variants`, named by the settings that differ), never one blended number;
+      (:func:`embedcyto.report.variants.split_variants`, named by the settings that differ),
+      never one blended number;
       two records of one seed in a cell are an error;
     * an average over datasets (or models) is given only when every averaged cell exists; its
       std is the std over seeds of the per-seed averages, which needs the same seeds in every
@@ -20,8 +21,9 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from embedcyto.configs import MISSING, flatten, what_differs
-from embedcyto.report.records import LEVELS, LORA, ReportError
+from embedcyto.configs import what_differs
+from embedcyto.report.records import LEVELS, LORA, STUDY25, ReportError
+from embedcyto.report.variants import VARIANT_MARK, split_variants
 
 DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
 DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
@@ -30,7 +32,10 @@ METHOD_LABELS = {"linear": "linear probe", "study_head": "study head", "knn": "k
 METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro-F1"}
 LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
-                "average": "average"}
+                "average": "average", STUDY25: "study 25-class (flat)"}
+STUDY25_NOTE = ("'study 25-class (flat)': the Dausort et al. accuracy on their 25 classes "
+                "(level-3 name, else level-2 name; cells labelled only AGC left out), from the "
+                "same predictions; 'average' is the mean of the three official levels.")
 FEW_SHOT_METHODS = ("simpleshot", "protonet")
 AVERAGE = "average"
 ALL = "all"
@@ -147,47 +152,6 @@ def dataset_order(names: Iterable[str]) -> list[str]:
     return _order(names, DATASET_ORDER)
 
 
-#: Separates a model's name from the settings that name one of its variants.
-VARIANT_MARK = " ["
-
-
-def _setting(value) -> str:
-    text = "default" if value is MISSING else json.dumps(value, default=str)
-    return text.strip('"')
-
-
-def split_variants(records: Sequence[Mapping]) -> tuple[list[dict], list[str]]:
-    """Results of one (dataset, model, method) made with different settings, as separate rows.
-
-    When a model's results of one method were made with two or more sets of settings (another
-    learning rate, another LoRA rank, other probe options), each set becomes a row of its own,
-    named by the settings that differ: ``clip [lr 0.02]``. Nothing is averaged across settings
-    and nothing is refused.
-
-    Returns:
-        The records (``model`` renamed where needed) and one note per split group, saying so.
-    """
-    variants: dict[tuple, set[str]] = {}
-    for r in records:
-        variants.setdefault((r["dataset"], r["model"], r["method"]), set()).add(r["variant"])
-    names, notes = {}, []
-    for key, found in sorted(variants.items()):
-        if len(found) < 2:
-            continue
-        flat = {v: flatten(json.loads(v)) for v in found}
-        keys = sorted({k for f in flat.values() for k in f
-                       if len({_setting(g.get(k, MISSING)) for g in flat.values()}) > 1})
-        for v, f in flat.items():
-            label = ", ".join(f"{k} {_setting(f.get(k, MISSING))}" for k in keys)
-            names[(key, v)] = f"{key[1]}{VARIANT_MARK}{label}]"
-        notes.append(f"{DATASET_LABELS.get(key[0], key[0])}, {key[1]}, "
-                     f"{METHOD_LABELS.get(key[2], key[2])}: results of {len(found)} different "
-                     f"settings, shown as separate rows (they differ in {', '.join(keys)}).")
-    out = [dict(r, model=names.get(((r["dataset"], r["model"], r["method"]), r["variant"]),
-                                   r["model"])) for r in records]
-    return out, notes
-
-
 def _group_key(record: Mapping) -> tuple:
     return (record["dataset"], record["model"], record["method"], record["shots"],
             record["fraction"])
@@ -271,16 +235,24 @@ def levels_table(records: Sequence[Mapping], method: str = "linear",
     chosen = [r for r in records if r["method"] == method and r["dataset"] == dataset
               and r["shots"] is None and r["fraction"] is None and r.get("levels")]
     groups = group_seeds(chosen)
+    columns = _level_columns(chosen)
     rows = [(m, tuple(_cell(groups[(dataset, m, method, None, None)], level=lv)
-                      for lv in LEVELS)) for m in model_order({r["model"] for r in chosen})]
+                      for lv in columns)) for m in model_order({r["model"] for r in chosen})]
     if reference:
         rows.append((reference_name, tuple(
-            reference_cell(reference[lv] / 100) if lv in reference else None for lv in LEVELS)))
+            reference_cell(reference[lv] / 100) if lv in reference else None for lv in columns)))
     title = (f"{DATASET_LABELS.get(dataset, dataset)} accuracy (%) per level, "
              f"{METHOD_LABELS.get(method, method)}, mean ± std over seeds")
-    return Table(title, "model", LEVELS, tuple(rows),
-                 note="Official per-level test subsets; coarse levels from fine probabilities "
-                      "summed up the tree.")
+    note = ("Official per-level test subsets; coarse levels from fine probabilities summed up "
+            "the tree.")
+    return Table(title, "model", columns, tuple(rows),
+                 note=note + (" " + STUDY25_NOTE if STUDY25 in columns else ""))
+
+
+def _level_columns(records: Sequence[Mapping]) -> tuple[str, ...]:
+    """The official levels, and the study's 25-class accuracy when a record has it."""
+    extra = any(STUDY25 in (r.get("levels") or {}) for r in records)
+    return LEVELS + ((STUDY25,) if extra else ())
 
 
 def _shot_columns(records: Sequence[Mapping]) -> list:
@@ -328,7 +300,7 @@ def fraction_table(records: Sequence[Mapping], dataset: str, model: str,
     groups = group_seeds(chosen)
     fractions = sorted({r["fraction"] for r in chosen})
     has_levels = any(r.get("levels") for r in chosen)
-    columns = LEVELS if has_levels else ("accuracy",)
+    columns = _level_columns(chosen) if has_levels else ("accuracy",)
     rows = []
     for f in fractions:
         members = groups[(dataset, model, LORA, None, f)]
@@ -339,7 +311,8 @@ def fraction_table(records: Sequence[Mapping], dataset: str, model: str,
             reference_cell(reference[c] / 100) if c in reference else None for c in columns)))
     title = (f"{DATASET_LABELS.get(dataset, dataset)}: {model} with LoRA on a fraction of the "
              "training data, accuracy (%) mean ± std over seeds")
-    return Table(title, "fraction", tuple(columns), tuple(rows))
+    return Table(title, "fraction", tuple(columns), tuple(rows),
+                 note=STUDY25_NOTE if STUDY25 in columns else "")
 
 
 def _curve(groups, keys: Sequence[tuple], xs: Sequence[float], label: str, model: str,

@@ -7,7 +7,8 @@ is normalised here into a *record*, a plain dict with the same keys whatever its
 
     dataset, model, method, shots (int | None), fraction (float | None), seed (int | None),
     accuracy, balanced_accuracy, macro_f1 (fractions in [0, 1]),
-    levels ({"level_1": acc, ..., "average": acc} or None), variant (str), source (str)
+    levels ({"level_1": acc, ..., "average": acc, and "study25": the study's flat 25-class
+        accuracy where it was computed; or None), variant (str), source (str)
 
 ``method`` is the probe method ("linear", "knn", "study_head", "simpleshot", "protonet") or
 "lora". ``variant`` is a canonical JSON of the settings that change a result without being part
@@ -30,6 +31,8 @@ from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, R
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 LEVELS = ("level_1", "level_2", "level_3", "average")
+#: The study's flat 25-class HiCervix accuracy, kept beside the official levels of a record.
+STUDY25 = "study25"
 LORA = "lora"
 #: LoRA config fields that place a run in the grid or say where it executed; the others are
 #: the settings that name a variant.
@@ -115,6 +118,9 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
+    if record["levels"] is not None and isinstance(metrics.get(STUDY25), Mapping):
+        record["levels"][STUDY25] = _number(metrics[STUDY25].get("accuracy"),
+                                            f"{where} {STUDY25}.accuracy")
     record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
     return record
