@@ -148,3 +148,20 @@ def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
     assert code == 2
     assert "did not generate" in capsys.readouterr().err
     assert [p.name for p in real.iterdir()] == ["benign"]
+
+
+def test_recipes_default_to_the_authors_precision(recipes, monkeypatch):
+    import torch
+
+    import embedcyto.backbones
+    from pipelines.common import make_parser, precision_for, settings_from_args
+
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--smoke", "--device", "cpu"])
+    s = settings_from_args("exp3_hicervix_fractions", args)
+    assert s.precision == "authors"
+    assert precision_for(s, "tiny-clip") == "fp32" and precision_for(s, "tiny-vit") == "fp32"
+    monkeypatch.setattr(embedcyto.backbones, "resolve_device", lambda d: torch.device("cuda"))
+    assert precision_for(s, "clip-l14") == "fp16"  # CLIP: fp16 on a GPU, as the authors ran it
+    assert precision_for(s, "uni") == "fp32"
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--precision", "auto"])
+    assert precision_for(settings_from_args("exp3_hicervix_fractions", args), "clip") == "auto"
