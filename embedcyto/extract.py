@@ -168,7 +168,7 @@ def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precisi
 
     return {
         "model": card.name,
-        "card": card.to_dict(),
+        "card": card.identity_dict(),
         "weights_sha256": weights_sha256 or "random-init",
         "preprocessing": preprocess_spec(card),
         "precision": str(precision).replace("torch.", ""),
