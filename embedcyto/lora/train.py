@@ -181,12 +181,12 @@ def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device,
     import torch
 
     from embedcyto.backbones import make_transform
-    from embedcyto.extract import ExtractConfig
+    from embedcyto.backbones.runtime import default_workers
 
     images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
     plan = rank_plan(batch_plan(len(rows), config.batch_size, iterations, config.seed),
                      team.rank, team.world_size)
-    workers = ExtractConfig(num_workers=config.num_workers).workers()
+    workers = default_workers(config.num_workers)
     return torch.utils.data.DataLoader(
         images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -265,14 +265,6 @@ def _log_writer(path: Path | None) -> Iterator[Callable[[dict], None]]:
         yield write
 
 
-def _backbone(card, weights_path, device, dtype):
-    from embedcyto.backbones import build_backbone
-
-    if weights_path is None:
-        return build_backbone(card, random_init=True, device=device, dtype=dtype)
-    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
-
-
 def train_lora(dataset: Dataset, config: LoraRunConfig, *,
                runs_dir: str | os.PathLike | None = None,
                split_dir: str | os.PathLike | None = None,
@@ -305,7 +297,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
     import torch
 
     from embedcyto.backbones import get_card, resolve_device, resolve_precision
-    from embedcyto.extract import dataset_split_hash, resolve_model_weights
+    from embedcyto.backbones.weights import resolve_model_weights
+    from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.lora.ddp import make_team
 
     start = time.perf_counter()
@@ -358,10 +351,12 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
     folder; the others get None) writes the files, tests, and shares the metrics.
     """
+    from embedcyto.backbones import build_backbone
     from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
 
     def build():
-        model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
+        model = build_classifier(build_backbone(card, weights=wpath, random_init=wpath is None,
+                                                 device=device, dtype=dtype), config.settings,
                                  len(dataset.classes), config.seed)
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt

@@ -99,3 +99,16 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
     return diffs
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of what shaped the features or a run, for provenance (informational)."""
+    import importlib.metadata as md
+    import platform
+
+    versions = {}
+    for dist in ("embedcyto", "torch", "open_clip_torch", "timm", "h5py", "numpy", "pillow"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    return versions
