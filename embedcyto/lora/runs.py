@@ -33,9 +33,9 @@ import numpy as np
 
 from embedcyto.configs import what_differs
 from embedcyto.errors import LoraError
+from embedcyto.folders import DEFAULT_RUNS_DIR
 from embedcyto.lora.config import LoraRunConfig
 
-DEFAULT_RUNS_DIR = "runs"
 #: Run folders live in ``<runs>/lora/``, at ``<dataset>/<model>/<mode>/seed-S`` below it.
 RUNS_SUBDIR = "lora"
 RUN_GLOB = "*/*/*/seed-*"
