@@ -65,6 +65,8 @@ def _command_flags():
 
 
 def test_every_option_the_deviations_page_names_exists():
+    from test_messages import _recipe_flags
+
     from pipelines.common import make_parser
 
     commands = _command_flags()
@@ -82,7 +84,8 @@ def test_every_option_the_deviations_page_names_exists():
         for snippet in re.findall(r"`([^`]+)`", row[-1]):
             named = re.match(r"(?:embedcyto (\w+)|python -m pipelines\.(\w+))", snippet)
             if named:
-                owner = commands[named.group(1)] if named.group(1) else recipe
+                owner = commands[named.group(1)] if named.group(1) else \
+                    recipe | _recipe_flags(named.group(2))
             for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", snippet):
                 assert owner is not None, f"{snippet!r}: which command?"
                 assert flag in owner, f"docs/reproduce.md names {flag}, which does not exist"
