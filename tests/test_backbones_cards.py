@@ -75,31 +75,6 @@ def test_unknown_card_field_is_refused():
         Card.from_dict(_valid(embedding_dim=3))
 
 
-def test_dataclasses_are_built_from_dicts_by_one_helper_with_the_callers_error():
-    """Cards (and run settings) share one from-dict rule: every unknown key is listed with the
-    valid ones, a missing field is reported, both as the caller's own error type."""
-    from embedcyto.dataclass_io import from_mapping
-    from embedcyto.errors import LoraError
-
-    @dataclasses.dataclass(frozen=True)
-    class Toy:
-        rank: int
-        alpha: float = 1.0
-
-    assert from_mapping(Toy, {"rank": 2}, LoraError, "toy") == Toy(2)
-    with pytest.raises(LoraError, match=r"toy: unknown field\(s\) \['ranks', 'x'\]; "
-                                        r"valid fields: \['alpha', 'rank'\]"):
-        from_mapping(Toy, {"ranks": 2, "x": 1}, LoraError, "toy")
-    with pytest.raises(LoraError, match="toy: .*rank"):
-        from_mapping(Toy, {"alpha": 2.0}, LoraError, "toy")
-    with pytest.raises(BackboneError, match=r"card 'a-card': unknown field\(s\) \['embedding_dim'"):
-        Card.from_dict(_valid(name="a-card", embedding_dim=3))
-    for text, fragment in (("{", "card JSON is malformed JSON"), ("[1]", "must be a JSON object"),
-                           ('{"embedding_dim": 3}', "unknown field")):
-        with pytest.raises(BackboneError, match=fragment):
-            Card.from_json(text)
-
-
 def test_unknown_name_suggests_close_matches_and_lists_known():
     with pytest.raises(BackboneError) as info:
         get_card("unii")

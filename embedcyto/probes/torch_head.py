@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from embedcyto.errors import ProbeError
 from embedcyto.probes._base import apply_normaliser, check_normalisation, fit_normaliser
 from embedcyto.probes._sk import softmax, validate_fit, validate_predict
-from embedcyto.schedule import learning_rate
+from embedcyto.schedule import warmup_cosine
 
 
 class StudyLinearHead(ClassifierMixin, BaseEstimator):
@@ -86,7 +86,7 @@ class StudyLinearHead(ClassifierMixin, BaseEstimator):
             for start in range(0, n, self.batch_size):
                 idx = order[start:start + self.batch_size]
                 for group in opt.param_groups:
-                    group["lr"] = learning_rate(step, total, self.lr, self.warmup_steps,
+                    group["lr"] = warmup_cosine(step, total, self.lr, self.warmup_steps,
                                                 self.min_lr)
                 loss = torch.nn.functional.cross_entropy(Xt[idx] @ weight.T + bias, yt[idx])
                 opt.zero_grad(set_to_none=True)
