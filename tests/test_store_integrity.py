@@ -204,6 +204,11 @@ def test_a_plain_probe_reports_a_damaged_store_and_probes_the_others(tmp_path, d
     with pytest.raises(ProbeError, match=r"(?s)skipped 1 damaged store.*toy/alpha"):
         got.raise_for_skipped()  # what the CLI and the pipelines call once the rows are written
 
+    DAMAGES[damage](store / "toy" / "beta.h5")  # a dataset with no usable store left
+    got = run_probe_grid(config)
+    assert {(r["dataset"], r["model"]) for r in got} == {("other", "alpha")}
+    assert sorted(s.model for s in got.skipped) == ["alpha", "beta"]
+
 
 def test_extraction_refuses_non_finite_features_naming_the_images(tmp_path, monkeypatch):
     from embedcyto import extract as ex
