@@ -93,8 +93,12 @@ def _read_file(path: Path) -> dict:
 
 
 def class_prompts(adapter: str, classes: Sequence[str],
-                  prompts_file: str | Path | None = None) -> ClassPrompts:
+                  prompts_file: str | Path | None = None, *,
+                  known: Sequence[str] | None = None) -> ClassPrompts:
     """The prompts of a dataset's classes: shipped ones, overlaid with ``prompts_file``.
+
+    ``known``: every class name the file may name (all label spaces of the dataset); defaults
+    to ``classes``.
 
     Raises:
         PromptError: a malformed file, a template without ``{}``, a phrase for a class the
@@ -112,10 +116,11 @@ def class_prompts(adapter: str, classes: Sequence[str],
         extra = user.get("classes", {})
         if not isinstance(extra, dict):
             raise PromptError(f"{where}: 'classes' must map class names to phrases")
-        unknown = sorted(set(extra) - set(classes))
+        known = tuple(dict.fromkeys(known or classes))
+        unknown = sorted(set(extra) - set(known))
         if unknown:
             raise PromptError(f"{where}: no class {', '.join(map(repr, unknown))} in this "
-                              f"dataset; its classes are {', '.join(classes)}")
+                              f"dataset; its classes are {', '.join(known)}")
         phrases = {**phrases, **extra}
         source = f"{source} + {Path(prompts_file).name}"
     out = []
