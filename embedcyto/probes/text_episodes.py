@@ -1,0 +1,135 @@
+"""Batched few-shot scorers of the text-aware probes, for the same episodes as SimpleShot.
+
+A scorer is built once per (store, test split) — it L2-normalises the features, multiplies the
+test rows by the text embeddings and (memory allowing) by every training row, once — and then
+scores a batch of episodes ``idx`` [E, C, K] (support row indices into the training split, class
+c in ``idx[:, c]``) in a few batched matrix products, returning negative logits [E, n_test, C]
+(lower is better, like the distance scorers: ``argmin`` predicts, ``softmax(-score)`` gives the
+method's probabilities).
+
+Tip-Adapter picks β and α per episode on validation rows: K rows per class drawn from the
+validation split with a generator seeded from the episode's support indices, so the choice
+depends on the episode and the validation split only — never on a test row — and every model
+gets the same validation rows for the same episode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from embedcyto.errors import ProbeError
+from embedcyto.probes import textcore as tc
+from embedcyto.probes._base import l2_normalise
+from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
+
+#: Largest test x train product kept in memory (floats); above it, products are per episode.
+PRODUCT_BUDGET = 1 << 28
+TEXT_METHODS = ("zeroshot", "textlinear", "clap", "tipadapter", "tipadapter_f", "lppp")
+
+
+class _Prepared:
+    def __init__(self, X_train, X_test, text, logit_scale, X_val=None, y_val=None):
+        dtype = np.float32 if np.asarray(X_train).dtype != np.float64 else np.float64
+        self.Xn = l2_normalise(np.asarray(X_train, dtype=dtype))
+        self.Q = l2_normalise(np.asarray(X_test, dtype=dtype))
+        self.T = l2_normalise(np.asarray(text, dtype=dtype))
+        if self.T.shape[1] != self.Xn.shape[1]:
+            raise ProbeError(f"text embeddings have {self.T.shape[1]} dimensions, the features "
+                             f"{self.Xn.shape[1]}")
+        self.scale = float(logit_scale)
+        self.XT = self.Xn @ self.T.T
+        self.Qt = self.Q @ self.T.T
+        fits = self.Q.shape[0] * self.Xn.shape[0] <= PRODUCT_BUDGET
+        self.QX = self.Q @ self.Xn.T if fits else None
+        self.V = None if X_val is None else l2_normalise(np.asarray(X_val, dtype=dtype))
+        self.y_val = None if y_val is None else np.asarray(y_val, dtype=np.int64)
+
+    def support(self, idx: np.ndarray):
+        E, C, K = idx.shape
+        flat = idx.reshape(E, C * K)
+        Y = np.broadcast_to(np.repeat(np.eye(C, dtype=self.Xn.dtype), K, axis=0), (E, C * K, C))
+        return flat, np.ascontiguousarray(Y)
+
+    def query_products(self, flat: np.ndarray) -> np.ndarray:
+        if self.QX is not None:
+            return np.ascontiguousarray(self.QX[:, flat].transpose(1, 0, 2))
+        return self.Q[None] @ self.Xn[flat].transpose(0, 2, 1)
+
+    def gram(self, flat):
+        F = self.Xn[flat]
+        return F @ F.transpose(0, 2, 1)
+
+    def val_rows(self, idx: np.ndarray) -> np.ndarray:
+        """K validation rows per class for each episode, seeded by the episode's supports."""
+        if self.V is None:
+            raise ProbeError("Tip-Adapter's β and α are chosen on the validation split, and "
+                             "this store has none; add a val split or use another method")
+        E, C, K = idx.shape
+        pools = [np.flatnonzero(self.y_val == c) for c in range(C)]
+        if any(len(p) == 0 for p in pools):
+            raise ProbeError("a class has no validation image; Tip-Adapter needs one per class")
+        out = np.empty((E, C * K), dtype=np.int64)
+        for e in range(E):
+            seed = int.from_bytes(hashlib.sha256(idx[e].tobytes()).digest()[:8], "little")
+            rng = np.random.default_rng(seed)
+            out[e] = np.concatenate([rng.choice(p, K, replace=len(p) < K) for p in pools])
+        return out
+
+
+def zeroshot_logits(X_test, text, logit_scale) -> np.ndarray:
+    """Zero-shot logits [n_test, C]."""
+    return float(logit_scale) * l2_normalise(np.asarray(X_test, dtype=np.float64)) @ \
+        l2_normalise(np.asarray(text, dtype=np.float64)).T
+
+
+def _textlinear(p: _Prepared, idx, constraint: str, steps: int):
+    flat, Y = p.support(idx)
+    G, S = p.gram(flat), p.XT[flat]
+    lam = tc.zeroshot_support_performance(S, Y, p.scale) if constraint == "clap" else None
+    a, B = tc.cosine_lp(G, S, Y, p.scale, lam, steps)
+    return tc.cosine_lp_logits(a, B, p.query_products(flat), p.Qt, G, S, p.scale)
+
+
+def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None):
+    flat, Y = p.support(idx)
+    n = flat.shape[1]
+    vflat = p.val_rows(idx)
+    Av = p.V[vflat] @ p.Xn[flat].transpose(0, 2, 1)
+    A = p.query_products(flat)
+    if finetune:
+        G = p.gram(flat)
+        lr = (tc.TIP_F_LR * n / tc.lambda_max(G)).min()
+        keys = np.eye(n, dtype=G.dtype) + tc.tip_finetune(G, p.XT[flat], Y, p.scale, 1.0, 1.0,
+                                                          steps, float(lr)).transpose(0, 2, 1)
+        Av, A = Av @ keys, A @ keys
+    Vt = (p.V[vflat] @ p.T.T)
+    b, a, acc = tc.tip_search(Av, Vt, p.y_val[vflat], Y, p.scale, TIP_BETAS, TIP_ALPHAS)
+    if chosen is not None:
+        chosen.extend(zip(b.tolist(), a.tolist(), acc.tolist()))
+    return p.scale * p.Qt[None] + a[:, None, None] * tc.tip_cache_logits(A, Y, b)
+
+
+def _lppp(p: _Prepared, idx, steps: int):
+    flat, Y = p.support(idx)
+    B, b, alpha = tc.lppp(p.gram(flat), p.XT[flat], Y, steps)
+    return tc.lppp_logits(B, b, alpha, p.query_products(flat), p.Qt[None])
+
+
+def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, y_val=None,
+                steps: int | None = None, chosen: list | None = None):
+    """The batched scorer of one text-aware few-shot method (see the module docstring).
+
+    ``chosen``: a list that Tip-Adapter extends with (β, α, validation accuracy) per episode.
+    """
+    p = _Prepared(X_train, X_test, text, logit_scale, X_val, y_val)
+    if method in ("textlinear", "clap"):
+        constraint = "clap" if method == "clap" else "none"
+        return lambda idx: -_textlinear(p, idx, constraint, steps or 300)
+    if method in ("tipadapter", "tipadapter_f"):
+        return lambda idx: -_tip(p, idx, method == "tipadapter_f", steps or 20, chosen)
+    if method == "lppp":
+        return lambda idx: -_lppp(p, idx, steps or 300)
+    raise ProbeError(f"{method!r} is not a few-shot text method; choose one of "
+                     f"{', '.join(TEXT_METHODS[1:])}")
