@@ -16,6 +16,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Batched matrix product, one BLAS call per episode: numpy's stacked ``matmul`` was
+    measured 20x slower than this loop for [16, 23, 368] @ [16, 368, 368] float32."""
+    if a.ndim == 2 or b.ndim == 2:
+        return a @ b
+    out = np.empty(a.shape[:-1] + b.shape[-1:], dtype=np.result_type(a, b))
+    for e in range(max(a.shape[0], b.shape[0])):
+        out[e] = a[e if a.shape[0] > 1 else 0] @ b[e if b.shape[0] > 1 else 0]
+    return out
+
+
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     np.exp(z, out=z)
@@ -29,7 +40,7 @@ def lambda_max(G: np.ndarray, iters: int = 50) -> np.ndarray:
     v = np.ones(G.shape[:2] + (1,), dtype=G.dtype)
     lam = np.ones(G.shape[0], dtype=G.dtype)
     for _ in range(iters):
-        w = G @ v
+        w = mm(G, v)
         lam = np.linalg.norm(w[..., 0], axis=1)
         v = w / np.maximum(lam, 1e-30)[:, None, None]
     return np.maximum(lam * 1.01, 1e-12)
@@ -41,7 +52,7 @@ def tip_cache_logits(A: np.ndarray, L: np.ndarray, beta) -> np.ndarray:
     """``exp(-β (1 - A)) L``: A [E, q, n] affinities to the cache keys, L [E, n, C] one-hot
     values; β a scalar or per-episode [E]."""
     beta = np.asarray(beta, dtype=A.dtype).reshape(-1, 1, 1)
-    return np.exp(np.minimum(-beta * (1.0 - A), 60.0)) @ L
+    return mm(np.exp(np.minimum(-beta * (1.0 - A), 60.0)), L)
 
 
 def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, scale: float,
@@ -87,11 +98,11 @@ def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alp
     vel = np.zeros_like(G)
     zs = scale * St
     for _ in range(steps):
-        A = G @ (eye + M).transpose(0, 2, 1)  # support-key affinities [E, n(rows), n(keys)]
+        A = mm(G, (eye + M).transpose(0, 2, 1))  # support-key affinities [E, n(rows), n(keys)]
         expo = np.exp(np.minimum(-beta * (1.0 - A), 60.0))
-        P = softmax(zs + alpha * expo @ L)
+        P = softmax(zs + alpha * mm(expo, L))
         R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
-        dA = alpha * beta * expo * (R @ L.transpose(0, 2, 1))  # dLoss/dA [E, rows, keys]
+        dA = alpha * beta * expo * mm(R, L.transpose(0, 2, 1))  # dLoss/dA [E, rows, keys]
         grad = dA.transpose(0, 2, 1)  # keys' gradient = dAᵀ F  -> coefficients over F
         vel = momentum * vel + grad
         M = M - lr * vel
@@ -116,9 +127,9 @@ def cosine_lp(G, S, Y, scale: float, lam: np.ndarray | None, steps: int, momentu
     lr = 1.0 / (scale ** 2 * lambda_max(G) / (2 * n) + 2 * lam.max(axis=1) / C)
     lr = lr[:, None]
     for _ in range(steps):
-        GB = B @ G  # [E, C, n]: (G b_c) per class
+        GB = mm(B, G)  # [E, C, n]: (G b_c) per class
         dots = a[:, None, :] * S + GB.transpose(0, 2, 1)  # f_j · w_c   [E, n, C]
-        sq = a * a + 2 * a * np.einsum("ecn,enc->ec", B, S) + np.einsum("ecn,ecn->ec", B, GB)
+        sq = a * a + 2 * a * (B * S.transpose(0, 2, 1)).sum(axis=2) + (B * GB).sum(axis=2)
         norm = np.sqrt(np.maximum(sq, 1e-12))
         cos = dots / norm[:, None, :]
         R = (softmax(scale * cos) - Y) / n  # [E, n, C]
@@ -138,9 +149,9 @@ def cosine_lp(G, S, Y, scale: float, lam: np.ndarray | None, steps: int, momentu
 def cosine_lp_logits(a, B, A, Qt, G, S, scale: float) -> np.ndarray:
     """Query logits [E, q, C] of :func:`cosine_lp`'s prototypes (A [E,q,n], Qt [q,C] or
     [E,q,C])."""
-    GB = B @ G
-    sq = a * a + 2 * a * np.einsum("ecn,enc->ec", B, S) + np.einsum("ecn,ecn->ec", B, GB)
-    dots = a[:, None, :] * Qt + A @ B.transpose(0, 2, 1)
+    GB = mm(B, G)
+    sq = a * a + 2 * a * (B * S.transpose(0, 2, 1)).sum(axis=2) + (B * GB).sum(axis=2)
+    dots = a[:, None, :] * Qt + mm(A, B.transpose(0, 2, 1))
     return scale * dots / np.sqrt(np.maximum(sq, 1e-12))[:, None, :]
 
 
@@ -169,7 +180,7 @@ def lppp(G, S, Y, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9
     lr_a = (n / (4 * (S * S).sum(axis=1).max(axis=1)))[:, None]
     vB, vb = np.zeros_like(B), np.zeros_like(b)
     for step in range(steps):
-        logits = (B @ G).transpose(0, 2, 1) + b[:, None, :] + alpha[:, None, :] * S
+        logits = mm(B, G).transpose(0, 2, 1) + b[:, None, :] + alpha[:, None, :] * S
         R = (softmax(logits) - Y) / n
         vB = momentum * vB + R.transpose(0, 2, 1)
         vb = momentum * vb + R.sum(axis=1)
@@ -181,4 +192,4 @@ def lppp(G, S, Y, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9
 
 
 def lppp_logits(B, b, alpha, A, Qt) -> np.ndarray:
-    return A @ B.transpose(0, 2, 1) + b[:, None, :] + alpha[:, None, :] * Qt
+    return mm(A, B.transpose(0, 2, 1)) + b[:, None, :] + alpha[:, None, :] * Qt

@@ -20,6 +20,7 @@ The arithmetic is :mod:`embedcyto.probes.textcore`, shared with the batched epis
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from embedcyto.probes import textcore as tc
@@ -71,7 +72,8 @@ class _TextProbe(ClassifierMixin, BaseEstimator):
         self.text_ = self._text(F, yy)
         self.support_ = F
         Y = one_hot(yy, len(self.classes_), F.dtype)
-        self._fit(F[None], (F @ F.T)[None], (F @ self.text_.T)[None], Y[None], X_val, y_val)
+        with threadpool_limits(limits=1, user_api="blas"):  # see text_episodes.text_scorer
+            self._fit(F[None], (F @ F.T)[None], (F @ self.text_.T)[None], Y[None], X_val, y_val)
         return self
 
     def _scores(self, X) -> np.ndarray:
