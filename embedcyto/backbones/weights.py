@@ -216,6 +216,11 @@ def resolve_weights(
 
 def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
     lines = [f"no weights found for model {card.name!r}. Looked in:"]
+    if card.gated and card.hub_repo:
+        lines[0] = (
+            f"no weights found for model {card.name!r}, which is gated on the Hugging Face hub "
+            f"({card.page}: accept its terms there, then `hf auth login`). Looked in:"
+        )
     lines += [f"  {i}. {place}" for i, place in enumerate(looked, 1)]
     lines.append("To get them:")
     lines.extend(f"  - {step}" for step in weights_instructions(card, wdir))
@@ -338,7 +343,7 @@ def read_state_dict(path: str | Path) -> dict:
 def _unwrap(state, path: Path) -> dict:
     import torch
 
-    for key in ("state_dict", "model", "module"):
+    for key in ("state_dict", "model", "module", "teacher"):  # teacher: DINOv2 training files
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             inner = state[key]
             if inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
@@ -388,3 +393,17 @@ def load_strict(module, state: dict, *, what: str) -> None:
         parts.append("Is this the checkpoint for this model? Check --weights / the card.")
         raise BackboneError(" ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def resolve_model_weights(card: Card, weights: str | Path | None = None,
+                          weights_dir: str | Path | None = None, *,
+                          random_init: bool = False) -> tuple[Path | None, str | None]:
+    """(weights file, sha256) without building the model; (None, None) for random weights.
+
+    Random weights are used when asked for, or for demonstration cards (``card.random``) given no
+    ``weights``. Resolving (and hashing) before building lets a cache hit skip the model.
+    """
+    if random_init or (card.random and weights is None):
+        return None, None
+    path = resolve_weights(card, weights, weights_dir=weights_dir)
+    return path, file_sha256(path)

@@ -215,7 +215,7 @@ def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_has
     The number of ranks is not part of it: a distributed run gives a single process's result.
     """
     train_ids = sorted(dataset.records[i].path for i in train_rows)
-    return {"config": config.identity(), "card": card.to_dict(),
+    return {"config": config.identity(), "card": card.identity_dict(),
             "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
             "dataset_fingerprint": dataset.fingerprint(),
             "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
@@ -224,7 +224,7 @@ def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_has
 def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device, dtype, wpath,
              model, ckpt_module) -> dict:
     """The content of ``config.json``: settings, identity, what was resolved, parameter counts."""
-    from embedcyto.extract import library_versions
+    from embedcyto.store.provenance import library_versions
     from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
 
     lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)
