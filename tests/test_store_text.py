@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from embedcyto.store import load_features
+from embedcyto.store.reader import verify_store
 from embedcyto.store.text import TextEmbeddings, read_text_embeddings, write_text_embeddings
 from embedcyto.textembed import ensure_text_embeddings
 from test_store_fixtures import make_dataset, provenance, write_full
@@ -17,7 +18,8 @@ from test_store_fixtures import make_dataset, provenance, write_full
 def _store(tmp_path, dim=32, **prov):
     path = tmp_path / "toy" / "tiny-clip.h5"
     path.parent.mkdir(parents=True)
-    prov = provenance(model="tiny-clip", adapter="folder", weights_sha256=None, **prov)
+    prov = provenance(model="tiny-clip", adapter="folder", weights_sha256=None,
+                      card={"name": "tiny-clip", "family": "open_clip", "embed_dim": dim}, **prov)
     feats = write_full(path, make_dataset(levels=True), dim=dim, prov=prov)
     return path, feats
 
@@ -42,6 +44,7 @@ def test_written_group_is_plain_hdf5_and_leaves_the_features_alone(tmp_path):
         assert f["text/classes"].attrs["tokenizer"] == "tok"
     again = load_features(path)
     np.testing.assert_array_equal(again.X, feats)
+    assert verify_store(path).verified  # the integrity record still holds
     got = read_text_embeddings(path)
     assert got.matches(entry) and got.logit_scale == 100.0
     # replacing a group keeps one copy
