@@ -127,7 +127,7 @@ def test_every_vision_language_card_has_a_text_tower_of_its_embedding_width():
         card = get_card(name)
         assert text_spec(name).config["embed_dim"] == card.embed_dim, name
     names = {c.name for c in list_cards()}
-    assert {"clip", "clip-l14", "quilt", "quilt-b16", "biomedclip", "tiny-clip",
+    assert {"clip", "clip-l14", "quilt", "quilt-b16", "biomedclip", "plip", "tiny-clip",
             "tiny-biomedclip"} <= set(text_cards()) <= names
 
 
@@ -139,5 +139,55 @@ def test_image_only_card_has_no_text_tower():
 
 @pytest.mark.slow
 def test_clip_b16_text_tower_builds_at_full_size():
+    """The real configuration builds (random weights), 512-wide like the card's images."""
     tower = build_text_tower(dataclasses.replace(get_card("clip")), random_init=True)
     assert tower.encode(TEXTS[:1]).shape == (1, 512)
+
+
+def _clip_bpe_folder(folder):
+    """A character-level CLIP BPE tokenizer (byte alphabet, no merges) and a tiny CLIPConfig."""
+    import json
+
+    from transformers import CLIPConfig, CLIPTokenizer
+    from open_clip.tokenizer import bytes_to_unicode
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars]
+                                        + ["<|startoftext|>", "<|endoftext|>"])}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    text = {"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 77,
+            "projection_dim": 512, "bos_token_id": len(vocab) - 2,
+            "eos_token_id": len(vocab) - 1, "pad_token_id": len(vocab) - 1}
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 32, "patch_size": 16}
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)
+    config.save_pretrained(folder)
+    return config
+
+
+def test_plip_text_tower_equals_transformers_get_text_features(tmp_path):
+    _open_clip()  # torchvision first
+    from transformers import CLIPModel
+
+    from embedcyto.backbones.weights import read_state_dict
+
+    folder = tmp_path / "w" / "plip" / "text"
+    config = _clip_bpe_folder(folder)
+    torch.manual_seed(7)
+    model = CLIPModel(config).eval()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(tmp_path / "w" / "plip" / "model.safetensors"))
+    assert read_state_dict(tmp_path / "w" / "plip" / "model.safetensors")
+    tower = build_text_tower("plip", weights_dir=tmp_path / "w")
+    tokens = tower.tokenize(TEXTS[:2])
+    with torch.no_grad():
+        expected = model.get_text_features(input_ids=tokens)
+    expected = getattr(expected, "pooler_output", expected)
+    torch.testing.assert_close(tower.encode(TEXTS[:2]), expected, rtol=0, atol=1e-5)
+    assert tower.scale == pytest.approx(float(model.logit_scale.detach().exp()))

@@ -42,6 +42,7 @@ class TextSpec:
     config_name: str | None = None
     tokenizer_repo: str | None = None
     hf_config: dict | None = None
+    transformers: bool = False
 
     @property
     def context_length(self) -> int:
@@ -95,6 +96,7 @@ def text_spec(card: Card | str) -> TextSpec:
         config_name=row.get("open_clip"),
         tokenizer_repo=row.get("tokenizer_repo"),
         hf_config=row.get("hf_config"),
+        transformers=bool(row.get("transformers", False)),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -93,7 +94,40 @@ def _hf_config(spec: TextSpec, folder: Path | None):
     return CONFIG_MAPPING[values.pop("model_type")](**values)
 
 
+class TransformersText(nn.Module):
+    """transformers ``CLIPTextModelWithProjection`` returning ``get_text_features``' output.
+
+    Attribute names match ``CLIPModel`` (``text_model``, ``text_projection``), so a full PLIP
+    checkpoint's text keys load directly."""
+
+    def __init__(self, config):
+        super().__init__()
+        _open_clip()  # makes torchvision importable, which transformers' CLIP module needs
+        from transformers import CLIPTextModelWithProjection
+
+        model = CLIPTextModelWithProjection(config)
+        self.text_model, self.text_projection = model.text_model, model.text_projection
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled = self.text_model(input_ids=tokens).pooler_output
+        return self.text_projection(pooled)
+
+
+def _transformers_config(spec: TextSpec, folder: Path | None):
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    if folder is not None and (folder / "config.json").is_file():
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        if data.get("model_type") == "clip":
+            return CLIPConfig.from_dict(data).text_config
+        return CLIPTextConfig.from_dict(data)
+    values = {k: v for k, v in (spec.hf_config or {}).items() if k != "model_type"}
+    return CLIPTextConfig(**values)
+
+
 def _build_module(spec: TextSpec, hf_folder: Path | None) -> nn.Module:
+    if spec.transformers:
+        return TransformersText(_transformers_config(spec, hf_folder))
     open_clip = _open_clip()
     from open_clip.model import _build_text_tower
 
@@ -204,7 +238,8 @@ def text_state_dict(state: dict) -> dict:
     state = prepare_state_dict(state)
     out = {}
     for key, value in state.items():
-        if key.startswith("visual.") or key == "logit_bias":
+        if key.startswith(("visual.", "vision_model.", "visual_projection.")) \
+                or key == "logit_bias":
             continue
         if key == "logit_scale":
             out[key] = value.reshape(())
@@ -231,6 +266,10 @@ def build_text_tower(card: Card, *, weights=None, weights_dir=None, random_init:
         tower = TextTower(spec, _build_module(spec, folder), tokenizer, tokenizer_id)
     if path is not None:
         state = text_state_dict(read_state_dict(path))
+        expected = tower.state_dict()
+        # older transformers saved position ids as a buffer; they are not weights
+        state = {k: v for k, v in state.items()
+                 if k in expected or not k.endswith("position_ids")}
         load_strict(tower, state, what=f"the text tower of {card.name!r} ({path})")
         tower.weights_path, tower.weights_sha256 = Path(path), file_sha256(path)
     tower.requires_grad_(False)
