@@ -143,3 +143,24 @@ def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, 
         with threadpool_limits(limits=1, user_api="blas"):
             return -run(p, np.asarray(idx))
     return score
+
+
+# Scorers by method, in the form the episode runner calls: scorer(X_train, X_test, **options).
+def textlinear_scorer(X_train, X_test, **options):
+    return text_scorer("textlinear", X_train, X_test, **options)
+
+
+def clap_scorer(X_train, X_test, **options):
+    return text_scorer("clap", X_train, X_test, **options)
+
+
+def tipadapter_scorer(X_train, X_test, **options):
+    return text_scorer("tipadapter", X_train, X_test, **options)
+
+
+def tipadapter_f_scorer(X_train, X_test, **options):
+    return text_scorer("tipadapter_f", X_train, X_test, **options)
+
+
+def lppp_scorer(X_train, X_test, **options):
+    return text_scorer("lppp", X_train, X_test, **options)
