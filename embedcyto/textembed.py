@@ -24,7 +24,7 @@ from embedcyto.store.text import (
 )
 
 log = logging.getLogger(__name__)
-RANDOM = "random"
+RANDOM = "random-init"  # what extraction records for random weights
 
 
 def space_prompts(feats: Features, prompts_file=None) -> dict[str, ClassPrompts]:
@@ -61,7 +61,7 @@ def _tower(feats: Features, weights, weights_dir):
 
     card = get_card(feats.model)
     stored = feats.provenance.get("weights_sha256")
-    if not stored:
+    if not stored or stored == RANDOM:
         return build_text_tower(card, random_init=True)
     tower = build_text_tower(card, weights=weights, weights_dir=weights_dir)
     if tower.weights_sha256 != stored:

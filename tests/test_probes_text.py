@@ -7,7 +7,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from embedcyto.probes.text_episodes import text_scorer, zeroshot_logits
-from embedcyto.probes.textprobes import LPPP, TextLinear, TipAdapter, ZeroShot
+from embedcyto.probes.textprobes import CLAP, LPPP, TextLinear, TipAdapter, TipAdapterF, ZeroShot
 
 C, D = 5, 24
 
@@ -112,7 +112,34 @@ def test_tip_adapter_estimator_selects_on_validation_only():
     assert (plain.beta_, plain.alpha_) == (1.0, 1.0)
 
 
-@parametrize_with_checks([TextLinear(steps=5), TextLinear(constraint="clap", steps=5),
-                          TipAdapter(), TipAdapter(finetune=True, steps=3), LPPP(steps=5)])
+@parametrize_with_checks([TextLinear(steps=5), CLAP(steps=5), TipAdapter(),
+                          TipAdapterF(steps=3), LPPP(steps=5)])
 def test_sklearn_contract(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("name", ["zeroshot", "textlinear", "clap", "tipadapter",
+                                  "tipadapter_f", "lppp"])
+def test_every_text_registry_row_works_through_its_row(name):
+    """The row's estimator learns, and an episodic row's scorer runs in the episode runner
+    (equal to the estimator on each episode's supports where nothing is chosen on val)."""
+    from embedcyto.probes import registry, run_episodes, support_indices
+
+    spec = registry.get_method(name)
+    assert spec.text
+    T, (X, y), (Xv, yv), (Xt, yt) = _data(noise=1.0)
+    kwargs = {"text": T, "logit_scale": 50.0}
+    est = spec.estimator_class()(**kwargs)
+    fit = (X, y, Xv, yv) if spec.needs_validation else (X, y)
+    assert est.fit(*fit).score(Xt, yt) > 0.9
+    if not spec.episodic:
+        return
+    ids = np.array([f"img{i:03d}" for i in range(y.size)])
+    extra = {"X_val": Xv, "y_val": yv} if spec.needs_validation else {}
+    out = run_episodes(X, y, ids, Xt, yt, 2, 3, 1, method=name, **kwargs, **extra)
+    assert out["accuracy"].shape == (3,) and out["accuracy"].mean() > 0.9
+    if not spec.needs_validation:
+        for episode in range(3):
+            idx = support_indices(ids, y, 2, 1, episode)
+            ref = spec.estimator_class()(**kwargs)
+            assert out["accuracy"][episode] == pytest.approx(ref.fit(X[idx], y[idx]).score(Xt, yt))

@@ -30,7 +30,7 @@ def _entry(n=4, dim=32, space="classes", **kw):
                 per_template=rng.standard_normal((n, 2, dim)).astype(np.float32),
                 classes=tuple("abcd"[:n]), phrases=tuple("ABCD"[:n]),
                 templates=("x {}.", "{}"), prompts_source="test", prompts_sha256="p",
-                tokenizer="tok", weights_sha256="random", logit_scale=100.0, model="tiny-clip")
+                tokenizer="tok", weights_sha256="random-init", logit_scale=100.0, model="tiny-clip")
     return TextEmbeddings(**{**base, **kw})
 
 

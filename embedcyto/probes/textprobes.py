@@ -195,3 +195,20 @@ class LPPP(_TextProbe):
 
     def _logits(self, A, Qt):
         return tc.lppp_logits(self.B_, self.b_, self.alpha_, A, Qt[None])
+
+
+class CLAP(TextLinear):
+    """:class:`TextLinear` with CLAP's class-adaptive constraint on by default (the ``clap``
+    row of the probe registry)."""
+
+    def __init__(self, text=None, logit_scale=100.0, constraint="clap", steps=300):
+        super().__init__(text=text, logit_scale=logit_scale, constraint=constraint, steps=steps)
+
+
+class TipAdapterF(TipAdapter):
+    """:class:`TipAdapter` with trained cache keys by default (the ``tipadapter_f`` row)."""
+
+    def __init__(self, text=None, logit_scale=100.0, finetune=True, steps=20,
+                 betas=TIP_BETAS, alphas=TIP_ALPHAS):
+        super().__init__(text=text, logit_scale=logit_scale, finetune=finetune, steps=steps,
+                         betas=betas, alphas=alphas)
