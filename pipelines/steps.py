@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from embedcyto.errors import EmbedcytoError
-from pipelines.common import Settings, dataset_root, say
+from pipelines.common import Settings, dataset_root, precision_for, say
 
 
 def store_states(settings: Settings, datasets: Iterable[str],
@@ -34,15 +34,21 @@ def store_states(settings: Settings, datasets: Iterable[str],
 
 def lora_configs(settings: Settings, datasets: Sequence[str], models: Sequence[str], *,
                  shots: Sequence[int | None] = (), fractions: Sequence[float] = (),
-                 seeds: Sequence[int] | None = None, overrides: dict | None = None) -> list:
-    """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds)."""
+                 seeds: Sequence[int] | None = None, overrides: dict | None = None,
+                 smoke_key: str = "lora") -> list:
+    """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds).
+
+    ``overrides`` are the experiment's settings; a smoke run lays the configuration's
+    ``smoke[smoke_key]`` settings (short runs) over them.
+    """
     from embedcyto.lora.config import LoraRunConfig
 
     extra = dict(overrides or {})
     if settings.smoke:
-        extra = {**extra, **settings.config["smoke"].get("lora", {})}
+        extra = {**extra, **settings.config["smoke"].get(smoke_key, {})}
     amounts = [{"shots": k} for k in shots] + [{"fraction": f} for f in fractions]
-    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device, **a, **extra)
+    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device,
+                          precision=precision_for(settings, m), **a, **extra)
             for d in datasets for m in models for a in amounts
             for s in (seeds or settings.seeds)]
 
@@ -101,11 +107,12 @@ def extract_all(settings: Settings, opened: dict, models: Sequence[str]) -> None
     from embedcyto.backbones import get_card
     from embedcyto.extract import ExtractConfig, extract_features
 
-    config = ExtractConfig(device=settings.device, progress=not settings.smoke,
-                           num_workers=0 if settings.smoke else None)
     for name, (dataset, split_dir) in opened.items():
         for model in models:
             card = get_card(model)
+            config = ExtractConfig(device=settings.device, progress=not settings.smoke,
+                                   num_workers=0 if settings.smoke else None,
+                                   precision=precision_for(settings, model))
             result = extract_features(dataset, card, store_dir=settings.store,
                                       split_dir=split_dir, weights_dir=settings.weights_dir,
                                       random_init=card.random, config=config)
