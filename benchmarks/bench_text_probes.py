@@ -48,7 +48,7 @@ def _episodes_text(method, train, test, val, text, shots, episodes, seed, batch)
     score = text_scorer(method, X, Xt, text=text, logit_scale=100.0, X_val=Xv, y_val=yv)
     acc = []
     for start in range(0, episodes, batch):
-        pred = score(idx[start:start + batch]).argmin(axis=2)
+        pred = score(idx[start:start + batch]).argmin(axis=2).T  # (n, E, C) -> (E, n)
         acc.extend((pred == yt).mean(axis=1).tolist())
     return float(np.mean(acc))
 

@@ -82,7 +82,7 @@ def test_batched_scorer_equals_the_estimator_episode_by_episode(method, est):
     for e in range(4):
         rows = idx[e].reshape(-1)
         fitted = est(T).fit(X[rows], y[rows])
-        np.testing.assert_allclose(-scores[e], fitted.logits(Xt), rtol=1e-6,
+        np.testing.assert_allclose(-scores[:, e], fitted.logits(Xt), rtol=1e-6,
                                    atol=1e-6)
 
 

@@ -3,9 +3,9 @@
 A scorer is built once per (store, test split) — it L2-normalises the features, multiplies the
 test rows by the text embeddings and (memory allowing) by every training row, once — and then
 scores a batch of episodes ``idx`` [E, C, K] (support row indices into the training split, class
-c in ``idx[:, c]``) in a few batched matrix products, returning negative logits [E, n_test, C]
-(lower is better, like the distance scorers: ``argmin`` predicts, ``softmax(-score)`` gives the
-method's probabilities).
+c in ``idx[:, c]``) in a few batched matrix products, returning negative logits [n_test, E, C]
+(the layout of :func:`embedcyto.probes.episodes.run_episodes`' distance scorers; lower is
+better: ``argmin`` predicts, ``softmax(-score)`` gives the method's probabilities).
 
 Tip-Adapter picks β and α per episode on validation rows: K rows per class drawn from the
 validation split with a generator seeded from the episode's support indices, so the choice
@@ -164,7 +164,7 @@ def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, 
         # than two on a busy 2-core machine (thread hand-offs dominate); parallelism comes from
         # running stores and methods side by side.
         with threadpool_limits(limits=1, user_api="blas"):
-            return -run(p, np.asarray(idx))
+            return np.ascontiguousarray(-run(p, np.asarray(idx)).transpose(1, 0, 2))
     return score
 
 
