@@ -9,6 +9,8 @@ test - can tell what it shows without looking at pixels.
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,10 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     and each model's full-data linear probe as a dotted horizontal line of the same colour."""
     figure, (ax,) = _new_figure(9.0, 4.8)
     colours = _colours([c.model for c in curves] + [r.model for r in references])
+    positive = sorted({x for c in curves for x in c.x if x > 0})
+    zero_at = (positive[0] if positive else 1.0) / 2  # shots = 0 (zero-shot) on a log axis
+    curves = [dataclasses.replace(c, x=tuple(zero_at if x == 0 else x for x in c.x))
+              for c in curves]
     for curve in curves:
         dashes, marker = _style(curve.method)
         _draw_curve(ax, curve, colours[curve.model], dashes, marker)
@@ -95,7 +101,8 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     shots = sorted({x for c in curves for x in c.x})
     if shots:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [f"{s:g}" for s in shots])
+        ax.set_xticks(shots, ["0" if s == zero_at and s not in positive else f"{s:g}"
+                              for s in shots])
     xlabel = "shots per class (training images per class)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
