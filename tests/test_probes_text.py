@@ -143,3 +143,17 @@ def test_every_text_registry_row_works_through_its_row(name):
             idx = support_indices(ids, y, 2, 1, episode)
             ref = spec.estimator_class()(**kwargs)
             assert out["accuracy"][episode] == pytest.approx(ref.fit(X[idx], y[idx]).score(Xt, yt))
+
+
+@pytest.mark.parametrize("method", ["tipadapter", "tipadapter_f"])
+def test_tip_scorer_equals_the_estimator_at_the_chosen_beta_alpha(method):
+    T, (X, y), (Xv, yv), (Xt, _) = _data(noise=1.0)
+    idx = _episodes(np.random.default_rng(0), y, 2, 3)
+    chosen = []
+    scores = text_scorer(method, X, Xt, text=T, logit_scale=50.0, X_val=Xv, y_val=yv,
+                         chosen=chosen)(idx)
+    for e, (beta, alpha, _) in enumerate(chosen):
+        rows = idx[e].reshape(-1)
+        est = TipAdapter(T, 50.0, finetune=method == "tipadapter_f", betas=(beta,),
+                         alphas=(alpha,)).fit(X[rows], y[rows], Xv, yv)
+        np.testing.assert_allclose(-scores[:, e], est.logits(Xt), rtol=1e-5, atol=1e-5)
