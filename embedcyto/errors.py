@@ -52,6 +52,12 @@ class ProbeError(EmbedcytoError):
     """A probe cannot run on the features given (missing split, mismatched stores...)."""
 
 
+class SamplingError(ProbeError):
+    """A per-class draw (few-shot supports, validation picks, fractions) that the images
+    cannot satisfy, e.g. more shots than a class has. A :class:`ProbeError` because few-shot
+    probes are where most users meet it; the LoRA stage reports it as a :class:`LoraError`."""
+
+
 class LoraError(EmbedcytoError):
     """An impossible LoRA request (targets, shots, fraction) or a failed run."""
 

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from embedcyto.datasets.records import Dataset
+from embedcyto.datasets.splits import dataset_split_hash  # noqa: F401 (used by lora/ too)
 from embedcyto.errors import EmbedcytoError, ImageReadError
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precisi
 
     return {
         "model": card.name,
-        "card": card.to_dict(),
+        "card": card.identity_dict(),
         "weights_sha256": weights_sha256 or "random-init",
         "preprocessing": preprocess_spec(card),
         "precision": str(precision).replace("torch.", ""),
@@ -182,20 +183,6 @@ def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precisi
         "num_workers": config.workers(),
         "versions": library_versions(),
     }
-
-
-def dataset_split_hash(dataset: Dataset, split_dir: Path | None) -> str:
-    """The split's identity: the saved split file's hash, or "official" for given splits."""
-    from embedcyto.datasets import SPLIT_FILE, split_hash
-
-    if dataset.official_split:
-        return "official"
-    if split_dir is None or not (Path(split_dir) / SPLIT_FILE).exists():
-        raise EmbedcytoError(
-            f"dataset {dataset.name!r} has no saved split file; open it with split_dir= so its "
-            "split is saved once and shared by every model"
-        )
-    return split_hash(Path(split_dir) / SPLIT_FILE)
 
 
 def resolve_model_weights(card, weights=None, weights_dir=None, *,
@@ -323,10 +310,11 @@ def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
                     row, reason = bad[0]
                     raise ImageReadError(
                         dataset.root / dataset.records[row].path,
-                        f"{reason}; the rows computed so far are kept in the unfinished store. "
-                        "Run again with --on-bad-image skip (the default) to check every image "
-                        "first and leave unreadable ones out, or replace the file and run again "
-                        "with --force (the dataset changed, so the unfinished rows are redone)",
+                        f"{reason}; the rows computed so far are kept in the unfinished store, "
+                        "but they were computed for an image list that includes this file, so "
+                        "leaving it out or replacing it needs --force: run again with "
+                        "--on-bad-image skip (the default: every image is checked first) and "
+                        "--force, or replace the file and run again with --force",
                     )
                 feats = backbone(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())

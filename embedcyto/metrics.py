@@ -301,3 +301,21 @@ def hierarchical_metrics(
         out[name] = classification_metrics(lv[rows, i].astype(np.int64), pred, level_p, k)
     out["average"] = float(np.mean([out[name]["accuracy"] for name in level_names]))
     return out
+
+
+def per_class_scores(y_true, y_pred, n_classes: int | None = None) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support (test rows) of every class.
+
+    Recall is NaN for a class with no test row, precision NaN for a class never predicted (there
+    is nothing to be precise about), F1 NaN when both are undefined; a class that is present but
+    never predicted gets precision NaN, recall 0 and F1 0, as in :func:`macro_f1`.
+    """
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, tp / support, np.nan)
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        denom = support + predicted
+        f1 = np.where(denom > 0, 2 * tp / denom, np.nan)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}

@@ -21,3 +21,13 @@ def _isolated_hf_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("EMBEDCYTO_WEIGHTS", raising=False)
     monkeypatch.delenv("EMBEDCYTO_STORE", raising=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Full-size giant models run only when asked for with ``-m giant`` (see docs/models.md)."""
+    if "giant" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="full-size model card; run with `pytest -m giant`")
+    for item in items:
+        if "giant" in item.keywords:
+            item.add_marker(skip)

@@ -11,7 +11,7 @@ from embedcyto.backbones.cards import Card, FrozenDict, get_card, list_cards
 from embedcyto.errors import BackboneError
 
 ALL = [c.name for c in list_cards()]
-STUDY = {"clip", "clip-l14", "vit", "biomedclip", "quilt", "uni"}
+STUDY = {"clip", "clip-l14", "vit", "vit-hf", "biomedclip", "quilt", "uni"}
 
 
 def _valid(**changes) -> dict:
@@ -115,3 +115,25 @@ def test_open_clip_cards_agree_with_open_clip_pretrained_registry():
             assert tuple(cfg["mean"]) == card.mean and tuple(cfg["std"]) == card.std
             assert cfg["interpolation"] == card.interpolation
             assert cfg["resize_mode"] == card.resize
+
+
+# The first cards' identity as stores made before the zoo recorded it (their full to_dict then).
+FIRST_IDENTITY = {
+    "uni2-h": {"name": "uni2-h", "family": "timm", "source": "vit_giant_patch14_224",
+               "embed_dim": 1536, "width": 1536, "depth": 24, "pooling":
+               "class token after the final norm (1536); the 8 register tokens are not used"},
+}
+
+
+def test_identity_of_the_first_cards_is_unchanged_by_documentation():
+    """Stores record identity_dict(); adding params, domains and sources keeps it as it was."""
+    card = get_card("uni2-h")
+    assert card.params and card.domains and card.notes and card.registers == 8
+    identity = card.identity_dict()
+    first = FIRST_IDENTITY["uni2-h"]
+    assert {k: identity[k] for k in first} == first
+    assert len(identity) == 24  # the 24 fields the first cards had
+    assert not {"params", "domains", "notes", "pool", "patch_size", "registers"} & set(identity)
+    described = dataclasses.replace(card, notes="elsewhere", params=1, domains=("natural",))
+    assert described.identity_dict() == identity
+    assert dataclasses.replace(card, pool="cls+mean").identity_dict() != identity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -102,3 +103,17 @@ def test_devices(monkeypatch):
         runtime.resolve_device("cuda")
     with pytest.raises(BackboneError, match="unknown device"):
         runtime.resolve_device("gpu0")
+
+
+def test_crop_pct_resizes_beyond_the_input_then_crops_the_centre():
+    card = get_card("prov-gigapath")  # Resize(256) then CenterCrop(224), as its model card
+    assert card.crop_pct == 0.875 and preprocess_spec(card)["resize_to"] == 256
+    assert "resize_to" not in preprocess_spec(get_card("uni"))  # unchanged specs stay unchanged
+    pixels = np.zeros((256, 256, 3), dtype=np.uint8)
+    pixels[:16] = 255  # a white band only the resize-to-256 crop cuts away
+    out = make_transform(card)(Image.fromarray(pixels))
+    assert out.shape == (3, 224, 224)
+    black = (0 - torch.tensor(card.mean)) / torch.tensor(card.std)
+    assert torch.allclose(out[:, 0, :].mean(dim=1), black, atol=1e-2)
+    wider = make_transform(dataclasses.replace(card, crop_pct=1.0))(Image.fromarray(pixels))
+    assert wider[:, 0, :].mean() > 1.0  # without crop_pct the band would be kept

@@ -196,3 +196,28 @@ def test_search_plan_lists_every_place(tmp_path):
     assert str(tmp_path / "uni") in plan[1]
     assert "MahmoodLab/UNI" in plan[2]
     assert W.search_plan(get_card("tiny-clip")) == ["none: random-weight demonstration card"]
+
+
+@pytest.mark.parametrize("name", ["virchow2", "prov-gigapath", "h-optimus-0", "uni2-h"])
+def test_gated_message_says_gated_links_the_page_and_gives_the_login(tmp_path, name):
+    card = get_card(name)
+    with pytest.raises(WeightsNotFoundError) as info:
+        W.resolve_weights(card, weights_dir=tmp_path)
+    first, *rest = str(info.value).splitlines()
+    assert "gated" in first and f"https://huggingface.co/{card.hub_repo}" in first
+    assert "hf auth login" in first
+    assert f"hf download {card.hub_repo} {card.weights_files[0]}" in "\n".join(rest)
+
+
+def test_ungated_new_cards_do_not_say_gated(tmp_path):
+    with pytest.raises(WeightsNotFoundError) as info:
+        W.resolve_weights(get_card("dinobloom-b"), weights_dir=tmp_path)
+    assert "is gated" not in str(info.value) and "MarrLab/DinoBloom DinoBloom-B.pth" in str(info.value)
+
+
+def test_dinov2_training_checkpoint_is_unwrapped_at_its_teacher(tmp_path):
+    path = tmp_path / "DinoBloom-S.pth"
+    torch.save({"teacher": {"backbone.cls_token": torch.zeros(1, 1, 4)},
+                "student": {"backbone.cls_token": torch.ones(1, 1, 4)}}, str(path))
+    state = W.read_state_dict(path)
+    assert torch.equal(state["backbone.cls_token"], torch.zeros(1, 1, 4))

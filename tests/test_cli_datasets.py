@@ -102,3 +102,34 @@ def test_check_passes_adapter_options(runner, tmp_path):
     assert int(total.split()[-1]) == 9
     bad = runner.invoke(cli, base + ["-o", "nonsense"])
     assert bad.exit_code == 2 and "KEY=VALUE" in bad.output
+
+
+def test_check_decodes_images_by_default_and_says_so_when_told_not_to(runner, tmp_path):
+    root = make_fixture("folder", tmp_path / "f", per_class=10)
+    images = sorted((root / "negative").glob("*.png"))
+    images[0].write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    images[1].write_bytes(images[1].read_bytes()[:70])  # truncated
+    base = ["datasets", "check", "--dataset", "folder", "--root", str(root)]
+    result = runner.invoke(cli, base)
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 image(s)" in result.output and "no problems found" not in result.output
+    assert images[0].name in result.output and images[1].name in result.output
+    quick = runner.invoke(cli, base + ["--no-verify-images"])
+    assert quick.exit_code == 0, quick.output
+    assert "images: not opened" in quick.output and "no problems found\n" not in quick.output
+    assert "the images themselves were not checked" in quick.output
+
+
+def test_check_remembers_decoded_images_in_the_split_folder(runner, tmp_path):
+    root = make_fixture("folder", tmp_path / "f", per_class=2)
+    args = ["datasets", "check", "--dataset", "folder", "--root", str(root), "--split-dir",
+            str(tmp_path / "s")]
+    assert runner.invoke(cli, args).exit_code == 0
+    assert (tmp_path / "s" / "image_check.json").exists()
+
+
+def test_unknown_adapter_suggests_the_close_one(runner, tmp_path):
+    result = runner.invoke(cli, ["datasets", "check", "--dataset", "sipakmd", "--root",
+                                 str(tmp_path)])
+    assert result.exit_code == 1 and "Did you mean sipakmed?" in result.output
+    assert "Traceback" not in result.output

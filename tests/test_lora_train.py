@@ -260,7 +260,7 @@ def test_best_val_restores_the_best_step_and_saved_run_reloads_to_the_same_predi
     accuracy = np.mean(val_proba.argmax(1) == np.array(rows_file["val"]["labels"]))
     assert accuracy == pytest.approx(val["best_accuracy"])
     assert math.isclose(result.metrics["test"]["accuracy"],
-                        float(np.mean(saved["predictions"] == saved["labels"])))
+                        float(np.mean(saved["y_pred"] == saved["y_true"])))
 
 
 def test_bf16_runs_keep_frozen_weights_in_bf16_and_train_float32_parameters(toy):

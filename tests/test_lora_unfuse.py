@@ -190,3 +190,14 @@ def test_target_names_need_an_unfused_model_and_known_targets():
         target_module_names(build_backbone("tiny-vit"), ("q",))
     with pytest.raises(LoraError, match="valid targets: q, k, v, o"):
         target_module_names(build_backbone("tiny-vit"), ("query",))
+
+
+def test_transformers_attention_is_targeted_without_unfusing():
+    """transformers ViT/DINOv2/CLIP already own separate q, k, v and output layers."""
+    for name, out in (("vit-hf", "o_proj"), ("phikon-v2", "o_proj"), ("plip", "out_proj")):
+        card = get_card(name).with_depth(1)
+        backbone = build_backbone(card.with_input_size(4 * card.patch_size), random_init=True)
+        assert unfuse_attention(backbone) == 0
+        names = target_module_names(backbone, ("q", "k", "v", "o"))
+        assert len(names) == 4 and names[0].endswith("q_proj") and names[3].endswith(out)
+        assert all(isinstance(backbone.get_submodule(n), nn.Linear) for n in names)

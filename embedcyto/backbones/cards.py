@@ -21,9 +21,33 @@ from typing import Any
 
 from embedcyto.errors import BackboneError
 
-FAMILIES = ("open_clip", "timm")
+FAMILIES = ("open_clip", "timm", "transformers")
+# How the embedding is read off the encoder (see docs/models.md, "What a backbone returns"):
+#   cls         the class token after the final norm (and the card's projection, if any)
+#   cls+mean    class token concatenated with the mean of the patch tokens (registers skipped)
+#   pooler      transformers ``pooler_output``
+#   projection  transformers CLIP ``image_embeds`` (class token, post-norm, projected)
+POOLS = ("cls", "cls+mean", "pooler", "projection")
+DOMAINS = ("pathology", "cytology", "natural", "vision-language")
+CHECKPOINT_FORMATS = ("", "dinov2")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 RESIZE_MODES = ("shortest", "squash")
+# Fields added after the first cards; omitted from to_dict() while at their default.
+_LATER_FIELDS = frozenset(
+    {"pool", "patch_size", "registers", "crop_pct", "params", "domains", "checkpoint_ignore",
+     "checkpoint_format", "notes"}
+)
+_ATTENTION = {
+    "open_clip": "nn.MultiheadAttention, packed in_proj [3D, D] in q, k, v order + out_proj; "
+                 "LoRA unfuses it into attn.q_proj / k_proj / v_proj / out_proj",
+    "timm": "fused attn.qkv Linear(D, 3D) + attn.proj; LoRA unfuses qkv into "
+            "attn.qkv.q_proj / k_proj / v_proj (timm's head split, norms and proj unchanged)",
+    "transformers": "separate q_proj, k_proj, v_proj and o_proj (CLIP: out_proj) Linear layers; "
+                    "LoRA targets them directly, nothing is unfused",
+}
+# Fields that describe a card without changing what it computes (left out of identity_dict()):
+# patch size and registers are also implied by the model arguments, which are identity.
+_DESCRIPTIVE_FIELDS = frozenset({"params", "domains", "notes", "patch_size", "registers"})
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -114,6 +138,19 @@ class Card:
             (``"visual."`` for CLIP-style files); stripped when present.
         proj_dim: For timm trunks followed by a bias-free linear projection (BiomedCLIP's image
             tower), the projection width; ``None`` otherwise.
+        pool: How the embedding is pooled, one of ``POOLS`` (the machine-readable side of
+            ``pooling``).
+        patch_size: Patch side in pixels (token count for cost estimates).
+        registers: Register tokens after the class token (skipped by ``cls+mean`` pooling).
+        crop_pct: ``resize: shortest`` resizes the short side to ``input_size / crop_pct`` before
+            the centre crop (0.875: resize 256, crop 224).
+        params: Parameter count of the image encoder as built (checked by the tests).
+        domains: Subset of ``DOMAINS``, for ``embedcyto models list --domain``.
+        checkpoint_ignore: Key prefixes of the published file that the image encoder does not use
+            (text towers, self-distillation heads, a classifier); dropped before strict loading.
+        checkpoint_format: ``"dinov2"`` for files in the DINOv2 training layout (``teacher`` dict,
+            ``w12``/``w3`` SwiGLU names, ``mask_token``), converted by timm's own filter.
+        notes: Where each fact on the card comes from (model card, paper, code).
     """
 
     name: str
@@ -140,6 +177,15 @@ class Card:
     study: bool = False
     checkpoint_prefix: str = ""
     proj_dim: int | None = None
+    pool: str = "cls"
+    patch_size: int = 16
+    registers: int = 0
+    crop_pct: float = 1.0
+    params: int | None = None
+    domains: tuple[str, ...] = ()
+    checkpoint_ignore: tuple[str, ...] = ()
+    checkpoint_format: str = ""
+    notes: str = ""
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -147,7 +193,11 @@ class Card:
         set_(self, "mean", tuple(float(v) for v in self.mean))
         set_(self, "std", tuple(float(v) for v in self.std))
         set_(self, "weights_files", tuple(str(v) for v in self.weights_files))
+        set_(self, "domains", tuple(str(v) for v in self.domains))
+        set_(self, "checkpoint_ignore", tuple(str(v) for v in self.checkpoint_ignore))
+        set_(self, "crop_pct", float(self.crop_pct))
         self._validate()
+        self._validate_extra()
 
     def _validate(self) -> None:
         where = f"card {self.name!r}"
@@ -176,9 +226,84 @@ class Card:
         if not self.random and not (self.hub_repo or self.weights_help):
             raise BackboneError(f"{where}: a pretrained card needs hub_repo or weights_help")
 
+    def _validate_extra(self) -> None:
+        where = f"card {self.name!r}"
+        if self.pool not in POOLS:
+            raise BackboneError(f"{where}: pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool in ("pooler", "projection") and self.family != "transformers":
+            raise BackboneError(f"{where}: pool {self.pool!r} exists only for transformers cards")
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise BackboneError(f"{where}: unknown domain(s) {unknown}; valid: {DOMAINS}")
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise BackboneError(f"{where}: checkpoint_format must be one of {CHECKPOINT_FORMATS}")
+        if not 0.5 <= self.crop_pct <= 1.0:
+            raise BackboneError(f"{where}: crop_pct must be in [0.5, 1], got {self.crop_pct}")
+        for attr in ("patch_size",):
+            if not isinstance(getattr(self, attr), int) or getattr(self, attr) < 1:
+                raise BackboneError(f"{where}: {attr} must be a positive integer")
+        if not isinstance(self.registers, int) or self.registers < 0:
+            raise BackboneError(f"{where}: registers must be an integer >= 0")
+
+    @property
+    def attention(self) -> str:
+        """How the attention is laid out, and so how q/v LoRA reaches it (derived from the family)."""
+        return _ATTENTION[self.family]
+
+    @property
+    def page(self) -> str | None:
+        """The model's page on the Hugging Face hub (where gated licences are accepted)."""
+        return f"https://huggingface.co/{self.hub_repo}" if self.hub_repo else None
+
+    def with_depth(self, depth: int) -> "Card":
+        """The same card with ``depth`` transformer blocks: same width, heads, MLP, tokens, pooling.
+
+        For tests and quick trials of giant models: every block is identical, so two blocks
+        exercise the whole architecture at a fraction of the cost. ``params`` is cleared.
+        """
+        kwargs = _thaw(self.model_kwargs)
+        if self.family == "open_clip":
+            # merged into the named open_clip config by the loader, so only the depth changes
+            kwargs["vision_cfg"] = {**kwargs.get("vision_cfg", {}), "layers": depth}
+        elif self.family == "transformers":
+            kwargs["num_hidden_layers"] = depth
+        else:
+            kwargs["depth"] = depth
+        return dataclasses.replace(self, model_kwargs=kwargs, depth=depth, params=None)
+
+    def with_input_size(self, size: int) -> "Card":
+        """The same card built for ``size``-pixel inputs (a smaller position-embedding grid).
+
+        Only for tests, which then run every block type on fewer tokens.
+        """
+        kwargs = _thaw(self.model_kwargs)
+        if self.family == "open_clip":
+            kwargs["vision_cfg"] = {**kwargs.get("vision_cfg", {}), "image_size": size}
+        elif self.family == "transformers":
+            kwargs["image_size"] = size
+        else:
+            kwargs["img_size"] = size
+        return dataclasses.replace(self, model_kwargs=kwargs, input_size=size, params=None)
+
     def to_dict(self) -> dict:
-        """JSON-able dict; ``Card.from_dict(card.to_dict()) == card``."""
-        return {f.name: _thaw(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """JSON-able dict; ``Card.from_dict(card.to_dict()) == card``.
+
+        Fields added after the first cards are left out while at their default, so the
+        dict of an unchanged card (which feature stores record as identity) stays the same.
+        """
+        out = {}
+        for f in dataclasses.fields(self):
+            value = _thaw(getattr(self, f.name))
+            if f.name in _LATER_FIELDS and value == _thaw(f.default):
+                continue
+            out[f.name] = value
+        return out
+
+    def identity_dict(self) -> dict:
+        """:meth:`to_dict` without the purely descriptive fields (parameter count, domains,
+        sources, patch size, registers), which never change the features: what stores and LoRA runs record as identity,
+        so documenting a card better does not make its stores stale."""
+        return {k: v for k, v in self.to_dict().items() if k not in _DESCRIPTIVE_FIELDS}
 
     def to_json(self, **kwargs) -> str:
         return json.dumps(self.to_dict(), **{"indent": 2, **kwargs})

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from embedcyto.backbones.cards import Card, _thaw, get_card
+from embedcyto.backbones.pooling import TokenPooled
 from embedcyto.backbones.weights import (
     file_sha256,
     load_strict,
@@ -142,12 +143,30 @@ def _timm_encoder(card: Card) -> nn.Module:
     except (RuntimeError, TypeError, ValueError) as err:
         message = f"card {card.name!r}: timm cannot build {card.source!r}: {err}"
         raise BackboneError(message) from err
+    prefix = int(getattr(model, "num_prefix_tokens", 1))
+    if prefix != 1 + card.registers:
+        raise BackboneError(
+            f"card {card.name!r}: the model has {prefix - 1} register token(s), the card says "
+            f"{card.registers}; fix the card's registers or model_kwargs"
+        )
     if card.proj_dim is not None:
         return ProjectedTrunk(model, card.proj_dim)
+    if card.pool != "cls":
+        return TokenPooled(model, card.pool)
     return model
 
 
-_BUILDERS = {"open_clip": _open_clip_encoder, "timm": _timm_encoder}
+def _transformers_encoder(card: Card) -> nn.Module:
+    from embedcyto.backbones.hf import build_transformers_encoder
+
+    return build_transformers_encoder(card)
+
+
+_BUILDERS = {
+    "open_clip": _open_clip_encoder,
+    "timm": _timm_encoder,
+    "transformers": _transformers_encoder,
+}
 
 
 def build_encoder(card: Card, *, seed: int = 0) -> nn.Module:
@@ -167,11 +186,34 @@ def _drop_unused_head(encoder: nn.Module, state: dict) -> dict:
     return state
 
 
+def _drop_ignored(state: dict, card: Card) -> dict:
+    """Drop the keys the card declares unused (text towers, self-distillation heads)."""
+    if not card.checkpoint_ignore:
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(card.checkpoint_ignore)}
+
+
 def load_weights(encoder: nn.Module, card: Card, path: Path) -> None:
-    """Load a checkpoint file into an encoder built from ``card`` (strict, with clear errors)."""
+    """Load a checkpoint file into an encoder built from ``card`` (strict, with clear errors).
+
+    The file's keys are taken as the model's library publishes them: a ``checkpoint_prefix`` is
+    stripped, ``checkpoint_ignore`` keys dropped, DINOv2-layout files converted by timm's own
+    filter; transformers files go through transformers' own loading.
+    """
+    if card.family == "transformers":
+        from embedcyto.backbones.hf import load_transformers_weights
+
+        load_transformers_weights(encoder, card, Path(path))
+        return
+    root = getattr(encoder, "weights_root", encoder)
     state = prepare_state_dict(read_state_dict(path), card.checkpoint_prefix)
-    state = _drop_unused_head(encoder, state)
-    load_strict(encoder, state, what=f"model {card.name!r} ({path})")
+    state = _drop_ignored(state, card)
+    if card.checkpoint_format == "dinov2":
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, root)
+    state = _drop_unused_head(root, state)
+    load_strict(root, state, what=f"model {card.name!r} ({path})")
 
 
 def build_backbone(

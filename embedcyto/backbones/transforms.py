@@ -30,12 +30,21 @@ def preprocess_spec(card: Card, *, train: bool = False) -> dict:
         "std": list(card.std),
         "to_rgb": True,
     }
+    if resize_size(card) != card.input_size:
+        spec["resize_to"] = resize_size(card)
     if train:
         spec["train_augmentation"] = {
             "random_resized_crop_scale": list(TRAIN_CROP_SCALE),
             "horizontal_flip_p": 0.5,
         }
     return spec
+
+
+def resize_size(card: Card) -> int:
+    """Short-side size before the centre crop: ``input_size / crop_pct`` (256 for 224 at 0.875)."""
+    if card.resize != "shortest" or card.crop_pct >= 1.0:
+        return card.input_size
+    return int(card.input_size / card.crop_pct + 1e-6)
 
 
 def make_transform(card: Card, *, train: bool = False) -> Callable:
@@ -65,7 +74,7 @@ def make_transform(card: Card, *, train: bool = False) -> Callable:
     elif card.resize == "squash":
         geometry = [T.Resize((size, size), interpolation=mode)]
     else:
-        geometry = [T.Resize(size, interpolation=mode), T.CenterCrop(size)]
+        geometry = [T.Resize(resize_size(card), interpolation=mode), T.CenterCrop(size)]
     return T.Compose(
         [T.Lambda(_to_rgb), *geometry, T.ToTensor(), T.Normalize(list(card.mean), list(card.std))]
     )

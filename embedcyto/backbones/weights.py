@@ -216,6 +216,11 @@ def resolve_weights(
 
 def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
     lines = [f"no weights found for model {card.name!r}. Looked in:"]
+    if card.gated and card.hub_repo:
+        lines[0] = (
+            f"no weights found for model {card.name!r}, which is gated on the Hugging Face hub "
+            f"({card.page}: accept its terms there, then `hf auth login`). Looked in:"
+        )
     lines += [f"  {i}. {place}" for i, place in enumerate(looked, 1)]
     lines.append("To get them:")
     lines.extend(f"  - {step}" for step in weights_instructions(card, wdir))
@@ -338,7 +343,7 @@ def read_state_dict(path: str | Path) -> dict:
 def _unwrap(state, path: Path) -> dict:
     import torch
 
-    for key in ("state_dict", "model", "module"):
+    for key in ("state_dict", "model", "module", "teacher"):  # teacher: DINOv2 training files
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             inner = state[key]
             if inner and all(isinstance(v, torch.Tensor) for v in inner.values()):

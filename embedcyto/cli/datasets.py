@@ -33,7 +33,9 @@ def list_command() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of a generated split.")
 @click.option("--ratios", default="0.7,0.1,0.2", show_default=True,
               help="Train,val,test fractions of a generated split.")
-@click.option("--verify-images", is_flag=True, help="Decode every image (slow on big datasets).")
+@click.option("--verify-images/--no-verify-images", default=True, show_default=True,
+              help="Decode every image, as extraction will (remembered per --split-dir); "
+                   "--no-verify-images reads only the layout.")
 @click.option("--on-bad-image", type=click.Choice(["skip", "error"]), default="skip",
               show_default=True, help="Leave unusable images out (reported) or stop at the first.")
 @click.option("--strict", is_flag=True, help="Exit non-zero when any problem is reported.")

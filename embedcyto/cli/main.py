@@ -22,6 +22,8 @@ COMMANDS = {
     "probe": "embedcyto.cli.probe:probe",
     "lora": "embedcyto.cli.lora:lora",
     "report": "embedcyto.cli.report:report",
+    "compare": "embedcyto.cli.compare:compare",
+    "predict": "embedcyto.cli.predict:predict",
     "demo": "embedcyto.cli.demo:demo",
 }
 

@@ -83,8 +83,11 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--results", "results_dir", default=None,
               help="Results folder (default: ./results/probe).")
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
+@click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
+              help="Also fit each full-data probe on the training split and save it under "
+                   "DIR/<dataset>/<model>/<method>/ for `embedcyto predict`.")
 def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, backend, scheduler,
-          results_dir, rerun):
+          results_dir, rerun, save_dir):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
     Results go to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the
@@ -100,3 +103,9 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, back
     where = results_dir or DEFAULT_RESULTS_DIR
     click.echo(f"\n{len(rows)} result rows in {where}/ "
                f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
+    if save_dir:
+        from embedcyto.saved_probe import SAVABLE, fit_and_save
+
+        for store_path, method in sorted({(r["store_path"], r["method"]) for r in rows
+                                          if r["method"] in SAVABLE}):
+            click.echo(f"saved probe: {fit_and_save(store_path, method, save_dir)}")

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 from embedcyto.datasets.records import SPLITS, Dataset, Record
 from embedcyto.errors import DatasetError
+from embedcyto.names import has_control_characters, name_problem
 
 #: File extensions read as images (lower case). Everything else (``.dat``, ``.txt``,
 #: ``Thumbs.db``...) is ignored, as are hidden files and folders.
@@ -68,31 +69,113 @@ def visible_names(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not is_hidden(p.name))
 
 
-def is_image_file(path: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
-    return path.suffix.lower() in extensions and not is_hidden(path.name) and path.is_file()
+def file_problem(path: Path) -> str | None:
+    """Why a listed ``path`` cannot be read as an image file ("the file is missing", "it is a
+    folder, not an image file"...), or None when it is a regular file."""
+    if path.is_file():
+        return None
+    if path.is_symlink():
+        return "it is a symlink whose target is missing"
+    if path.is_dir():
+        return "it is a folder, not an image file"
+    if path.exists():
+        return "it is not a regular file"
+    return "the file is missing"
 
 
-def list_images(folder: Path, *, recursive: bool = True,
+def _outside(path: Path, root: Path, target: Path) -> DatasetError:
+    return DatasetError(
+        f"{path} is a symlink to {target}, outside the dataset root {root}; embedcyto reads only "
+        "files inside the root: copy the files into the root, or point --root at a folder that "
+        "holds them")
+
+
+def check_inside(folder: Path, root: Path) -> None:
+    """Refuse a folder (say, a symlinked class folder) that resolves outside ``root``."""
+    target = folder.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise _outside(folder, root, target)
+
+
+def _scan(folder: Path, root: Path, extensions: tuple[str, ...], recursive: bool,
+          found: list[Path], skipped: list[tuple[str, str]]) -> None:
+    """Collect image files under ``folder``; report entries named like images that are not
+    usable files; refuse symlinks that leave ``root``."""
+    with os.scandir(folder) as entries:
+        entries = sorted(entries, key=lambda e: e.name)
+    for entry in entries:
+        if is_hidden(entry.name):
+            continue
+        path = Path(entry.path)
+        image_name = path.suffix.lower() in extensions
+        if entry.is_symlink():
+            try:
+                target = path.resolve()
+            except (RuntimeError, OSError):  # a symlink loop
+                target = path
+            if not target.exists():
+                if image_name:
+                    skipped.append((relative_posix(root, path),
+                                    "a symlink whose target is missing"))
+                continue
+            if not target.is_relative_to(root.resolve()) and (image_name or target.is_dir()):
+                raise _outside(path, root, target)
+            if target.is_dir():
+                skipped.append((relative_posix(root, path), "a symlink to a folder; not "
+                                "followed (move the folder into place to include it)"))
+                continue
+        elif entry.is_dir():
+            if image_name:
+                skipped.append((relative_posix(root, path), "a folder named like an image; "
+                                "not read (rename it if it holds images)"))
+            elif recursive:
+                _scan(path, root, extensions, recursive, found, skipped)
+            continue
+        if not image_name:
+            continue
+        if has_control_characters(entry.name):
+            skipped.append((relative_posix(root, path), "its name contains a control character"))
+        elif not path.is_file():
+            skipped.append((relative_posix(root, path), "not a regular file"))
+        else:
+            found.append(path)
+
+
+def list_images(folder: Path, root: Path, skipped: list[tuple[str, str]], *,
+                recursive: bool = True,
                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``folder`` (recursively by default, skipping hidden folders), sorted."""
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if is_image_file(p, extensions))
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-        base = Path(dirpath)
-        found.extend(base / f for f in filenames if is_image_file(base / f, extensions))
+    """Image files under ``folder`` (recursively by default, skipping hidden entries), sorted.
+
+    Entries named like images that cannot be read as one (a broken symlink, a folder called
+    ``x.png``, a special file) and symlinked folders (never followed, so no image is listed
+    twice) are appended to ``skipped`` with the reason.
+
+    Raises:
+        DatasetError: ``folder``, or a symlinked image or folder under it, resolves outside
+            ``root`` (the same rule as for names read from a label file).
+    """
+    check_inside(folder, root)
+    found: list[Path] = []
+    _scan(folder, root, extensions, recursive, found, skipped)
     return sorted(found)
 
 
-def class_folder_records(root: Path, folder: Path, label: int,
+def loose_images(root: Path, folder: Path, skipped: list[tuple[str, str]]) -> None:
+    """Report image files lying directly in ``folder`` where only class folders belong."""
+    for path in list_images(folder, root, [], recursive=False):
+        skipped.append((relative_posix(root, path), "not inside a class folder, so its class "
+                        "is unknown"))
+
+
+def class_folder_records(root: Path, folder: Path, label: int, skipped: list[tuple[str, str]],
                          split: str | None = None) -> list[Record]:
     """One record per image under a class folder; an empty class folder is an error.
 
     Raises:
-        DatasetError: the folder holds no images (a wrong folder, or a failed unpacking).
+        DatasetError: the folder holds no images (a wrong folder, or a failed unpacking), or
+            a symlink under it leaves the root.
     """
-    images = list_images(folder)
+    images = list_images(folder, root, skipped)
     if not images:
         raise empty_class_error(folder)
     return [Record(path=relative_posix(root, p), label=label, split=split) for p in images]
@@ -132,6 +215,19 @@ def empty_class_error(folder: Path, what: str = "images") -> DatasetError:
         f"{', '.join(IMAGE_EXTENSIONS)}); add its images or remove the folder")
 
 
+def read_utf8(csv_file: Path) -> str:
+    """A label file's text; a file that is not UTF-8 is refused with the line of its first bad
+    byte (rather than a UnicodeDecodeError traceback)."""
+    data = csv_file.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{csv_file}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text; save the "
+            "file as UTF-8 (a spreadsheet's \"CSV UTF-8\" format) and run again") from None
+
+
 def safe_join(root: Path, name: str, where: str) -> Path:
     """Join a file name read from a label file onto ``root``, refusing anything that escapes it.
 
@@ -151,6 +247,9 @@ def safe_join(root: Path, name: str, where: str) -> Path:
     if not text or pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
         raise DatasetError(f"{where}: image name {name!r} is empty or absolute; label files must "
                            f"name images relative to the dataset root {root}")
+    if has_control_characters(text):
+        raise DatasetError(f"{where}: image name {name!r} contains a control character; fix the "
+                           "label file")
     if ".." in pure.parts:
         raise DatasetError(f"{where}: image name {name!r} contains '..' and would escape the "
                            f"dataset root {root}; fix the label file")
@@ -165,7 +264,19 @@ def safe_join(root: Path, name: str, where: str) -> Path:
 def finish(name: str, adapter: str, root: Path, classes: tuple[str, ...],
            records: list[Record], skipped: list[tuple[str, str]] | None = None,
            official_split: bool = False, **extra) -> Dataset:
-    """Build a :class:`Dataset` with records sorted by path (the documented order)."""
+    """Build a :class:`Dataset` with records sorted by path (the documented order).
+
+    Raises:
+        DatasetError: a class name (of any label space) that stores or reports cannot carry.
+    """
+    spaces = [("class", classes)] + [(f"{s.name} class", s.classes)
+                                     for s in extra.get("label_spaces", {}).values()]
+    for what, names in spaces:
+        for cls in names:
+            problem = name_problem(cls, file_name=False)
+            if problem is not None:
+                raise DatasetError(f"{root}: {what} name {cls!r} {problem}; rename its folder "
+                                   "or correct the label file")
     records = sorted(records, key=lambda r: r.path)
     if official_split and any(r.split not in SPLITS for r in records):
         raise DatasetError(f"{root}: some images have no split although the layout is pre-split")

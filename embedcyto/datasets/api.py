@@ -12,6 +12,7 @@ from embedcyto.datasets.registry import KNOWN_DATASETS, get_adapter
 from embedcyto.datasets.splits import DEFAULT_RATIOS, assign_splits
 from embedcyto.datasets.verify import image_problems
 from embedcyto.errors import DatasetError
+from embedcyto.names import name_problem
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,14 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
     info = get_adapter(adapter)
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise DatasetError(f"on_bad_image must be 'skip' or 'error', not {on_bad_image!r}")
+    given = name is not None
     if name is None:
         name = adapter if adapter in KNOWN_DATASETS else Path(root).expanduser().resolve().name
+    problem = name_problem(name, file_name=True)
+    if problem is not None:
+        source = "" if given else f" (the name of its root folder {root})"
+        raise DatasetError(f"dataset name {name!r}{source} {problem}; give the dataset a plain "
+                           "name such as 'cervix_2024' (--name; in Python name=)")
     reader = info.load_reader()
     dataset = reader(root, **_reader_kwargs(reader, adapter, name, on_bad_image, options))
     if dataset.skipped and on_bad_image == "error":

@@ -7,7 +7,9 @@ Two layouts are in circulation and both are read:
   ``malignant_*`` (any case), or ``benign/`` and ``malignant/`` sub-folders. The split then
   comes from the folders (``official_split=True``).
 
-In the pre-split layout, a file whose name starts with neither prefix is skipped and reported.
+In the pre-split layout, a file whose name starts with neither prefix is skipped and reported,
+as are images and folders lying beside the class folders; folders other than train/ val/ test/
+beside the split folders are refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from embedcyto.datasets._common import (
     class_folder_records,
     finish,
     list_images,
+    loose_images,
     presplit_dirs,
     relative_posix,
     require_root,
@@ -49,17 +52,24 @@ def _class_folders(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _from_class_folders(root: Path, folders: dict[str, Path], split: str | None) -> list[Record]:
+def _from_class_folders(root: Path, parent: Path, folders: dict[str, Path], split: str | None,
+                        skipped: list[tuple[str, str]]) -> list[Record]:
+    """Records of the class folders under ``parent``; what else lies there is reported."""
+    loose_images(root, parent, skipped)
+    for other in child_dirs(parent):
+        if other not in folders.values():
+            skipped.append((relative_posix(root, other), "a folder that is neither benign nor "
+                            "malignant; not read"))
     records = []
     for cls, folder in sorted(folders.items()):
-        records += class_folder_records(root, folder, CLASSES.index(cls), split)
+        records += class_folder_records(root, folder, CLASSES.index(cls), skipped, split)
     return records
 
 
 def _from_prefixes(root: Path, folder: Path, split: str,
                    skipped: list[tuple[str, str]]) -> list[Record]:
     records = []
-    for path in list_images(folder, recursive=False):
+    for path in list_images(folder, root, skipped, recursive=False):
         lower = path.name.lower()
         label = next((i for i, c in enumerate(CLASSES) if lower.startswith(c)), None)
         if label is None:
@@ -78,25 +88,34 @@ def read_bcfc(root, *, name: str = "bcfc") -> Dataset:
         name: dataset name.
 
     Raises:
-        DatasetError: root missing, neither layout found, or an empty class folder.
+        DatasetError: root missing, neither layout found, split folders mixed with other
+            folders, an empty class folder, or a symlink resolving outside the root.
     """
     root = require_root(root, LAYOUT)
     folders = _class_folders(root)
+    skipped: list[tuple[str, str]] = []
     if folders:
         missing = [c for c in CLASSES if c not in folders]
         if missing:
             raise DatasetError(f"{root}: found {', '.join(f.name for f in folders.values())}/ "
                                f"but no {', '.join(missing)}/ folder; BCFC needs both classes")
-        return finish(name, "bcfc", root, CLASSES, _from_class_folders(root, folders, None))
+        records = _from_class_folders(root, root, folders, None, skipped)
+        return finish(name, "bcfc", root, CLASSES, records, skipped)
     splits = presplit_dirs(root)
     if not splits:
         raise DatasetError(f"{root} is not a BCFC root: expected {LAYOUT}; found: "
                            f"{short_list(visible_names(root))}")
-    records, skipped = [], []
+    others = [d.name for d in child_dirs(root) if d not in splits.values()]
+    if others:
+        raise DatasetError(f"{root} mixes split folders ({', '.join(sorted(splits))}) with other "
+                           f"folders ({short_list(others)}); move their images into train/ val/ "
+                           "test/ or out of the root")
+    loose_images(root, root, skipped)
+    records = []
     for split, folder in sorted(splits.items()):
         sub = _class_folders(folder)
         if sub:
-            records.extend(_from_class_folders(root, sub, split))
+            records.extend(_from_class_folders(root, folder, sub, split, skipped))
         else:
             records.extend(_from_prefixes(root, folder, split, skipped))
     if not records:

@@ -25,6 +25,8 @@ class DatasetReport:
         skipped: (path, reason) of images left out.
         problems: non-fatal findings, one sentence each.
         split_source: "official", a split file path, or "generated (not saved)".
+        images_opened: whether every image was decoded (False: only the layout was read, so
+            unreadable images are not found).
     """
 
     name: str
@@ -36,6 +38,7 @@ class DatasetReport:
     skipped: tuple[tuple[str, str], ...]
     problems: tuple[str, ...]
     split_source: str
+    images_opened: bool = True
 
     @property
     def total(self) -> int:
@@ -63,12 +66,17 @@ class DatasetReport:
             if len(self.skipped) > max_skipped:
                 out.append(f"  ... and {len(self.skipped) - max_skipped} more")
         out.extend(f"problem: {p}" for p in self.problems)
+        if not self.images_opened:
+            out.append("images: not opened (--no-verify-images), so corrupt or truncated images "
+                       "are not found by this check")
         if not self.problems and not self.skipped:
-            out.append("no problems found")
+            out.append("no problems found" if self.images_opened else
+                       "no layout problems found; the images themselves were not checked")
         return out
 
 
-def summarize(dataset: Dataset, split_source: str = "") -> DatasetReport:
+def summarize(dataset: Dataset, split_source: str = "", images_opened: bool = True
+              ) -> DatasetReport:
     """Count a dataset's records per class, split and level, and list what looks wrong."""
     counts = {c: {s: 0 for s in SPLITS} for c in dataset.classes}
     for rec in dataset.records:
@@ -94,20 +102,27 @@ def summarize(dataset: Dataset, split_source: str = "") -> DatasetReport:
         name=dataset.name, adapter=dataset.adapter, root=str(dataset.root),
         classes=tuple(dataset.classes), counts=counts, level_counts=level_counts,
         skipped=tuple(dataset.skipped), problems=tuple(problems),
-        split_source=split_source or ("official" if dataset.official_split else "generated"))
+        split_source=split_source or ("official" if dataset.official_split else "generated"),
+        images_opened=images_opened)
 
 
-def check_dataset(adapter: str, root, *, split_dir=None, **open_kwargs) -> DatasetReport:
+def check_dataset(adapter: str, root, *, split_dir=None, verify_images: bool = True,
+                  **open_kwargs) -> DatasetReport:
     """Open a dataset as :func:`open_dataset` would and report on it.
+
+    Every image is decoded by default (in parallel, and remembered in ``split_dir`` so a second
+    check only decodes new or changed files), so the report lists the images extraction would
+    leave out. ``verify_images=False`` reads only the layout and the report says so.
 
     Raises:
         DatasetError: whatever makes the dataset unusable (see :func:`open_dataset`).
     """
-    dataset = open_dataset(adapter, root, split_dir=split_dir, **open_kwargs)
+    dataset = open_dataset(adapter, root, split_dir=split_dir, verify_images=verify_images,
+                           **open_kwargs)
     if dataset.official_split:
         source = "official (from the dataset's own layout or label files)"
     elif split_dir is not None:
         source = f"seeded, stratified, saved in {Path(split_dir) / SPLIT_FILE}"
     else:
         source = "seeded, stratified, not saved (pass a split folder to keep it)"
-    return summarize(dataset, source)
+    return summarize(dataset, source, images_opened=verify_images)

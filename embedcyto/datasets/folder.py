@@ -4,6 +4,8 @@
 class folder names, sorted (so labels do not depend on the file system's listing order); in a
 pre-split layout they are the union over the split folders, and the split comes from the
 folders (``official_split=True``). Images are found recursively inside a class folder.
+Image files lying outside any class folder, broken symlinks and folders named like images are
+left out and reported; symlinks resolving outside the root are refused.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from embedcyto.datasets._common import (
     child_dirs,
     class_folder_records,
     finish,
+    loose_images,
     presplit_dirs,
     require_root,
     short_list,
@@ -44,8 +47,8 @@ def read_folder(root, *, name: str = "folder") -> Dataset:
         name: dataset name (names the store folder; give your dataset a name of its own).
 
     Raises:
-        DatasetError: root missing, no class folders, a mix of split and class folders, or an
-            empty class folder.
+        DatasetError: root missing, no class folders, a mix of split and class folders, an
+            empty class folder, or a symlink resolving outside the root.
     """
     root = require_root(root, LAYOUT)
     splits = presplit_dirs(root)
@@ -59,8 +62,12 @@ def read_folder(root, *, name: str = "folder") -> Dataset:
     else:
         per_split = {None: _class_dirs(root)}
     classes = tuple(sorted({c for dirs in per_split.values() for c in dirs}))
-    records = []
+    records, skipped = [], []
+    loose_images(root, root, skipped)
     for split, dirs in per_split.items():
+        if split is not None:
+            loose_images(root, splits[split], skipped)
         for cls, folder in dirs.items():
-            records += class_folder_records(root, folder, classes.index(cls), split)
-    return finish(name, "folder", root, classes, records, official_split=bool(splits))
+            records += class_folder_records(root, folder, classes.index(cls), skipped, split)
+    return finish(name, "folder", root, classes, records, skipped,
+                  official_split=bool(splits))

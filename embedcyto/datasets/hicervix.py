@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embedcyto.datasets._common import require_root, safe_join, short_list
+from embedcyto.datasets._common import file_problem, require_root, safe_join, short_list
 from embedcyto.datasets.hicervix_labels import (
     CLASSES,
     LABEL_SPACES,
@@ -66,13 +66,15 @@ def read_hicervix(root, *, name: str = "hicervix", csv_dir=None,
         raise DatasetError(f"{root} is not a HiCervix root: expected {LAYOUT}; found: {found}"
                            f"{hint}")
     dataset = read_hicervix_labels(csv_dir, root=root, name=name)
-    kept, missing = [], []
+    kept, missing, reasons = [], [], []
     for rec in dataset.records:
         path = safe_join(root, rec.path, f"{csv_dir / (rec.split + '.csv')}, image {rec.path}")
-        if path.is_file():
+        problem = file_problem(path)
+        if problem is None:
             kept.append(rec)
         else:
             missing.append(rec.path)
+            reasons.append(f"listed in the CSV but {problem}")
     if missing and not kept:
         raise DatasetError(f"none of the {len(missing)} images listed in the CSVs exists under "
                            f"{root} (e.g. {missing[0]}); point --root at the folder holding "
@@ -82,5 +84,5 @@ def read_hicervix(root, *, name: str = "hicervix", csv_dir=None,
                            f" {short_list(missing, 5)}; restore them or use on_bad_image='skip' "
                            "to leave them out (the official test subsets then shrink)")
     dataset.records = kept
-    dataset.skipped = sorted((p, "listed in the CSV but the file is missing") for p in missing)
+    dataset.skipped = sorted(zip(missing, reasons))
     return dataset

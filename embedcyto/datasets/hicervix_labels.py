@@ -20,11 +20,13 @@ Label spaces (classes in the order of their first appearance by ``class_id``):
 from __future__ import annotations
 
 import csv
+import io
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from embedcyto.datasets._common import read_utf8
 from embedcyto.datasets.records import SPLITS, Dataset, LabelSpace, Record
 from embedcyto.errors import DatasetError
 
@@ -131,29 +133,36 @@ def _parse_row(row: dict, where: str) -> int:
     return index
 
 
+def _records(reader: csv.DictReader, path: Path, split: str) -> list[Record]:
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DatasetError(f"{path}, line 1: missing column(s) {', '.join(missing)}; "
+                           f"HiCervix CSVs have the columns {','.join(COLUMNS)}")
+    records, seen, end = [], {}, reader.line_num
+    for row in reader:
+        line, end = end + 1, reader.line_num  # where the row starts
+        where = f"{path}, line {line}"
+        if None in row or any(row[c] is None for c in COLUMNS):
+            raise DatasetError(f"{where}: wrong number of cells; expected {len(COLUMNS)}")
+        name = _check_name(row["image_name"], where)
+        if name in seen:
+            raise DatasetError(f"{where}: image {name} already listed on line {seen[name]}")
+        seen[name] = line
+        index = _parse_row(row, where)
+        levels = tuple(LEVEL_MAPS[level][index] for level in LEVEL_NAMES)
+        records.append(Record(path=f"{split}/{name}", label=index, split=split, levels=levels))
+    return records
+
+
 def _read_split_csv(path: Path, split: str) -> list[Record]:
     if not path.is_file():
         raise DatasetError(f"HiCervix label file {path} not found; expected train.csv, val.csv "
                            "and test.csv beside the train/ val/ test/ folders (or pass csv_dir)")
-    records, seen = [], {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DatasetError(f"{path}, line 1: missing column(s) {', '.join(missing)}; "
-                               f"HiCervix CSVs have the columns {','.join(COLUMNS)}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}, line {line}"
-            if None in row or any(row[c] is None for c in COLUMNS):
-                raise DatasetError(f"{where}: wrong number of cells; expected {len(COLUMNS)}")
-            name = _check_name(row["image_name"], where)
-            if name in seen:
-                raise DatasetError(f"{where}: image {name} already listed on line {seen[name]}")
-            seen[name] = line
-            index = _parse_row(row, where)
-            levels = tuple(LEVEL_MAPS[level][index] for level in LEVEL_NAMES)
-            records.append(Record(path=f"{split}/{name}", label=index, split=split,
-                                  levels=levels))
+    reader = csv.DictReader(io.StringIO(read_utf8(path), newline=""))
+    try:
+        records = _records(reader, path, split)
+    except csv.Error as err:
+        raise DatasetError(f"{path}, line {reader.line_num}: {err}; fix the CSV") from None
     if not records:
         raise DatasetError(f"{path} lists no images")
     return records

@@ -12,6 +12,7 @@ from embedcyto.datasets._common import (
     child_dirs,
     class_folder_records,
     finish,
+    loose_images,
     require_root,
     short_list,
     visible_names,
@@ -64,7 +65,8 @@ def read_mlcc(root, *, name: str = "mlcc") -> Dataset:
             + ", ".join(f"'{FOLDERS[c]}'" for c in CLASSES)
             + f"; missing {', '.join(repr(m) for m in missing)}; found: "
             f"{short_list(visible_names(root))}")
-    records = []
+    records, skipped = [], []
+    loose_images(root, root, skipped)
     for label, cls in enumerate(CLASSES):
-        records += class_folder_records(root, present[_normalise(FOLDERS[cls])], label)
-    return finish(name, "mlcc", root, CLASSES, records)
+        records += class_folder_records(root, present[_normalise(FOLDERS[cls])], label, skipped)
+    return finish(name, "mlcc", root, CLASSES, records, skipped)

@@ -62,6 +62,11 @@ class Dataset:
         official_split: True when the splits come from the dataset itself (HiCervix CSVs or a
             pre-split folder layout) rather than from embedcyto's seeded split.
         skipped: (path, reason) for images found but left out (documented, reported skips).
+        split_hash: identity of the split the records carry: "official", the hash of the saved
+            split file they were given (see :func:`embedcyto.datasets.splits.assign_splits`),
+            or None for a split that was not saved.
+        file_digests: image path -> content digest, filled as digests are computed (by the
+            image check or by :meth:`fingerprint`); a cache, not part of the dataset's value.
     """
 
     name: str
@@ -75,25 +80,29 @@ class Dataset:
     level_maps: dict[str, tuple[int, ...]] = field(default_factory=dict)
     official_split: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    split_hash: str | None = None
+    file_digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """A hash of what the dataset *is*: paths, labels, splits, groups, levels, file sizes.
+        """A hash of what the dataset *is*: paths, labels, splits, groups, levels, file contents.
 
-        Two reads of the same folder give the same fingerprint; adding, removing, relabelling or
-        re-splitting any image changes it. File sizes (not mtimes) are hashed so copying a
-        dataset to another disk keeps its fingerprint.
+        Two reads of the same folder give the same fingerprint; adding, removing, relabelling,
+        re-splitting or replacing any image changes it, even by a file of the same size and
+        modification time. Each file enters through its content digest
+        (:func:`embedcyto.datasets.digest.file_digest`: size and sampled blocks), not its mtime,
+        so copying a dataset to another disk keeps its fingerprint. Digests already in
+        ``file_digests`` (filled by the image check of ``open_dataset``) are reused.
         """
-        digest = hashlib.sha256()
-        digest.update(json.dumps([self.name, list(self.classes)]).encode())
-        for rec in self.records:
-            try:
-                size = (self.root / rec.path).stat().st_size
-            except OSError:
-                size = -1
-            row = [rec.path, rec.label, rec.split, rec.group, list(rec.levels or ()), size]
-            digest.update(json.dumps(row).encode())
-        return digest.hexdigest()
+        from embedcyto.datasets.digest import digests
 
-    def split_records(self, split: str) -> list[Record]:
-        """Records of one split, in dataset order."""
-        return [r for r in self.records if r.split == split]
+        todo = [r.path for r in self.records if r.path not in self.file_digests]
+        for path, digest in zip(todo, digests(self.root, todo)):
+            if digest is not None:
+                self.file_digests[path] = digest
+        hasher = hashlib.sha256()
+        hasher.update(json.dumps([self.name, list(self.classes)]).encode())
+        for rec in self.records:
+            row = [rec.path, rec.label, rec.split, rec.group, list(rec.levels or ()),
+                   self.file_digests.get(rec.path, "missing")]
+            hasher.update(json.dumps(row).encode())
+        return hasher.hexdigest()

@@ -5,6 +5,7 @@ Nothing registers itself at import time; adding an adapter means adding one row 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass
 
@@ -59,11 +60,13 @@ def get_adapter(name: str) -> AdapterInfo:
     """The adapter called ``name``.
 
     Raises:
-        DatasetError: unknown name (the message lists the known ones).
+        DatasetError: unknown name (the message lists the known ones and close matches).
     """
     for row in _ROWS:
         if row[0] == name:
             return _info(*row)
-    known = ", ".join(row[0] for row in _ROWS)
-    raise DatasetError(f"unknown dataset adapter {name!r}; choose one of {known} "
-                       "(see `embedcyto datasets list`)")
+    names = [row[0] for row in _ROWS]
+    close = difflib.get_close_matches(str(name).lower(), names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise DatasetError(f"unknown dataset adapter {name!r}.{hint} Known adapters: "
+                       f"{', '.join(names)} (see `embedcyto datasets list`)")

@@ -95,7 +95,7 @@ def read_sipakmed(root, *, name: str = "sipakmed") -> Dataset:
     records, skipped = [], []
     for label, (cls, class_dir) in enumerate(_class_dirs(root).items()):
         cropped = _cropped_dir(class_dir)
-        crops = list_images(cropped, recursive=False, extensions=(".bmp",))
+        crops = list_images(cropped, root, skipped, recursive=False, extensions=(".bmp",))
         if not crops:
             raise DatasetError(f"{cropped} contains no .bmp crops; SIPaKMeD class {cls} is empty."
                                " Unpack its archive again or check the root")

@@ -14,15 +14,24 @@ closest (least squares) to their targets.
 
 ``splits.json``: ``{"version": 1, "adapter", "seed", "ratios", "fingerprint" (sha256 of the
 sorted (path, class name) pairs), "assignments": {path: split}, "labels": {path: class}}``.
+
+Two first runs may meet on a fresh split folder (say, two extractions started at once with
+different seeds). Creating the file therefore happens under a lock (``.splits.json.lock``, a
+POSIX record lock, released when its process dies): the second run finds the first one's file
+and checks it like any saved split. The split's identity recorded in stores and LoRA runs is the
+hash of the split the records actually carry (``Dataset.split_hash``), never a re-read of a
+file another process may have replaced since.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
-import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,10 +40,14 @@ import numpy as np
 from embedcyto.datasets._common import short_list
 from embedcyto.datasets.records import SPLITS, Dataset
 from embedcyto.errors import SplitError
+from embedcyto.fsio import atomic_write_json
 
 SPLIT_FILE = "splits.json"
+SPLIT_LOCK = ".splits.json.lock"
 SPLIT_VERSION = 1
 DEFAULT_RATIOS = (0.7, 0.1, 0.2)
+#: How long a run waits for another process that is creating the same split file.
+LOCK_WAIT_S = 120.0
 
 
 def check_ratios(ratios) -> tuple[float, float, float]:
@@ -120,17 +133,48 @@ def _generate(dataset: Dataset, seed: int, ratios) -> dict[str, str]:
     return {r.path: str(s) for r, s in zip(dataset.records, splits, strict=True)}
 
 
-def _write_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".splits-", suffix=".tmp", dir=path.parent)
+@contextlib.contextmanager
+def split_file_lock(folder: Path, wait_s: float = LOCK_WAIT_S):
+    """Hold the split folder's lock: one process at a time creates its ``splits.json``.
+
+    A POSIX record lock (``lockf``): forked decoding workers do not inherit it and the kernel
+    drops it when its process dies, so a killed run never blocks the next one.
+
+    Raises:
+        SplitError: the folder cannot be written, or another process held the lock longer than
+            ``wait_s`` seconds.
+    """
+    lock_file = Path(folder) / SPLIT_LOCK
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise SplitError(f"cannot create {lock_file} ({err}); make {folder} writable or choose "
+                         "another store folder") from None
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except (BlockingIOError, PermissionError):
+                if time.monotonic() > deadline:
+                    raise SplitError(
+                        f"another process has been creating {Path(folder) / SPLIT_FILE} for "
+                        f"{wait_s:.0f} s; wait for it to finish, or stop it and run again"
+                    ) from None
+                time.sleep(0.05)
+            except OSError as err:
+                raise SplitError(f"cannot lock {lock_file} ({err}); put the store folder on a "
+                                 "file system that supports locks") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _content_hash(data: dict) -> str:
+    canonical = {k: data[k] for k in ("seed", "ratios", "fingerprint", "assignments")}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def load_split_file(path) -> dict:
@@ -168,7 +212,8 @@ def _check_saved(saved: dict, dataset: Dataset, seed: int, ratios, fingerprint: 
                  path: Path) -> None:
     if saved["adapter"] != dataset.adapter:
         raise SplitError(f"{path} was made for the {saved['adapter']} adapter, not "
-                         f"{dataset.adapter}; use another --split-dir for this dataset")
+                         f"{dataset.adapter}; give this dataset a name of its own (--name; in "
+                         "Python name=, or another split_dir)")
     if saved["seed"] != seed or not np.allclose(saved["ratios"], ratios):
         raise SplitError(
             f"{path} was made with seed {saved['seed']} and ratios {tuple(saved['ratios'])}, but "
@@ -182,36 +227,51 @@ def _check_saved(saved: dict, dataset: Dataset, seed: int, ratios, fingerprint: 
             "a new split (results made with the old split are then no longer comparable)")
 
 
+def _saved_or_new(dataset: Dataset, path: Path, seed: int, ratios, fingerprint: str) -> dict:
+    """The saved split (checked), or a new one written under the lock when there is none."""
+    if not path.exists():
+        with split_file_lock(path.parent):
+            if not path.exists():
+                payload = {
+                    "version": SPLIT_VERSION, "adapter": dataset.adapter, "seed": seed,
+                    "ratios": list(ratios), "fingerprint": fingerprint,
+                    "assignments": _generate(dataset, seed, ratios),
+                    "labels": {r.path: dataset.classes[r.label] for r in dataset.records}}
+                atomic_write_json(path, payload, indent=1)
+                return payload
+    saved = load_split_file(path)
+    _check_saved(saved, dataset, seed, ratios, fingerprint, path)
+    return saved
+
+
 def assign_splits(dataset: Dataset, *, split_dir=None, seed: int = 0,
                   ratios=DEFAULT_RATIOS) -> Path | None:
     """Give every record a split, in place; return the split file used (None when none).
 
-    Official splits are kept as they are (``seed``, ``ratios`` and ``split_dir`` are unused).
-    Otherwise ``split_dir/splits.json`` is reused when present and consistent, or made and
-    written when absent. Without ``split_dir`` the split is generated and not saved (still
-    deterministic for a seed).
+    Official splits are kept as they are (``seed``, ``ratios`` and ``split_dir`` are unused;
+    ``dataset.split_hash`` becomes ``"official"``). Otherwise ``split_dir/splits.json`` is
+    reused when present and consistent, or made and written when absent (under a lock, so two
+    first runs cannot both write one), and ``dataset.split_hash`` is set to the hash of the
+    split used. Without ``split_dir`` the split is generated and not saved (still deterministic
+    for a seed) and ``dataset.split_hash`` stays None.
 
     Raises:
         SplitError: bad ratios, a malformed split file, or one that disagrees with the dataset
             or with the requested seed/ratios.
     """
     if dataset.official_split:
+        dataset.split_hash = "official"
         return None
     ratios = check_ratios(ratios)
     fingerprint = split_fingerprint(dataset)
     path = Path(split_dir) / SPLIT_FILE if split_dir is not None else None
-    if path is not None and path.exists():
-        saved = load_split_file(path)
-        _check_saved(saved, dataset, seed, ratios, fingerprint, path)
-        mapping = saved["assignments"]
+    if path is None:
+        mapping, digest = _generate(dataset, seed, ratios), None
     else:
-        mapping = _generate(dataset, seed, ratios)
-        if path is not None:
-            _write_atomic(path, {
-                "version": SPLIT_VERSION, "adapter": dataset.adapter, "seed": seed,
-                "ratios": list(ratios), "fingerprint": fingerprint, "assignments": mapping,
-                "labels": {r.path: dataset.classes[r.label] for r in dataset.records}})
+        used = _saved_or_new(dataset, path, seed, ratios, fingerprint)
+        mapping, digest = used["assignments"], _content_hash(used)
     dataset.records = [replace(r, split=mapping[r.path]) for r in dataset.records]
+    dataset.split_hash = digest
     return path
 
 
@@ -220,6 +280,31 @@ def split_hash(split_file) -> str:
 
     Hashes the canonical JSON rather than the bytes, so re-indenting the file keeps its hash.
     """
-    data = load_split_file(split_file)
-    canonical = {k: data[k] for k in ("seed", "ratios", "fingerprint", "assignments")}
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+    return _content_hash(load_split_file(split_file))
+
+
+def dataset_split_hash(dataset: Dataset, split_dir=None) -> str:
+    """The identity of the split ``dataset``'s records carry, for store and run provenance.
+
+    ``"official"`` for given splits; the hash :func:`assign_splits` recorded for the split it
+    used; for records split by other means, the hash of ``split_dir/splits.json`` provided the
+    records agree with it.
+
+    Raises:
+        SplitError: no saved split to name, or records that disagree with the saved file.
+    """
+    if dataset.official_split:
+        return "official"
+    if dataset.split_hash is not None:
+        return dataset.split_hash
+    path = Path(split_dir) / SPLIT_FILE if split_dir is not None else None
+    if path is None or not path.exists():
+        raise SplitError(f"dataset {dataset.name!r} has no saved split file; open it with "
+                         "split_dir= so its split is saved once and shared by every model")
+    saved = load_split_file(path)
+    differ = [r.path for r in dataset.records if saved["assignments"].get(r.path) != r.split]
+    if differ:
+        raise SplitError(f"the splits of {len(differ)} record(s) of {dataset.name!r} differ from "
+                         f"{path} (e.g. {short_list(differ, 3)}); open the dataset again with "
+                         "split_dir= so the records carry the saved split")
+    return _content_hash(saved)

@@ -7,17 +7,28 @@ hierarchy, coarse to fine). Column names are options; the defaults are ``path``,
 name you pass explicitly must exist). Classes are the label values sorted, unless ``classes``
 gives their order. Paths are relative to the dataset root and may not leave it. Rows whose
 image is missing are handled like HiCervix's (reported skip, or an error with
-``on_bad_image="error"``).
+``on_bad_image="error"``), and so are rows with an empty label. The file must be UTF-8; labels
+that a store or a report table cannot carry (control characters, ``|``) are refused.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path, PurePosixPath
 
-from embedcyto.datasets._common import SPLIT_ALIASES, finish, require_root, safe_join, short_list
+from embedcyto.datasets._common import (
+    SPLIT_ALIASES,
+    file_problem,
+    finish,
+    read_utf8,
+    require_root,
+    safe_join,
+    short_list,
+)
 from embedcyto.datasets.records import LabelSpace, Record
 from embedcyto.errors import DatasetError
+from embedcyto.names import name_problem
 
 LAYOUT = ("a CSV (default root/labels.csv) with columns path,label and optionally split, group "
           "and level columns; paths relative to the root")
@@ -35,35 +46,45 @@ def _as_tuple(value) -> tuple[str, ...]:
 
 
 def _pick_column(header: list[str], wanted: str | None, default: str, path: Path) -> str | None:
+    """The optional column to use: as named, or for the default name in any case (``Split``),
+    or None when a default-named column is absent."""
     if wanted is None:
         return None
     if wanted in header:
         return wanted
     if wanted == default:
-        return None
+        return next((h for h in header if h.strip().lower() == default), None)
     raise DatasetError(f"{path}, line 1: no column {wanted!r}; columns are {', '.join(header)}")
 
 
 def _read_rows(csv_file: Path, columns: dict[str, str | None],
                levels: tuple[str, ...]) -> list[tuple[int, dict]]:
-    with csv_file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        for key in ("path", "label"):
-            if columns[key] not in header:
-                raise DatasetError(f"{csv_file}, line 1: missing {key} column {columns[key]!r}; "
-                                   f"columns are {', '.join(header) or '(none)'}; pass "
-                                   f"{key}_column=<name>")
-        for key, default in (("split", "split"), ("group", "group")):
-            columns[key] = _pick_column(header, columns[key], default, csv_file)
-        absent = [c for c in levels if c not in header]
-        if absent:
-            raise DatasetError(f"{csv_file}, line 1: no level column(s) {', '.join(absent)}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if None in row or any(v is None for v in row.values()):
-                raise DatasetError(f"{csv_file}, line {line}: wrong number of cells")
-            rows.append((line, row))
+    reader = csv.DictReader(io.StringIO(read_utf8(csv_file), newline=""))
+    try:
+        return _rows(reader, csv_file, columns, levels)
+    except csv.Error as err:
+        raise DatasetError(f"{csv_file}, line {reader.line_num}: {err}; fix the CSV") from None
+
+
+def _rows(reader: csv.DictReader, csv_file: Path, columns: dict[str, str | None],
+          levels: tuple[str, ...]) -> list[tuple[int, dict]]:
+    header = list(reader.fieldnames or [])
+    for key in ("path", "label"):
+        if columns[key] not in header:
+            raise DatasetError(f"{csv_file}, line 1: missing {key} column {columns[key]!r}; "
+                               f"columns are {', '.join(header) or '(none)'}; pass "
+                               f"{key}_column=<name>")
+    for key in ("split", "group"):
+        columns[key] = _pick_column(header, columns[key], key, csv_file)
+    absent = [c for c in levels if c not in header]
+    if absent:
+        raise DatasetError(f"{csv_file}, line 1: no level column(s) {', '.join(absent)}")
+    rows, end = [], reader.line_num
+    for row in reader:
+        line, end = end + 1, reader.line_num  # where the row starts (a quoted cell may span lines)
+        if None in row or any(v is None for v in row.values()):
+            raise DatasetError(f"{csv_file}, line {line}: wrong number of cells")
+        rows.append((line, row))
     if not rows:
         raise DatasetError(f"{csv_file} lists no images")
     return rows
@@ -104,23 +125,27 @@ def read_table(root, *, name: str = "csv", csv_file=None, path_column: str = "pa
     columns = {"path": path_column, "label": label_column, "split": split_column,
                "group": group_column}
     rows = _read_rows(csv_path, columns, levels)
-    labels = [row[columns["label"]].strip() for _, row in rows]
-    order = _as_tuple(classes) or tuple(sorted(set(labels)))
+    labels = _labels(rows, columns["label"], csv_path)
+    order = _as_tuple(classes) or tuple(sorted(set(labels) - {""}))
     spaces = {c: LabelSpace(c, tuple(sorted({r[c].strip() for _, r in rows} - {""})))
               for c in levels}
-    records, missing, seen = [], [], {}
+    records, missing, unlabelled, seen = [], [], [], {}
     for (line, row), label in zip(rows, labels, strict=True):
         where = f"{csv_path}, line {line}"
-        if label not in order:
-            raise DatasetError(f"{where}: label {label!r} is not among the classes "
-                               f"{short_list(order)}")
         full = safe_join(root, row[columns["path"]], where)
         rel = str(PurePosixPath(row[columns["path"]].strip().replace("\\", "/")))
         if rel in seen:
             raise DatasetError(f"{where}: image {rel} already listed on line {seen[rel]}")
         seen[rel] = line
-        if not full.is_file():
-            missing.append(rel)
+        if not label:
+            unlabelled.append((rel, f"no label on line {line} of {csv_path.name}"))
+            continue
+        if label not in order:
+            raise DatasetError(f"{where}: label {label!r} is not among the classes "
+                               f"{short_list(order)}")
+        problem = file_problem(full)
+        if problem is not None:
+            missing.append((rel, f"listed in the CSV but {problem}"))
             continue
         split = _split_of(row[columns["split"]], where) if columns["split"] else None
         group = (row[columns["group"]].strip() or None) if columns["group"] else None
@@ -128,11 +153,28 @@ def read_table(root, *, name: str = "csv", csv_file=None, path_column: str = "pa
                    for c in levels) or None
         records.append(Record(path=rel, label=order.index(label), split=split, group=group,
                               levels=lv))
-    _check_missing(root, missing, records, on_bad_image)
+    _check_missing(root, [p for p, _ in missing], records, on_bad_image)
     extra = _level_metadata(rows, columns["label"], order, levels, spaces)
-    skipped = [(p, "listed in the CSV but the file is missing") for p in missing]
-    return finish(name, "csv", root, order, records, skipped,
+    return finish(name, "csv", root, order, records, missing + unlabelled,
                   official_split=columns["split"] is not None, **extra)
+
+
+def _labels(rows: list[tuple[int, dict]], column: str, csv_path: Path) -> list[str]:
+    """Each row's label without surrounding blanks ("" for an empty cell, a reported skip).
+
+    Raises:
+        DatasetError: a label that stores or reports cannot carry (NUL, newline, ``|``...),
+            with its line.
+    """
+    labels = []
+    for line, row in rows:
+        label = row[column].strip()
+        problem = name_problem(label) if label else None
+        if problem is not None:
+            raise DatasetError(f"{csv_path}, line {line}: label {label!r} {problem}; correct "
+                               "the label")
+        labels.append(label)
+    return labels
 
 
 def _check_missing(root: Path, missing: list[str], records: list[Record], on_bad_image: str):

@@ -2,15 +2,16 @@
 
 Pairing with the probe stage: for ``shots=K`` and ``seed=S`` the training set is
 ``support_indices(train ids, train labels, K, seed=S, episode=0)`` from
-:mod:`embedcyto.probes.episodes` — the support set of the first episode (episode 0) that
+:mod:`embedcyto.datasets.sampling` — the support set of the first episode (episode 0) that
 ``embedcyto probe --shots K --seeds S`` evaluates for every model. Because that draw depends only
 on the sorted training ids, their labels, K, S and the episode, the LoRA run and every probe use
 the same images whatever order the store rows are in.
 
 Validation takes ``min(K, 4)`` images of each class from the validation split (all of a class
 when it has fewer), test is the whole test split. With ``fraction=P`` both training and validation
-take P percent of each class (at least one image per class present). Every draw is a pure
-function of the split's ids, labels and the seed.
+take P percent of each class (at least one image per class present), nested: for one seed the
+10 % subset lies inside the 20 % subset, and so on. Every draw is a pure function of the split's
+ids, labels and the seed (see :mod:`embedcyto.datasets.sampling`).
 
 Training batches: the training images are visited in a fresh seeded permutation per pass,
 batches run across pass boundaries, and each image carries its own augmentation seed, so the run
@@ -20,13 +21,13 @@ is cut into one contiguous slice per rank (:func:`rank_plan`); the seeds travel 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from embedcyto.datasets.records import Dataset
-from embedcyto.errors import LoraError, ProbeError
+from embedcyto.datasets.sampling import fraction_indices, per_class_indices, support_indices
+from embedcyto.errors import LoraError, SamplingError
 from embedcyto.lora.config import LoraRunConfig
 
 #: Validation images per class in few-shot runs: min(K, this).
@@ -52,65 +53,43 @@ def _ids_labels(dataset: Dataset, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     return ids, labels
 
 
-def _rng(seed: int, tag: str, ids: np.ndarray, amount: float) -> np.random.Generator:
-    """A generator seeded by (seed, purpose, amount, the sorted ids): a pure function of data."""
-    digest = hashlib.sha256("\n".join(sorted(ids.tolist())).encode()).digest()
-    words = [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
-    tag_word = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:4], "little")
-    return np.random.default_rng([int(seed), tag_word, int(round(amount * 1000)), *words])
-
-
 def support_rows(dataset: Dataset, shots: int, seed: int) -> np.ndarray:
     """The probe stage's support set of (shots, seed), episode 0, as rows of ``dataset``.
 
     Raises:
         LoraError: a class has fewer than ``shots`` training images (named, with its count).
     """
-    from embedcyto.probes.episodes import support_indices
-
     train = _split_rows(dataset, "train")
     ids, labels = _ids_labels(dataset, train)
     try:
         picked = support_indices(ids, labels, shots, seed, 0, n_classes=len(dataset.classes),
                                  class_names=dataset.classes)
-    except ProbeError as err:
+    except SamplingError as err:
         raise LoraError(f"{dataset.name}: {err}") from err
     return train[picked]
-
-
-def _per_class_take(ids: np.ndarray, labels: np.ndarray, n_classes: int, count,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Positions of ``count(n_c)`` images of each class, drawn in id order by ``rng``."""
-    order = np.argsort(ids, kind="stable")
-    chosen = []
-    for c in range(n_classes):
-        members = order[labels[order] == c]
-        take = min(count(members.size), members.size)
-        if take:
-            chosen.append(np.sort(members[rng.choice(members.size, take, replace=False)]))
-    return np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
 
 
 def validation_rows(dataset: Dataset, per_class: int, seed: int) -> np.ndarray:
     """``per_class`` validation images of each class (all of a class that has fewer)."""
     val = _split_rows(dataset, "val")
     ids, labels = _ids_labels(dataset, val)
-    rng = _rng(seed, "val", ids, per_class)
-    return val[_per_class_take(ids, labels, len(dataset.classes), lambda n: per_class, rng)]
+    return val[per_class_indices(ids, labels, per_class, seed, "val",
+                                 n_classes=len(dataset.classes))]
 
 
 def fraction_rows(dataset: Dataset, split: str, percent: float, seed: int) -> np.ndarray:
-    """``percent`` % of each class of ``split`` (rounded, at least one image per class present)."""
+    """``percent`` % of each class of ``split`` (rounded, at least one image per class present),
+    nested across percentages for one seed."""
     rows = _split_rows(dataset, split)
     ids, labels = _ids_labels(dataset, rows)
     if percent >= 100:
         return rows
-    rng = _rng(seed, f"fraction-{split}", ids, percent)
-
-    def count(n: int) -> int:
-        return max(1, int(round(n * percent / 100.0))) if n else 0
-
-    return rows[_per_class_take(ids, labels, len(dataset.classes), count, rng)]
+    try:
+        picked = fraction_indices(ids, labels, percent, seed, f"fraction-{split}",
+                                  n_classes=len(dataset.classes))
+    except SamplingError as err:
+        raise LoraError(f"{dataset.name}: {err}") from err
+    return rows[picked]
 
 
 def _check_train_classes(dataset: Dataset, rows: np.ndarray) -> None:

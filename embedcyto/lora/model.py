@@ -63,7 +63,7 @@ def enable_grad_checkpointing(model: nn.Module) -> str:
     """Switch on the model library's own gradient checkpointing; returns the module's type.
 
     open_clip's ``VisionTransformer`` and timm's ``VisionTransformer`` both expose
-    ``set_grad_checkpointing``: each transformer block's activations are then recomputed during
+    ``set_grad_checkpointing`` (transformers models: ``activation_checkpointing_enable``): each transformer block's activations are then recomputed during
     the backward pass (``torch.utils.checkpoint``, non-reentrant in open_clip), so gradients
     still reach the LoRA matrices inside the blocks. The outermost module that offers the
     switch is used (BiomedCLIP: the timm trunk).
@@ -72,6 +72,11 @@ def enable_grad_checkpointing(model: nn.Module) -> str:
         LoraError: the backbone offers no gradient checkpointing.
     """
     for module in model.modules():
+        if _is_transformers_model(module):  # transformers' own switch, non-reentrant
+            switch = getattr(module, "activation_checkpointing_enable", None)  # transformers 5
+            switch = switch or module.gradient_checkpointing_enable
+            switch({"use_reentrant": False})
+            return type(module).__name__
         switch = getattr(module, "set_grad_checkpointing", None)
         if callable(switch) and not isinstance(module, LoraClassifier):
             try:
@@ -82,6 +87,13 @@ def enable_grad_checkpointing(model: nn.Module) -> str:
             return type(module).__name__
     raise LoraError("this backbone offers no gradient checkpointing; run without "
                     "--grad-checkpointing")
+
+
+def _is_transformers_model(module: nn.Module) -> bool:
+    import sys
+
+    transformers = sys.modules.get("transformers")  # loaded only if a transformers card is used
+    return transformers is not None and isinstance(module, transformers.PreTrainedModel)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

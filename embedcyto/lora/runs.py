@@ -8,7 +8,8 @@ Layout (``runs`` is ``./runs`` unless ``--runs DIR``)::
         config.json          the run config, the card, hashes of the support set, split, weights
         rows.json            image ids (and labels) of the train / val rows
         metrics.json         test metrics (per level for HiCervix), validation, timings
-        predictions.npz      test ids, labels, predictions and probabilities
+        predictions.npz      test (and validation) ids, labels and probabilities
+                             (format: :mod:`embedcyto.predictions`)
         train_log.jsonl      one line per step: step, loss, lr (and val accuracy when evaluated)
         COMPLETE             written last
 
@@ -214,7 +215,7 @@ def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_has
     The number of ranks is not part of it: a distributed run gives a single process's result.
     """
     train_ids = sorted(dataset.records[i].path for i in train_rows)
-    return {"config": config.identity(), "card": card.to_dict(),
+    return {"config": config.identity(), "card": card.identity_dict(),
             "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
             "dataset_fingerprint": dataset.fingerprint(),
             "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
@@ -246,10 +247,12 @@ def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device,
     }
 
 
-def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray) -> None:
+def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray,
+                 val_proba: np.ndarray | None = None) -> None:
     """Adapter, head, ``rows.json`` and ``predictions.npz`` of a trained and tested run."""
     from safetensors.torch import save_file
 
+    from embedcyto import predictions
     from embedcyto.lora.adapters import save_adapter
 
     def part(idx):
@@ -261,7 +264,14 @@ def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray) -> None:
     save_file(head, str(folder / HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
     write_json(folder / ROWS_FILE, {"train": part(rows.train), "val": part(rows.val),
                                     "n_test": int(len(rows.test))})
-    np.savez(folder / PREDICTIONS_FILE,
-             ids=np.array([dataset.records[i].path for i in rows.test], dtype=str),
-             labels=np.array([dataset.records[i].label for i in rows.test], dtype=np.int64),
-             predictions=proba.argmax(axis=1), proba=proba.astype(np.float32))
+    test, val = part(rows.test), part(rows.val)
+    levels = None
+    if dataset.level_names:
+        levels = [dataset.records[i].levels for i in rows.test]
+    meta = {"dataset": dataset.name, "level_names": list(dataset.level_names),
+            "level_maps": {n: list(m) for n, m in dataset.level_maps.items()},
+            "level_classes": {n: list(dataset.label_spaces[n].classes)
+                              for n in dataset.level_names if n in dataset.label_spaces}}
+    predictions.write_predictions(folder / PREDICTIONS_FILE, predictions.pack(
+        test["ids"], test["labels"], proba, dataset.classes, meta, levels=levels,
+        val=None if val_proba is None else (val["ids"], val["labels"], val_proba)))

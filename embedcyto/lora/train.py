@@ -380,7 +380,9 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
         metrics.update(fit, n_train=int(len(rows.train)), n_val=int(len(rows.val)),
                        n_test=int(len(rows.test)), iterations=iterations,
                        test_seconds=round(time.perf_counter() - test_start, 3))
-        runs.save_outputs(folder, model, dataset, rows, proba)
+        val_proba = predict_proba(model, dataset, rows.val, device=device,
+                                  num_workers=config.num_workers) if len(rows.val) else None
+        runs.save_outputs(folder, model, dataset, rows, proba, val_proba)
         runs.write_json(folder / runs.METRICS_FILE, metrics)
         return metrics
 

@@ -15,6 +15,8 @@ equivalent module that owns one ``nn.Linear`` per projection, which peft can the
 
 Module names after unfusing, per target: q = ``...attn.q_proj`` / ``...attn.qkv.q_proj``,
 k and v likewise, o = ``...attn.out_proj`` (open_clip) / ``...attn.proj`` (timm).
+transformers models need no unfusing: their attention already owns ``q_proj``, ``k_proj``,
+``v_proj`` and ``o_proj`` (CLIP: ``out_proj``), which are targeted as they are.
 """
 
 from __future__ import annotations
@@ -197,6 +199,22 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _separate_projections(module: nn.Module) -> dict[str, str] | None:
+    """q/k/v/o child names of an attention that already owns one linear layer per projection.
+
+    transformers' ViT and DINOv2 (``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``) and CLIP
+    (``out_proj``) are built that way: peft targets those layers directly, nothing is unfused.
+    """
+    if isinstance(module, UnfusedMultiheadAttention):
+        return None
+    children = dict(module.named_children())
+    out = "o_proj" if "o_proj" in children else "out_proj"
+    names = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": out}
+    if all(isinstance(children.get(n), nn.Linear) for n in names.values()):
+        return names
+    return None
+
+
 def target_module_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
     """Full names of the linear layers for ``targets`` (subset of q, k, v, o) in an unfused model.
 
@@ -213,6 +231,8 @@ def target_module_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]
             names += [_join(name, parts[t]) for t in targets]
         elif isinstance(getattr(module, "qkv", None), SplitQKV):
             parts = {"q": "qkv.q_proj", "k": "qkv.k_proj", "v": "qkv.v_proj", "o": "proj"}
+            names += [_join(name, parts[t]) for t in targets]
+        elif (parts := _separate_projections(module)) is not None:
             names += [_join(name, parts[t]) for t in targets]
     if not names:
         raise LoraError("no unfused attention found: call unfuse_attention(model) first")

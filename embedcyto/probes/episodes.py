@@ -1,11 +1,9 @@
 """Few-shot episodes: support sets shared by every model, and fast batched evaluation.
 
-Support sets are a pure function of (training ids, labels, shots, seed, episode). The random
-generator of an episode is seeded from ``(seed, episode, shots)`` and a hash of the *sorted*
-training ids, and shots are drawn from each class's rows taken in id order, then mapped back to
-row positions. Hence every model's store — whatever order its rows were written in — gets the same
-images for the same episode, the LoRA stage can draw the same images through :func:`support_ids`,
-and model comparisons are paired. A different training split (other ids) gives other draws.
+Support sets are a pure function of (training ids, labels, shots, seed, episode), drawn by
+:mod:`embedcyto.datasets.sampling` (re-exported here): every model's store, whatever order its
+rows were written in, gets the same images for the same episode, the LoRA stage draws the same
+images through the same module, and model comparisons are paired.
 
 Queries are the whole test split; supports come from the training split, so the two never
 overlap (checked when test ids are given). :func:`run_episodes` evaluates many episodes at once:
@@ -15,11 +13,11 @@ all distances of the batch come from one matrix product.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from embedcyto.datasets.sampling import support_batch, support_ids, support_indices  # noqa: F401
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
 from embedcyto.probes._base import l2_normalise
@@ -27,76 +25,6 @@ from embedcyto.probes._sk import softmax
 
 METHODS = ("simpleshot", "protonet")
 DEFAULT_TEMPERATURE = {"simpleshot": 0.1, "protonet": 1.0}
-
-
-def _ids_digest(sorted_ids: np.ndarray) -> list[int]:
-    digest = hashlib.sha256("\n".join(sorted_ids.tolist()).encode()).digest()
-    return [int.from_bytes(digest[i:i + 4], "little") for i in range(0, 16, 4)]
-
-
-class _Pool:
-    """Training rows grouped by class in id order, plus the ids' hash (computed once)."""
-
-    def __init__(self, ids, labels, shots: int, n_classes: int | None, class_names):
-        ids = np.asarray(ids).astype(str)
-        labels = np.asarray(labels, dtype=np.int64)
-        if ids.shape != labels.shape or ids.ndim != 1:
-            raise ProbeError(f"ids and labels must be 1-D of equal length ({ids.shape}, "
-                             f"{labels.shape})")
-        if int(shots) < 1:
-            raise ProbeError(f"shots must be at least 1, got {shots}")
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        if sorted_ids.size > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
-            raise ProbeError("image ids are not unique: the store rows cannot be told apart")
-        k = int(n_classes) if n_classes is not None else int(labels.max(initial=-1)) + 1
-        self.members = [order[labels[order] == c] for c in range(k)]
-        short = [(class_names[c] if class_names is not None else str(c), rows.size)
-                 for c, rows in enumerate(self.members) if rows.size < shots]
-        if short:
-            listing = ", ".join(f"class {name!r} has {n} training images" for name, n in short)
-            raise ProbeError(
-                f"{listing}, fewer than shots={shots}: lower --shots to at most "
-                f"{min(n for _, n in short)} or leave those classes out")
-        self.digest = _ids_digest(sorted_ids)
-        self.shots = int(shots)
-
-    def draw(self, seed: int, episode: int) -> np.ndarray:
-        """Row indices ``(n_classes, shots)`` of one episode."""
-        if int(seed) < 0 or int(episode) < 0:
-            raise ProbeError(f"seed and episode must be non-negative, got {seed}, {episode}")
-        rng = np.random.default_rng([int(seed), int(episode), self.shots, *self.digest])
-        return np.stack([rows[rng.choice(rows.size, self.shots, replace=False)]
-                         for rows in self.members])
-
-
-def support_indices(ids, labels, shots: int, seed: int, episode: int, *,
-                    n_classes: int | None = None, class_names: Sequence[str] | None = None
-                    ) -> np.ndarray:
-    """Row indices of one episode's support set: ``shots`` rows of every class, class by class.
-
-    Args:
-        ids, labels: the candidate pool — the training split's image ids and labels.
-        shots: images per class (K).
-        seed, episode: which draw; any non-negative integers.
-        n_classes: size of the label space, so a class with no training row is reported too.
-        class_names: names used in the error message.
-
-    Raises:
-        ProbeError: a class has fewer than ``shots`` rows (the message names it and its count).
-    """
-    return _Pool(ids, labels, shots, n_classes, class_names).draw(seed, episode).ravel()
-
-
-def support_ids(ids, labels, shots: int, seed: int, episode: int, **kwargs) -> np.ndarray:
-    """Image ids of :func:`support_indices` — what the LoRA stage trains on."""
-    return np.asarray(ids).astype(str)[support_indices(ids, labels, shots, seed, episode, **kwargs)]
-
-
-def support_batch(ids, labels, shots: int, seed: int, episodes, **kwargs) -> np.ndarray:
-    """Support rows of many episodes at once: ``(len(episodes), n_classes, shots)``."""
-    pool = _Pool(ids, labels, shots, kwargs.get("n_classes"), kwargs.get("class_names"))
-    return np.stack([pool.draw(seed, e) for e in np.atleast_1d(episodes)])
 
 
 def _transform(method: str, X_train, X_test) -> tuple[np.ndarray, np.ndarray]:

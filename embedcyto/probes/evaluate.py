@@ -15,6 +15,7 @@ import numpy as np
 
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import classification_metrics, hierarchical_metrics, mean_ci
+from embedcyto.predictions import PENDING
 
 FULL_DATA_METHODS = ("linear", "knn", "study_head")
 EPISODE_METHODS = ("simpleshot", "protonet")
@@ -85,7 +86,24 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
         row["levels"] = hierarchical_metrics(proba, test["levels"], features.level_maps,
                                              features.level_names, _level_sizes(features))
     row["seconds"] = round(time.perf_counter() - start, 3)
+    row[PENDING] = _kept(features, test, proba, val, est)
     return row
+
+
+def _kept(features, test: dict, proba: np.ndarray, val: dict, est) -> dict:
+    """Test (and validation) predictions for :mod:`embedcyto.predictions` to write."""
+    k = len(features.classes)
+    kept = {"ids": test["ids"], "y_true": test["y"], "proba": proba, "classes": features.classes,
+            "levels": test["levels"] if _has_levels(features) else None,
+            "meta": {"level_names": list(features.level_names or ()),
+                     "level_maps": {n: list(m) for n, m in (features.level_maps or {}).items()},
+                     "level_classes": {n: list(features.label_spaces[n])
+                                       for n in features.level_names or ()
+                                       if n in features.label_spaces}}}
+    if len(val["y"]):
+        kept["val"] = (val["ids"], val["y"], _full_proba(est.predict_proba(val["X"]),
+                                                          est.classes_, k))
+    return kept
 
 
 def _chosen(est) -> dict:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from embedcyto.errors import ProbeError, StoreError
+from embedcyto.predictions import keep_row_predictions
 from embedcyto.probes.evaluate import DETERMINISTIC, EPISODE_METHODS, METHODS, evaluate_unit
 
 log = logging.getLogger(__name__)
@@ -293,7 +294,8 @@ def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
                                                         n_jobs=n_jobs))
         for unit, results in zip(units, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
             dataset = unit["tasks"][0].dataset
-            new = json.loads(json.dumps(_rows_of(unit, results)))  # as read back from disk
+            rows = keep_row_predictions(results_dir, _rows_of(unit, results))
+            new = json.loads(json.dumps(rows))  # as read back from disk
             fresh = {_task_key(r) for r in new}  # replaces rows of older stores too
             existing[dataset] = [r for r in existing[dataset] if _task_key(r) not in fresh] + new
             _write_results(results_dir / f"{dataset}.jsonl", existing[dataset])

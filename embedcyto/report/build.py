@@ -33,6 +33,8 @@ from embedcyto.report.records import (
     load_probe_records,
 )
 from embedcyto.report.render import to_csv, to_markdown
+from embedcyto.report.diagnostics import diagnostics_section
+from embedcyto.report.which import which_model_section
 
 FULL_DATA_METHODS = ("linear", "study_head", "knn")
 TABLE_METRICS = ("accuracy", "balanced_accuracy")
@@ -50,6 +52,7 @@ class ReportResult:
     n_probe_rows: int = 0
     n_lora_runs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
 
 
 def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
@@ -133,14 +136,21 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
                    "about any real model.**"), ""]
     if result.skipped:
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
+    maps = [f for f in result.figures if f.path.name.startswith("embedding_")]
+    if maps:  # people look at the features before reading tables
+        lines += ["## The features at a glance", ""] + _images(result, maps)
     for name, table in result.tables.items():
         lines += [to_markdown(table), f"CSV: [tables/{name}.csv](tables/{name}.csv)", ""]
-    if result.figures:
-        lines += ["## Figures", ""]
-        for fig in result.figures:
-            rel = fig.path.relative_to(result.out_dir).as_posix()
-            lines += [f"![{fig.title}]({rel})", ""]
+    lines += result.sections
+    others = [f for f in result.figures if f not in maps]
+    if others:
+        lines += ["## Figures", ""] + _images(result, others)
     return "\n".join(lines)
+
+
+def _images(result: ReportResult, figures) -> list[str]:
+    return [line for fig in figures for line in
+            (f"![{fig.title}]({fig.path.relative_to(result.out_dir).as_posix()})", "")]
 
 
 def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report") -> ReportResult:
@@ -172,6 +182,15 @@ def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report")
         path.write_text(to_csv(table), encoding="utf-8")
         result.csv_files[name] = path
     result.figures = draw_figures(records, out / "figures")
+    which, written = which_model_section({r["dataset"] for r in records}, results_dir,
+                                         runs_dir, out / "tables")
+    result.csv_files.update({p.stem: p for p in written})
+    diagnostics, written, figures, skipped = diagnostics_section(results_dir, runs_dir, out)
+    result.sections = ((["## Which model?", ""] + which if which else []) +
+                       (["## Per class and calibration", ""] + diagnostics if diagnostics else []))
+    result.csv_files.update({p.stem: p for p in written})
+    result.figures += figures
+    result.skipped += skipped
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
                                encoding="utf-8")
     return result

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from embedcyto.errors import StoreError
+from embedcyto.names import name_problem
 
 STORE_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
@@ -40,13 +41,11 @@ def default_store_dir(store: str | os.PathLike | None = None) -> Path:
 
 
 def _check_name(kind: str, name: str) -> str:
-    """Refuse names that would escape the store folder or make odd file names."""
-    if not isinstance(name, str) or not name.strip():
-        raise StoreError(f"{kind} name must be a non-empty string, got {name!r}")
-    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("."):
+    """Refuse names that would escape the store folder, make odd file names or break tables."""
+    problem = name_problem(name, file_name=True)
+    if problem is not None:
         raise StoreError(
-            f"{kind} name {name!r} cannot be used as a file name (no slashes, no leading dot); "
-            f"choose a plain name such as 'sipakmed' or 'quilt'"
+            f"{kind} name {name!r} {problem}; choose a plain name such as 'sipakmed' or 'quilt'"
         )
     return name
 
