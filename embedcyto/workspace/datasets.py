@@ -7,6 +7,7 @@ from the workspace (``[datasets.NAME]``) or, for a one-off run, from ``--layout`
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,8 +36,10 @@ def adhoc_entry(name: str, *, layout: str | None, root: str, options=(), split_s
                 f"`--dataset NAME --layout {name} --root {root}` (NAME: what to call it, e.g. "
                 f"{Path(root).expanduser().resolve().name!r})")
         if name not in KNOWN_DATASETS:
+            close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
+            hint = f"Did you mean {close[0]}? Otherwise, " if close else ""
             raise WorkspaceError(
-                f"dataset {name!r} is not a study dataset, so its layout must be given: "
+                f"dataset {name!r} is not a study dataset. {hint}its layout must be given: "
                 f"`--dataset {name} --layout folder --root {root}` (layouts: "
                 "`embedcyto datasets list`)")
         layout = name
