@@ -47,8 +47,12 @@ _TMP, _OLD = ".tmp-", ".old-"
 
 
 def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
-    """The explicit ``runs`` folder, else ``./runs``."""
-    return Path(runs).expanduser() if runs not in (None, "") else Path(DEFAULT_RUNS_DIR)
+    """The explicit ``runs`` folder, else the workspace's ``runs`` folder, else ``./runs``."""
+    if runs not in (None, ""):
+        return Path(runs).expanduser()
+    from embedcyto.workspace.current import workspace_folder
+
+    return workspace_folder("runs") or Path(DEFAULT_RUNS_DIR)
 
 
 def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:

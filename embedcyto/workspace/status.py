@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from embedcyto.errors import EmbedcytoError
+from embedcyto.errors import EmbedcytoError, SplitError
 from embedcyto.workspace.config import Workspace
 
 
@@ -66,6 +66,8 @@ def _store_state(info, current: dict | None) -> str:
         made_from = read_store_provenance(info.path)
     except EmbedcytoError as err:
         return f"damaged ({err})"
+    if "split" in current:
+        return "stale (the dataset no longer matches its saved split)"
     changed = [k for k, v in current.items() if made_from.get(k) not in (None, v)]
     return f"stale ({', '.join(changed)} changed)" if changed else "complete"
 
@@ -102,6 +104,8 @@ def workspace_status(workspace: Workspace, models: Sequence[str] | None = None, 
         if any((entry.name, m) in infos for m in models):
             try:
                 current = _current_identity(entry, workspace, store_dir)
+            except SplitError as err:  # images added or removed since the split was saved
+                current = {"split": str(err).splitlines()[0]}
             except EmbedcytoError as err:
                 unreadable.append((entry.name, str(err).splitlines()[0]))
         rows = _probe_rows(workspace.folder("results") / "probe", entry.name)
