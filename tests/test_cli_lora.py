@@ -43,7 +43,8 @@ def trained(tmp_path_factory):
     """A frozen tiny-clip store and one LoRA run (8 shots, seed 1) with exported features."""
     base = tmp_path_factory.mktemp("cli_lora")
     root = make_fixture("folder", base / "toy", per_class=40, seed=3)
-    common = ["--dataset", "folder", "--root", root, "--store", base / "cache"]
+    common = ["--dataset", "toy", "--layout", "folder", "--root", root, "--store",
+              base / "cache"]
     with torch_threads(1):  # module fixtures run before the per-test one
         out = _invoke("extract", "--model", "tiny-clip", *common, "--device", "cpu",
                       "--precision", "fp32", "--workers", "0", "--quiet")
