@@ -65,9 +65,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 @click.command("probe")
-@click.option("--dataset", "datasets", multiple=True, help="Dataset name (repeat; default: all).")
+@click.option("--dataset", "datasets", multiple=True,
+              help="Dataset name (repeat; default: the workspace's datasets with a store, else "
+                   "every dataset of the store folder).")
 @click.option("--model", "models", multiple=True, help="Model name (repeat; default: all).")
-@click.option("--store", "store", default=None, help="Store folder (default: ./cache).")
+@click.option("--store", "store", default=None,
+              help="Store folder (default: $EMBEDCYTO_STORE, the workspace's, else ./cache).")
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(min=1),
               help="Few-shot episodes per (shots, seed).")
 @click.option("--shots", default="1,2,4,8,16", show_default=True, callback=_int_list)
@@ -81,7 +84,8 @@ def format_table(rows: list[dict]) -> str:
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
 @click.option("--results", "results_dir", default=None,
-              help="Results folder (default: ./results/probe).")
+              help="Results folder (default: the workspace's results/probe, else "
+                   "./results/probe).")
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
 @click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Also fit each full-data probe on the training split and save it under "
@@ -94,13 +98,20 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, back
     same store are reused unless --rerun. Numbers below are percent: mean ± std over seeds, or
     ± the 95 % confidence interval over episodes when there is one seed.
     """
-    from embedcyto.probes.runner import DEFAULT_RESULTS_DIR, run_probe_grid
+    from embedcyto.probes.runner import run_probe_grid
+    from embedcyto.store import default_store_dir
+    from embedcyto.workspace.current import current_workspace
+    from embedcyto.workspace.run import probe_datasets, probe_results_dir
 
+    ws = current_workspace()
+    store = default_store_dir(store)
+    if not datasets:
+        datasets = probe_datasets(ws, store)
+    where = probe_results_dir(ws, results_dir)
     rows = run_probe_grid(store, datasets or None, models or None, methods, shots, seeds,
-                          episodes, n_jobs, results_dir, rerun, backend=backend,
+                          episodes, n_jobs, where, rerun, backend=backend,
                           scheduler=scheduler)
     click.echo(format_table(rows))
-    where = results_dir or DEFAULT_RESULTS_DIR
     click.echo(f"\n{len(rows)} result rows in {where}/ "
                f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
     if save_dir:

@@ -18,13 +18,15 @@ def summary_lines(result) -> list[str]:
 
 
 @click.command("report")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False),
-              default="results/probe", show_default=True,
-              help="Folder of probe results (<dataset>.jsonl, written by `embedcyto probe`).")
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default="runs",
-              show_default=True, help="Root of the LoRA run folders (holding lora/).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="report",
-              show_default=True, help="Where report.md, tables/ and figures/ go.")
+@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of probe results (<dataset>.jsonl, written by `embedcyto probe`; "
+                   "default: the workspace's results/probe, else ./results/probe).")
+@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
+              help="Root of the LoRA run folders (holding lora/; default: the workspace's, "
+                   "else ./runs).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Where report.md, tables/ and figures/ go (default: the workspace's report "
+                   "folder, else ./report).")
 def report(results_dir, runs_dir, out_dir) -> None:
     """Write the study's tables (Markdown and CSV) and figures (PNG) from result files.
 
@@ -33,8 +35,15 @@ def report(results_dir, runs_dir, out_dir) -> None:
     few-shot tables per dataset; LoRA on data fractions. Figures: accuracy vs shots per dataset
     with each model's linear-probe line; accuracy vs HiCervix fraction per level.
     """
+    from embedcyto.lora.runs import default_runs_dir
     from embedcyto.report import build_report
+    from embedcyto.workspace.current import current_workspace
+    from embedcyto.workspace.run import probe_results_dir
 
-    result = build_report(results_dir, runs_dir, out_dir)
+    ws = current_workspace()
+    if out_dir is None:
+        out_dir = ws.folder("report") if ws is not None else "report"
+    result = build_report(probe_results_dir(ws, results_dir), default_runs_dir(runs_dir),
+                          out_dir)
     for line in summary_lines(result):
         click.echo(line)

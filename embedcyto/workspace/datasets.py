@@ -37,9 +37,9 @@ def adhoc_entry(name: str, *, layout: str | None, root: str, options=(), split_s
                 f"{Path(root).expanduser().resolve().name!r})")
         if name not in KNOWN_DATASETS:
             close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
-            hint = f"Did you mean {close[0]}? Otherwise, " if close else ""
+            hint = f"Did you mean {close[0]}? Otherwise its" if close else "Its"
             raise WorkspaceError(
-                f"dataset {name!r} is not a study dataset. {hint}its layout must be given: "
+                f"dataset {name!r} is not a study dataset. {hint} layout must be given: "
                 f"`--dataset {name} --layout folder --root {root}` (layouts: "
                 "`embedcyto datasets list`)")
         layout = name

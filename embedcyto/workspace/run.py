@@ -121,6 +121,18 @@ def probe_datasets(workspace: Workspace | None, store_dir) -> list[str] | None:
     return names
 
 
+def probe_results_dir(workspace: Workspace | None, results_dir=None) -> Path:
+    """Where probe rows go: the explicit folder, else the workspace's ``results/probe``, else
+    ``./results/probe``."""
+    from embedcyto.probes.runner import DEFAULT_RESULTS_DIR
+
+    if results_dir is not None:
+        return Path(results_dir)
+    if workspace is not None:
+        return workspace.folder("results") / "probe"
+    return Path(DEFAULT_RESULTS_DIR)
+
+
 def lora_plan_lines(runs, runs_dir) -> list[str]:
     """The ``--dry-run`` summary: runs, done, to do, and the estimated time of the rest."""
     from embedcyto.workspace.lora_plan import estimate_seconds, measured_seconds_per_step
