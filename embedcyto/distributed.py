@@ -115,7 +115,7 @@ class Ranks:
         value, error = _attempt(fn)
         status = (None, str(error)) if error else (summary(value), None)
         statuses = self._gather(status)
-        _raise_first(statuses, self.rank, error)
+        _raise_first(statuses, error)
         return value, [s[0] for s in statuses]
 
     def rank0_first(self, fn: Callable[[], T]) -> T:
@@ -132,7 +132,7 @@ class Ranks:
         if self.rank != 0:
             value, error = _attempt(fn)
         statuses = self._gather((None, str(error) if error else None))
-        _raise_first(statuses, self.rank, error)
+        _raise_first(statuses, error)
         return value
 
     def from_rank0(self, fn: Callable[[], T]) -> T:
@@ -167,8 +167,7 @@ def _attempt(fn: Callable[[], T]) -> tuple[T | None, EmbedcytoError | None]:
         return None, err
 
 
-def _raise_first(statuses: list[tuple[Any, str | None]], rank: int,
-                 own: EmbedcytoError | None) -> None:
+def _raise_first(statuses: list[tuple[Any, str | None]], own: EmbedcytoError | None) -> None:
     if own is not None:
         raise own
     failed = [(r, msg) for r, (_, msg) in enumerate(statuses) if msg is not None]

@@ -48,6 +48,10 @@ class StoreLockedError(StoreError):
     """Another process is writing the store."""
 
 
+class DamagedStoreError(StoreError):
+    """A store fails its integrity checks (checksums, digests, shapes, finite values)."""
+
+
 class ProbeError(EmbedcytoError):
     """A probe cannot run on the features given (missing split, mismatched stores...)."""
 

@@ -15,19 +15,25 @@ under ``torch.no_grad()`` in the requested precision. ``no_grad`` rather than
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from embedcyto.datasets.records import Dataset
-from embedcyto.datasets.splits import dataset_split_hash  # noqa: F401 (used by lora/ too)
 from embedcyto.errors import EmbedcytoError, ImageReadError
+
+if TYPE_CHECKING:  # heavy imports only for type checkers
+    import torch
+
+    from embedcyto.backbones import Backbone, Card
+    from embedcyto.store import FeatureWriter
+    from embedcyto.store.shards import Shard
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +78,10 @@ class ExtractConfig:
             )
 
     def workers(self) -> int:
-        if self.num_workers is not None:
-            return self.num_workers
-        return max(0, min(4, (os.cpu_count() or 1) - 1))
+        """Decoding processes: ``num_workers``, else ``min(4, cpus - 1)``."""
+        from embedcyto.backbones.runtime import default_workers
+
+        return default_workers(self.num_workers)
 
 
 @dataclass
@@ -118,8 +125,8 @@ class RowImages:
     opaque worker traceback: the main process raises a clean :class:`ImageReadError`.
     """
 
-    def __init__(self, root: Path, paths: list[str], rows: np.ndarray, transform, input_size: int,
-                 *, jpeg_draft: bool = True):
+    def __init__(self, root: Path, paths: list[str], rows: np.ndarray,
+                 transform: Callable[[Any], Any], input_size: int, *, jpeg_draft: bool = True):
         self.root = Path(root)
         self.paths = paths
         self.rows = rows
@@ -131,7 +138,7 @@ class RowImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, Any, str]:
         from embedcyto.datasets import read_image
 
         row = int(self.rows[i])
@@ -146,25 +153,13 @@ class RowImages:
             return row, self._blank, err.reason
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of what shaped the features, for provenance (informational)."""
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("embedcyto", "torch", "open_clip_torch", "timm", "h5py", "numpy", "pillow"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            continue
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precision, *,
-                     split_hash: str, device, config: ExtractConfig,
+def build_provenance(dataset: Dataset, card: Card, weights_sha256: str | None,
+                     precision: torch.dtype | str, *, split_hash: str,
+                     device: torch.device | str, config: ExtractConfig,
                      weights_path: Path | None = None) -> dict[str, Any]:
     """The store identity of an extraction, plus informational context."""
     from embedcyto.backbones import preprocess_spec
+    from embedcyto.store.provenance import library_versions
 
     return {
         "model": card.name,
@@ -185,20 +180,12 @@ def build_provenance(dataset: Dataset, card, weights_sha256: str | None, precisi
     }
 
 
-def resolve_model_weights(card, weights=None, weights_dir=None, *,
-                          random_init: bool = False) -> tuple[Path | None, str | None]:
-    """(weights file, sha256) without building the model; (None, None) for random weights."""
-    from embedcyto.backbones.weights import file_sha256, resolve_weights
-
-    if random_init or (card.random and weights is None):
-        return None, None
-    path = resolve_weights(card, weights, weights_dir=weights_dir)
-    return path, file_sha256(path)
-
-
-def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | None = None,
-                     weights=None, weights_dir=None, random_init: bool = False,
-                     config: ExtractConfig = ExtractConfig(), shard=None) -> ExtractResult:
+def extract_features(dataset: Dataset, card: Card | str, *, store_dir: str | os.PathLike,
+                     split_dir: str | os.PathLike | None = None,
+                     weights: str | os.PathLike | None = None,
+                     weights_dir: str | os.PathLike | None = None, random_init: bool = False,
+                     config: ExtractConfig = ExtractConfig(),
+                     shard: Shard | str | None = None) -> ExtractResult:
     """Run ``card``'s frozen backbone over ``dataset`` into ``store_dir/<dataset>/<card>.h5``.
 
     Args:
@@ -225,7 +212,9 @@ def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | Non
         WeightsNotFoundError: no weights found (the message says how to get them).
         ImageReadError: an image failed to decode during extraction (rows done so far are kept).
     """
-    from embedcyto.backbones import get_card, resolve_device, resolve_precision
+    from embedcyto.backbones import build_backbone, get_card, resolve_device, resolve_precision
+    from embedcyto.backbones.weights import resolve_model_weights
+    from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.store import store_path
 
     start = time.perf_counter()
@@ -246,16 +235,19 @@ def extract_features(dataset: Dataset, card, *, store_dir, split_dir: Path | Non
         pending = writer.pending_rows()
         if len(pending):
             t0 = time.perf_counter()
-            backbone = _build(card, wpath, random_init, device, dtype)
+            backbone = build_backbone(card, weights=wpath, random_init=wpath is None,
+                                      device=device, dtype=dtype)
             t1 = time.perf_counter()
-            result.computed = _run(backbone, writer.dataset, pending, writer, device, config)
+            result.computed = embed_rows(backbone, writer.dataset, pending, writer, device,
+                                         config)
             result.build_seconds, result.loop_seconds = t1 - t0, time.perf_counter() - t1
         writer.commit()
     result.seconds = time.perf_counter() - start
     return result
 
 
-def _open(path, dataset: Dataset, provenance, card, config: ExtractConfig, shard):
+def _open(path: Path, dataset: Dataset, provenance: dict[str, Any], card: Card,
+          config: ExtractConfig, shard: Shard | str | None):
     """The store's writer, or one shard's writer (its ``dataset`` is the shard's rows)."""
     from embedcyto.store import open_writer
     from embedcyto.store.shards import Shard, open_shard_writer
@@ -268,19 +260,17 @@ def _open(path, dataset: Dataset, provenance, card, config: ExtractConfig, shard
     return open_shard_writer(path, shard=shard, block=config.batch_size, **kwargs)
 
 
-def _build(card, weights_path, random_init, device, dtype):
-    from embedcyto.backbones import build_backbone
+def make_loader(dataset: Dataset, rows: np.ndarray, card: Card, config: ExtractConfig,
+                device: torch.device) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding (rows, images, errors) batches in row order.
 
-    if weights_path is None:
-        return build_backbone(card, random_init=True, device=device, dtype=dtype)
-    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
-
-
-def make_loader(dataset: Dataset, rows: np.ndarray, card, config: ExtractConfig, device):
-    """A DataLoader yielding (rows, images, errors) batches in row order."""
+    Its decoding workers die with the process that started them, so an interrupted run leaves
+    no orphan holding memory (and never the store's lock: see ``store/lock.py``).
+    """
     import torch
 
     from embedcyto.backbones import make_transform
+    from embedcyto.backbones.runtime import exit_with_parent
 
     images = RowImages(dataset.root, [r.path for r in dataset.records], rows,
                        make_transform(card), card.input_size, jpeg_draft=config.jpeg_draft)
@@ -289,19 +279,31 @@ def make_loader(dataset: Dataset, rows: np.ndarray, card, config: ExtractConfig,
         images, batch_size=config.batch_size, shuffle=False, num_workers=workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
         persistent_workers=False,
+        worker_init_fn=functools.partial(exit_with_parent, os.getpid()) if workers else None,
     )
 
 
-def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
-         config: ExtractConfig) -> int:
-    """Forward every pending row, writing each finished batch (so a kill loses one batch)."""
+def embed_rows(encoder: Backbone | torch.nn.Module, dataset: Dataset, pending: np.ndarray,
+               writer: FeatureWriter, device: torch.device, config: ExtractConfig) -> int:
+    """Forward every pending row through ``encoder`` and write each finished batch at once.
+
+    The one embed-and-write loop of embedcyto (frozen extraction and LoRA export alike): a kill
+    loses at most one batch, and the writer refuses non-finite features naming their images.
+    ``encoder`` needs a ``card`` attribute (its transform and input size).
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        ImageReadError: an image failed to decode (the batches written so far are kept).
+    """
     import torch
     from tqdm.auto import tqdm
 
-    loader = make_loader(dataset, pending, backbone.card, config, device)
+    loader = make_loader(dataset, pending, encoder.card, config, device)
     done = 0
     bar = tqdm(total=len(pending), unit="img", disable=not config.progress,
-               desc=f"{dataset.name}/{backbone.card.name}", leave=False)
+               desc=f"{dataset.name}/{encoder.card.name}", leave=False)
     try:
         with torch.no_grad():
             for rows, images, errors in loader:
@@ -316,7 +318,7 @@ def _run(backbone, dataset: Dataset, pending: np.ndarray, writer, device,
                         "--on-bad-image skip (the default: every image is checked first) and "
                         "--force, or replace the file and run again with --force",
                     )
-                feats = backbone(images.to(device, non_blocking=True))
+                feats = encoder(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())
                 done += len(rows)
                 bar.update(len(rows))

@@ -75,7 +75,9 @@ def test_second_run_is_a_cache_hit_without_building_the_model(sipakmed, monkeypa
     def no_model(*args, **kwargs):
         raise AssertionError("a cache hit must not build the model")
 
-    monkeypatch.setattr(ex, "_build", no_model)
+    import embedcyto.backbones.loaders
+
+    monkeypatch.setattr(embedcyto.backbones.loaders, "build_backbone", no_model)
     result = _extract(dataset, store)
     assert result.cache_hit and result.computed == 0
     assert store_path(store, "sipakmed", "tiny-vit").stat().st_mtime_ns == before

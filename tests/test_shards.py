@@ -18,6 +18,7 @@ from embedcyto import extract as ex
 from embedcyto.backbones import get_card
 from embedcyto.cli.main import cli
 from embedcyto.datasets import open_dataset
+from embedcyto.datasets.splits import dataset_split_hash
 from embedcyto.datasets.fixtures import make_fixture
 from embedcyto.distributed import RankEnv
 from embedcyto.errors import EmbedcytoError, StaleStoreError, StoreError
@@ -110,7 +111,9 @@ def test_more_shards_than_batches_and_cache_hit_on_every_shard(data, tmp_path, m
     def no_model(*args, **kwargs):
         raise AssertionError("a cache hit must not build the model")
 
-    monkeypatch.setattr(ex, "_build", no_model)
+    import embedcyto.backbones.loaders
+
+    monkeypatch.setattr(embedcyto.backbones.loaders, "build_backbone", no_model)
     hit = run_shard(data, store, Shard(3, 8), batch_size=4)
     assert hit.cache_hit and hit.computed == 0 and hit.path == path
 
@@ -150,7 +153,7 @@ def test_merge_names_unfinished_and_disagreeing_shards(data, tmp_path):
     run_shard(data, store, Shard(2, 3), precision="bf16")
     card = get_card(MODEL)
     provenance = ex.build_provenance(
-        dataset, card, None, "float32", split_hash=ex.dataset_split_hash(dataset, split_dir),
+        dataset, card, None, "float32", split_hash=dataset_split_hash(dataset, split_dir),
         device="cpu", config=config())
     with open_shard_writer(path, dataset=dataset, provenance=provenance,
                            embed_dim=card.embed_dim, shard=Shard(1, 3), block=3) as writer:

@@ -37,7 +37,7 @@ def store(tmp_path):
     return path, ds, feats
 
 
-def test_list_stores_shows_complete_partial_and_invalid(tmp_path, store):
+def test_list_stores_shows_complete_partial_and_damaged(tmp_path, store):
     path, _, _ = store
     ds = make_dataset(9)
     with open_writer(
@@ -58,7 +58,8 @@ def test_list_stores_shows_complete_partial_and_invalid(tmp_path, store):
         9,
         "partial 4/9 rows",
     )
-    assert infos[("toy", "junk")].status.startswith("invalid: ")
+    assert infos[("toy", "junk")].status.startswith("damaged: ")
+    assert "--force" in infos[("toy", "junk")].status
     assert list_stores(tmp_path / "absent") == []
 
 

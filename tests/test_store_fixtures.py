@@ -91,7 +91,8 @@ def write_full(
 ) -> np.ndarray:
     """Write every row in batches and commit; returns the features written."""
     feats = make_features(len(dataset.records), dim)
-    prov = kwargs.pop("prov", None) or provenance()
+    prov = kwargs.pop("prov", None) or provenance(card={"name": "toy", "family": "timm",
+                                                         "embed_dim": dim})
     with open_writer(
         path, dataset=dataset, provenance=prov, embed_dim=dim, dtype=dtype, **kwargs
     ) as w:

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from store_damage import make_legacy
 from test_store_fixtures import (
     CLASSES,
     HIERARCHY,
@@ -119,10 +120,14 @@ def test_subset_and_split_argument(hier_store):
         load_features(path, split="tset")
 
 
-def test_mmap_matches_and_falls_back_when_compressed(tmp_path):
+def test_mmap_maps_unfiltered_stores_and_falls_back_for_checksummed_or_compressed(tmp_path):
     ds = make_dataset(3000)  # three chunks of rows, each larger than HDF5's chunk cache
     plain = store_path(tmp_path, "toy", "plain")
     feats = write_full(plain, ds, dim=1024, batch=500)
+    checked = load_features(plain, mmap=True)  # Fletcher-32 chunks cannot be mapped
+    assert not isinstance(checked.X, np.memmap)
+    np.testing.assert_array_equal(checked.X, feats)
+    make_legacy(plain)  # as written before checksums: uncompressed chunks back to back
     mapped = load_features(plain, mmap=True)
     assert isinstance(mapped.X, np.memmap)
     np.testing.assert_array_equal(mapped.X, feats)
@@ -198,3 +203,33 @@ def test_plain_h5py_snippet_in_docs_runs(tmp_path, capsys):
     )
     assert namespace["X"].shape == (9, 8) and namespace["train"].sum() == 4
     assert namespace["card"]["family"] == "timm" and "quilt" in capsys.readouterr().out
+
+
+def test_store_modules_import_each_other_without_cycles():
+    """integrity <- h5format <- catalog <- reader <- writer: no module imports one above it,
+    not even inside a function."""
+    import ast
+
+    import embedcyto.store
+
+    folder = Path(embedcyto.store.__file__).parent
+    graph = {}
+    for module in folder.glob("*.py"):
+        if module.name == "__init__.py":
+            continue
+        deps = set()
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                    "embedcyto.store."):
+                deps.add(node.module.split(".")[2])
+        graph[module.stem] = deps
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d)))
+                   for d in graph.get(start, ()))
+
+    cycles = sorted(m for m in graph if reaches(m, m))
+    assert cycles == []
+    assert graph["integrity"] == set()
+    assert not {"catalog", "reader", "writer"} & graph["h5format"]
+    assert "reader" not in graph["catalog"]

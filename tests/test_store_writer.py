@@ -111,18 +111,19 @@ def test_forced_rebuild_keeps_old_store_until_commit(tmp_path):
     w.write(np.arange(5), old[:5] + 1)
     w.close()  # interrupted rebuild
     np.testing.assert_array_equal(load_features(path).X, old)  # old store untouched
-    with pytest.raises(
-        StaleStoreError, match="interrupted rebuild with these inputs has 5/10 rows"
-    ):
-        _open(path, ds, provenance=new_prov)
-    with _open(path, ds, provenance=new_prov, force=True) as w:  # --force again resumes
+    with _open(path, ds, provenance=new_prov) as w:  # the same request resumes the rebuild
         np.testing.assert_array_equal(w.pending_rows(), np.arange(5, 10))
-        w.write(np.arange(5, 10), old[5:] + 1)
+        assert w.resumed_rows == 5
+    with _open(path, ds, provenance=new_prov, force=True) as w:  # --force always starts clean
+        np.testing.assert_array_equal(w.pending_rows(), np.arange(10))
+        w.write(np.arange(10), old + 1)
         np.testing.assert_array_equal(load_features(path).X, old)
         w.commit()
     got = load_features(path)
     np.testing.assert_array_equal(got.X, old + 1)
     assert got.provenance["weights_sha256"] == "ee" * 32
+    with pytest.raises(StaleStoreError, match="weights_sha256"):  # no rebuild pending: refused
+        _open(path, ds, provenance=provenance())
 
 
 def test_second_writer_is_locked_out_while_the_first_lives(tmp_path):

@@ -393,3 +393,17 @@ def load_strict(module, state: dict, *, what: str) -> None:
         parts.append("Is this the checkpoint for this model? Check --weights / the card.")
         raise BackboneError(" ".join(parts))
     module.load_state_dict(state, strict=True)
+
+
+def resolve_model_weights(card: Card, weights: str | Path | None = None,
+                          weights_dir: str | Path | None = None, *,
+                          random_init: bool = False) -> tuple[Path | None, str | None]:
+    """(weights file, sha256) without building the model; (None, None) for random weights.
+
+    Random weights are used when asked for, or for demonstration cards (``card.random``) given no
+    ``weights``. Resolving (and hashing) before building lets a cache hit skip the model.
+    """
+    if random_init or (card.random and weights is None):
+        return None, None
+    path = resolve_weights(card, weights, weights_dir=weights_dir)
+    return path, file_sha256(path)

@@ -1,4 +1,4 @@
-"""``embedcyto store``: list, describe, export feature stores and merge shards."""
+"""``embedcyto store``: list, describe, verify, export feature stores and merge shards."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _human_size(size: int) -> str:
 
 @click.group()
 def store() -> None:
-    """Inspect, export and merge feature stores (one HDF5 file per dataset and model)."""
+    """Inspect, verify, export and merge feature stores (one HDF5 file per dataset and model)."""
 
 
 @store.command("ls")
@@ -103,6 +103,36 @@ def info(path, dataset, model, store_dir, as_json: bool) -> None:
         value = provenance[key]
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         click.echo(f"  {key}: {text}")
+
+
+@store.command("verify")
+@_target_options
+def verify(path, dataset, model, store_dir) -> None:
+    """Check stores in full: checksums, digests, shapes and finite values.
+
+    Checks one store (PATH, or --dataset and --model) or, with neither, every store in the
+    folder. Exits with status 1 when any store is damaged, naming each one and the fix.
+    """
+    from embedcyto.errors import StoreError
+    from embedcyto.store import default_store_dir, list_stores, verify_store
+
+    if path is None and dataset is None and model is None:
+        targets = [i.path for i in list_stores(default_store_dir(store_dir))
+                   if i.state in ("complete", "damaged")]
+        if not targets:
+            click.echo(f"no feature stores in {default_store_dir(store_dir)}")
+            return
+    else:
+        targets = [_resolve(path, dataset, model, store_dir)]
+    failed = 0
+    for target in targets:
+        try:
+            click.echo(f"ok  {verify_store(target).status}")
+        except StoreError as err:
+            failed += 1
+            click.echo(f"BAD {err}")
+    if failed:
+        raise click.ClickException(f"{failed} of {len(targets)} store(s) failed verification")
 
 
 @store.command("export")

@@ -17,10 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
-
 from embedcyto.datasets.records import Dataset
-from embedcyto.errors import ImageReadError, LoraError, StaleStoreError
+from embedcyto.errors import LoraError, StaleStoreError
 from embedcyto.lora import runs
 from embedcyto.lora.config import LoraRunConfig
 
@@ -36,7 +34,8 @@ def adapter_sha256(run_dir) -> str:
 
 def _provenance(dataset, info, config, sha, dtype, device, split_dir, extract_config, run_dir):
     from embedcyto.backbones import get_card
-    from embedcyto.extract import build_provenance, dataset_split_hash
+    from embedcyto.datasets.splits import dataset_split_hash
+    from embedcyto.extract import build_provenance
 
     card = get_card(config.model)
     base_sha = None if info["weights_sha256"] == "random-init" else info["weights_sha256"]
@@ -72,7 +71,7 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
     import torch
 
     from embedcyto.backbones import resolve_device
-    from embedcyto.extract import ExtractConfig, ExtractResult
+    from embedcyto.extract import ExtractConfig, ExtractResult, embed_rows
     from embedcyto.store import open_writer, store_path
 
     start = time.perf_counter()
@@ -103,8 +102,8 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
         pending = writer.pending_rows()
         if not writer.is_cache_hit and len(pending):
             encoder = _merged_encoder(run_dir, weights, weights_dir, device, dtype)
-            result.computed = _embed_rows(encoder, dataset, pending, writer, device,
-                                          extract_config)
+            result.computed = embed_rows(encoder, dataset, pending, writer, device,
+                                         extract_config)
         writer.commit()
     result.seconds = time.perf_counter() - start
     return result
@@ -118,25 +117,3 @@ def _merged_encoder(run_dir, weights, weights_dir, device, dtype):
     model = load_classifier(run_dir, weights=weights, weights_dir=weights_dir, device=device,
                             dtype=dtype)
     return merge_adapter(model.encoder).to(dtype=dtype).eval()
-
-
-def _embed_rows(encoder, dataset: Dataset, pending: np.ndarray, writer, device, config) -> int:
-    """Forward the pending rows in order, writing each batch (a kill loses one batch)."""
-    import torch
-
-    from embedcyto.extract import make_loader
-
-    done = 0
-    with torch.no_grad():
-        for rows, images, errors in make_loader(dataset, pending, encoder.card, config, device):
-            bad = [(int(r), e) for r, e in zip(rows, errors) if e]
-            if bad:
-                row, reason = bad[0]
-                raise ImageReadError(dataset.root / dataset.records[row].path,
-                                     f"{reason}; rows done so far are kept: replace the file "
-                                     "and run again, or read the dataset with --on-bad-image "
-                                     "skip")
-            feats = encoder(images.to(device, non_blocking=True))
-            writer.write(rows.numpy(), feats.float().cpu().numpy())
-            done += len(rows)
-    return done

@@ -228,7 +228,7 @@ def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_has
 def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device, dtype, wpath,
              model, ckpt_module) -> dict:
     """The content of ``config.json``: settings, identity, what was resolved, parameter counts."""
-    from embedcyto.extract import library_versions
+    from embedcyto.store.provenance import library_versions
     from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
 
     lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)

@@ -159,13 +159,13 @@ def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device,
     import torch
 
     from embedcyto.backbones import make_transform
-    from embedcyto.extract import ExtractConfig
+    from embedcyto.backbones.runtime import default_workers
 
     images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
     plan = batch_plan(len(rows), config.batch_size, iterations, config.seed)
     if team is not None:
         plan = rank_plan(plan, team.rank, team.world_size)
-    workers = ExtractConfig(num_workers=config.num_workers).workers()
+    workers = default_workers(config.num_workers)
     return torch.utils.data.DataLoader(
         images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -255,14 +255,6 @@ def _dropout(team, model):
     return nullcontext() if team is None else team.global_dropout(model)
 
 
-def _backbone(card, weights_path, device, dtype):
-    from embedcyto.backbones import build_backbone
-
-    if weights_path is None:
-        return build_backbone(card, random_init=True, device=device, dtype=dtype)
-    return build_backbone(card, weights=weights_path, device=device, dtype=dtype)
-
-
 def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_dir=None,
                weights=None, weights_dir=None, random_init: bool = False, rerun: bool = False,
                progress: bool = False, ranks=None) -> LoraResult:
@@ -291,7 +283,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_
     import torch
 
     from embedcyto.backbones import get_card, resolve_device, resolve_precision
-    from embedcyto.extract import dataset_split_hash, resolve_model_weights
+    from embedcyto.backbones.weights import resolve_model_weights
+    from embedcyto.datasets.splits import dataset_split_hash
 
     start = time.perf_counter()
     card = get_card(config.model)
@@ -355,10 +348,12 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
     folder; the others get None) writes the files, tests, and shares the metrics.
     """
+    from embedcyto.backbones import build_backbone
     from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
 
     def build():
-        model = build_classifier(_backbone(card, wpath, device, dtype), config.settings,
+        model = build_classifier(build_backbone(card, weights=wpath, random_init=wpath is None,
+                                                 device=device, dtype=dtype), config.settings,
                                  len(dataset.classes), config.seed)
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt

@@ -54,10 +54,3 @@ def apply_normaliser(X: np.ndarray, name: str, mean, scale) -> np.ndarray:
         X = l2_normalise(X)
     return X
 
-
-def float_features(X) -> np.ndarray:
-    """Features as a float32 or float64 array (float16 stores are widened to float32)."""
-    X = np.asarray(X)
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float32)
-    return X

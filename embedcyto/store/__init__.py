@@ -13,7 +13,13 @@ from embedcyto.store.h5format import FORMAT_NAME, FORMAT_VERSION
 from embedcyto.store.merge import MergeResult, merge_shards
 from embedcyto.store.paths import default_store_dir, resolve_store_file, store_path
 from embedcyto.store.provenance import IDENTITY_KEYS, INFORMATIONAL_KEYS, is_informational
-from embedcyto.store.reader import Features, load_features
+from embedcyto.store.reader import (
+    Features,
+    Verification,
+    load_features,
+    validate_features,
+    verify_store,
+)
 from embedcyto.store.shards import Shard, shard_bounds
 from embedcyto.store.writer import FeatureWriter, open_writer
 
@@ -28,6 +34,7 @@ __all__ = [
     "MergeResult",
     "Shard",
     "StoreInfo",
+    "Verification",
     "default_store_dir",
     "export_store",
     "is_informational",
@@ -39,4 +46,6 @@ __all__ = [
     "shard_bounds",
     "store_info",
     "store_path",
+    "validate_features",
+    "verify_store",
 ]

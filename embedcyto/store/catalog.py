@@ -10,18 +10,31 @@ from typing import Any
 import h5py
 
 from embedcyto.errors import StoreError
-from embedcyto.store.h5format import decode_attr, read_provenance
+from embedcyto.store import provenance as prov
+from embedcyto.store.h5format import (
+    decode_attr,
+    open_store_file,
+    read_provenance,
+    read_store_provenance,
+    store_rows,
+)
+from embedcyto.store.integrity import REBUILD_FIX, UNVERIFIED, quick_check
 from embedcyto.store.partial import PartialFolder
 from embedcyto.store.paths import PARTIAL_SUFFIX, SHARDS_SUFFIX, STORE_SUFFIX, partial_dir
+
+# HDF5 and numpy failures a damaged file can raise while being described.
+_READ_ERRORS = (StoreError, KeyError, OSError, RuntimeError, ValueError, TypeError)
 
 
 @dataclass(frozen=True)
 class StoreInfo:
     """One entry of :func:`list_stores`.
 
-    ``state`` is "complete" (a finished store), "partial" (an interrupted extraction:
-    ``rows_done`` of ``rows``), "sharded" (shards of ``--shard`` runs not merged yet:
-    ``rows_done`` of ``rows`` written) or "invalid" (``problem`` says why).
+    ``state`` is "complete" (a finished store that passed the quick integrity check;
+    ``verified`` is False for a store written before checksums existed), "partial" (an
+    interrupted extraction: ``rows_done`` of ``rows``), "sharded" (shards of ``--shard`` runs not
+    merged yet: ``rows_done`` of ``rows`` written) or "damaged" (``problem`` says why and how to
+    get a good store back).
     """
 
     dataset: str
@@ -35,17 +48,18 @@ class StoreInfo:
     size_bytes: int = 0
     created_at: str | None = None
     problem: str | None = None
+    verified: bool = True
 
     @property
     def status(self) -> str:
-        """A short human description: "complete", "partial 120/400 rows", "invalid: ..."."""
+        """A short human description: "complete", "partial 120/400 rows", "damaged: ..."."""
         if self.state == "partial":
             return f"partial {self.rows_done}/{self.rows} rows"
         if self.state == "sharded":
             return f"sharded {self.rows_done}/{self.rows} rows (then: embedcyto store merge)"
-        if self.state == "invalid":
-            return f"invalid: {self.problem}"
-        return "complete"
+        if self.state == "damaged":
+            return f"damaged: {self.problem}"
+        return "complete" if self.verified else f"complete ({UNVERIFIED})"
 
 
 def _size(path: Path) -> int:
@@ -55,24 +69,27 @@ def _size(path: Path) -> int:
 
 
 def _finished_info(path: Path) -> StoreInfo:
-    from embedcyto.store.reader import open_store_file
-
+    """One finished store, after the quick integrity check; a failure lists it as damaged."""
     base = {"dataset": path.parent.name, "model": path.name[: -len(STORE_SUFFIX)], "path": path}
     try:
-        with open_store_file(path) as f:
-            prov = read_provenance(f.attrs)
+        with open_store_file(path, check=False) as f:
+            prov_ = read_provenance(f.attrs)
+            verified = quick_check(f, path, prov_, store_rows(f, path))
             shape = f["features"].shape
-    except (StoreError, KeyError) as err:
-        return StoreInfo(**base, state="invalid", size_bytes=_size(path), problem=str(err))
+    except _READ_ERRORS as err:
+        problem = str(err) if isinstance(err, StoreError) else (
+            f"{path} cannot be read ({type(err).__name__}: {err}); {REBUILD_FIX}")
+        return StoreInfo(**base, state="damaged", size_bytes=_size(path), problem=problem)
     return StoreInfo(
         **base,
         state="complete",
         rows=int(shape[0]),
         rows_done=int(shape[0]),
         dim=int(shape[1]),
-        dtype=prov.get("dtype"),
+        dtype=prov_.get("dtype"),
         size_bytes=_size(path),
-        created_at=prov.get("created_at"),
+        created_at=prov_.get("created_at"),
+        verified=verified,
     )
 
 
@@ -85,7 +102,7 @@ def _partial_info(folder: Path) -> StoreInfo:
         n_rows = int(manifest["n_rows"])
         prov = manifest["provenance"]
     except (StoreError, KeyError, TypeError, ValueError) as err:
-        return StoreInfo(**base, state="invalid", size_bytes=_size(folder), problem=str(err))
+        return StoreInfo(**base, state="damaged", size_bytes=_size(folder), problem=str(err))
     return StoreInfo(
         **base,
         state="partial",
@@ -109,7 +126,7 @@ def _sharded_info(folder: Path) -> StoreInfo:
             info = _finished_info(entry)
         elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + PARTIAL_SUFFIX):
             info = _partial_info(entry)
-        if info is None or info.state == "invalid":
+        if info is None or info.state == "damaged":
             continue
         done += info.rows_done or 0
         dim, dtype = info.dim, info.dtype
@@ -120,8 +137,6 @@ def _sharded_info(folder: Path) -> StoreInfo:
 
 def _total_rows(entry: Path) -> int | None:
     """The whole store's row count, from a shard part's provenance or manifest."""
-    from embedcyto.store.reader import read_store_provenance
-
     try:
         if entry.is_file():
             meta = read_store_provenance(entry).get("shard", {})
@@ -135,7 +150,10 @@ def _total_rows(entry: Path) -> int | None:
 def list_stores(store_dir: str | os.PathLike) -> list[StoreInfo]:
     """Every store file and interrupted extraction under ``store_dir/<dataset>/``.
 
-    A finished store being rebuilt with ``--force`` appears twice: complete and partial.
+    A finished store being rebuilt with ``--force`` appears twice: complete and partial. A
+    partial folder left behind by a publication that was interrupted after its store was
+    published (same inputs as that store) is not listed: the next run removes it. A damaged
+    store is listed as "damaged" with the fix; it never stops the listing of the others.
     """
     store_dir = Path(store_dir)
     if not store_dir.is_dir():
@@ -146,10 +164,56 @@ def list_stores(store_dir: str | os.PathLike) -> list[StoreInfo]:
             if entry.is_file() and entry.name.endswith(STORE_SUFFIX):
                 out.append(_finished_info(entry))
             elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + PARTIAL_SUFFIX):
-                out.append(_partial_info(entry))
+                if not is_leftover_partial(entry):
+                    out.append(_partial_info(entry))
             elif entry.is_dir() and entry.name.endswith(STORE_SUFFIX + SHARDS_SUFFIX):
                 out.append(_sharded_info(entry))
     return out
+
+
+def is_leftover_partial(folder: Path) -> bool:
+    """True for a partial folder whose store was published with the same inputs.
+
+    ``commit`` publishes the store and then removes the partial folder; a process killed in
+    between leaves the folder behind. It holds nothing the store does not.
+    """
+    store = folder.with_name(folder.name[: -len(PARTIAL_SUFFIX)])
+    if not store.is_file():
+        return False
+    try:
+        started = PartialFolder(folder).read_manifest().get("provenance", {})
+        return not prov.differences(read_store_provenance(store), started)
+    except _READ_ERRORS:
+        return False
+
+
+def missing_store_message(path: Path) -> str:
+    """Why there is no store at ``path``: interrupted, not merged, or absent (listing others)."""
+    partial = PartialFolder(partial_dir(path))
+    if partial.exists():
+        try:
+            n_rows = int(partial.read_manifest().get("n_rows", 0))
+            done = f"{int(partial.done_mask(n_rows).sum())}/{n_rows} rows done"
+        except StoreError:
+            done = "progress unknown"
+        return (
+            f"{path} is incomplete: its extraction was interrupted ({done}); re-run the same "
+            f"`embedcyto extract` command to resume it"
+        )
+    shards = path.with_name(path.name + SHARDS_SUFFIX)
+    if shards.is_dir():
+        return (
+            f"{path} is not merged yet: its shards are in {shards}; once every shard has "
+            f"finished, run `embedcyto store merge --dataset {path.parent.name} --model "
+            f"{path.stem} --store {path.parent.parent}`"
+        )
+    store_dir = path.parent.parent
+    found = [f"{s.dataset}/{s.model} ({s.status})" for s in list_stores(store_dir)]
+    listing = ", ".join(found) if found else "none"
+    return (
+        f"no feature store at {path}; stores in {store_dir}: {listing}. Run `embedcyto extract` "
+        f"for that dataset and model first, or point --store at the right folder"
+    )
 
 
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
@@ -158,15 +222,16 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     For a store whose extraction was interrupted, describes the partial folder instead.
 
     Raises:
-        StoreError: neither the store nor a partial extraction of it exists, or it is unreadable.
+        StoreError: neither the store nor a partial extraction of it exists, or it is unreadable
+            or damaged (quick integrity check).
     """
-    from embedcyto.store.reader import open_store_file
-
     path = Path(path)
     if not path.is_file() and PartialFolder(partial_dir(path)).exists():
         info = _partial_info(partial_dir(path))
         manifest = PartialFolder(partial_dir(path)).read_manifest()
         return {**_summary(info), "provenance": manifest.get("provenance", {})}
+    if not path.is_file():
+        raise StoreError(missing_store_message(path))
     with open_store_file(path) as f:
         attrs = {k: decode_attr(v) for k, v in f.attrs.items()}
         arrays: dict[str, str] = {}

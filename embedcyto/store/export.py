@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from embedcyto.errors import StoreError
-from embedcyto.store.partial import atomic_write_bytes
+from embedcyto.fsio import atomic_write
 from embedcyto.store.reader import Features, load_features
 
 EXPORT_FORMATS = ("npz", "csv")
@@ -50,7 +50,7 @@ def export_store(
         raise StoreError(f"folder {out.parent} does not exist; create it first")
     feats = load_features(path, split=split)
     writer = _write_npz if format == "npz" else _write_csv
-    atomic_write_bytes(out, lambda handle: writer(handle, feats))
+    atomic_write(out, lambda handle: writer(handle, feats), needed=np.asarray(feats.X).nbytes)
     return out
 
 

@@ -1,9 +1,13 @@
 """One writer per store at a time, with a lock that dies with its process.
 
 ``fcntl.flock`` locks belong to an open file description, and the kernel drops them when the
-process exits for any reason (kill -9 included), so a crash never leaves a lock that blocks the
-next run. The lock file also records who holds it, so a refused writer can say which process
-to wait for.
+last descriptor of it is closed: when the process exits for any reason (kill -9 included), so a
+crash never leaves a lock that blocks the next run. A forked child (a DataLoader decoding
+worker) would inherit the descriptor and keep the lock alive after its parent died; so every
+child closes the lock descriptors it inherited as soon as it is forked (closing, unlike
+unlocking, leaves the parent's lock in place). Only in the instant between ``fork`` and the
+child's first step does the child hold a copy; it drops it the moment it runs. The lock file also records who holds it, so a
+refused writer can say which process to wait for.
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ import socket
 from pathlib import Path
 
 from embedcyto.errors import StoreError, StoreLockedError
+
+# Descriptors of the locks this process holds, closed in every forked child. Process state by
+# nature: a lock is held by a process, and fork copies the process.
+_HELD: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    """Run in a freshly forked child: give up the parent's lock descriptors (not the locks)."""
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class StoreLock:
@@ -31,10 +53,11 @@ class StoreLock:
         self.lock_file = Path(lock_file)
         self.target = Path(target)
         self._fd: int | None = None
+        self._pid: int | None = None
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None and self._pid == os.getpid()
 
     def acquire(self) -> StoreLock:
         """Take the lock or raise :class:`StoreLockedError` naming the holder."""
@@ -60,7 +83,8 @@ class StoreLock:
         except OSError as err:
             os.close(fd)
             raise StoreError(f"cannot lock {self.lock_file}: {err}") from err
-        self._fd = fd
+        self._fd, self._pid = fd, os.getpid()
+        _HELD.add(fd)
         _write_holder(fd)
         return self
 
@@ -69,6 +93,9 @@ class StoreLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        if self._pid != os.getpid():
+            return  # a forked child: its copy of the descriptor was closed at fork
+        _HELD.discard(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -82,13 +109,17 @@ class StoreLock:
 
 
 def _write_holder(fd: int) -> None:
+    """Record who holds the lock; on a full disk the lock still holds, only unnamed."""
     info = {
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(info).encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+    except OSError:
+        pass
 
 
 def _read_holder(fd: int) -> str:

@@ -18,14 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from embedcyto.datasets.records import Dataset, LabelSpace
 from embedcyto.errors import StaleStoreError, StoreError
 from embedcyto.store import provenance as prov
-from embedcyto.store.h5format import RowTable, write_store_file
+from embedcyto.store.h5format import RowTable, StoreLabels, read_store_provenance, write_store_file
 from embedcyto.store.lock import StoreLock
-from embedcyto.store.partial import fsync_dir
-from embedcyto.store.paths import lock_path, tmp_store_path
-from embedcyto.store.reader import load_features, read_store_provenance
+from embedcyto.store.paths import lock_path
+from embedcyto.store.reader import load_features
 from embedcyto.store.shards import (
     SHARD_KEY,
     Shard,
@@ -158,7 +156,7 @@ def _merged_provenance(parts: list[tuple[Shard, dict]]) -> dict[str, Any]:
 
 
 def _read_parts(path: Path, parts: list[tuple[Shard, dict]]):
-    """(label-space dataset, row table, features) of the parts, in shard order."""
+    """(label spaces, row table, features) of the parts, in shard order (each part verified)."""
     feats = [load_features(part_path(path, shard)) for shard, _ in parts]
     first = feats[0]
     for shard_feats, (shard, _) in zip(feats[1:], parts[1:]):
@@ -173,14 +171,7 @@ def _read_parts(path: Path, parts: list[tuple[Shard, dict]]):
         groups=np.concatenate([f.groups for f in feats]).astype(str),
         levels=levels,
     )
-    p = parts[0][1]
-    labels = Dataset(
-        name=p["dataset"], adapter=str(p.get("adapter", "")),
-        root=Path(p.get("dataset_root") or "."), classes=first.classes, records=[],
-        label_spaces={k: LabelSpace(k, tuple(v)) for k, v in first.label_spaces.items()},
-        level_names=first.level_names, hierarchy=dict(first.hierarchy),
-        level_maps=dict(first.level_maps),
-    )
+    labels = StoreLabels.of(first)
     return labels, table, np.concatenate([np.asarray(f.X) for f in feats])
 
 
@@ -226,19 +217,7 @@ def merge_shards(path: str | os.PathLike, *, count: int | None = None,
             raise StoreError(f"the shards of {path} hold {table.n_rows} rows, expected "
                              f"{parts[0][1][SHARD_KEY]['rows']}; run them again with --force")
         final["created_at"] = utc_now()
-        _publish(path, labels, table, features, final)
+        write_store_file(path, table, labels, features, final)
         shutil.rmtree(shards_dir(path))
         log.info("merged %d shards into %s (%d rows)", chosen, path, table.n_rows)
         return MergeResult(path, table.n_rows, chosen, merged=True)
-
-
-def _publish(path: Path, labels: Dataset, table: RowTable, features: np.ndarray,
-             final: dict[str, Any]) -> None:
-    tmp = tmp_store_path(path)
-    try:
-        write_store_file(tmp, labels, features, final, table=table)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)

@@ -20,7 +20,7 @@ STORE_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".partial"
 LOCK_SUFFIX = ".lock"
 SHARDS_SUFFIX = ".shards"
-TMP_MARKER = ".tmp-"
+TMP_MARKER = ".tmp-"  # temporary stores of embedcyto before fsio (cleaned up)
 ENV_STORE = "EMBEDCYTO_STORE"
 DEFAULT_STORE_DIR = "cache"
 
@@ -70,12 +70,6 @@ def lock_path(path: str | os.PathLike) -> Path:
     """The lock file writers of ``path`` hold with ``flock`` while they run."""
     path = Path(path)
     return path.with_name(path.name + LOCK_SUFFIX)
-
-
-def tmp_store_path(path: str | os.PathLike) -> Path:
-    """A temporary file beside ``path`` (same file system, so ``os.replace`` is atomic)."""
-    path = Path(path)
-    return path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}")
 
 
 def resolve_store_file(

@@ -108,3 +108,18 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
 def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
     """One line per differing key: ``key: old -> new``."""
     return "; ".join(f"{key}: {_short(a)} -> {_short(b)}" for key, a, b in diffs)
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what shaped the features or a run, for provenance (informational)."""
+    import importlib.metadata as md
+    import platform
+
+    versions = {}
+    for dist in ("embedcyto", "torch", "open_clip_torch", "timm", "h5py", "numpy", "pillow"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    versions["python"] = platform.python_version()
+    return versions

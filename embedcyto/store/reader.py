@@ -1,23 +1,27 @@
-"""Reading a finished store into arrays and metadata (:class:`Features`)."""
+"""Reading a finished store into arrays and metadata (:class:`Features`).
+
+Every read is verified: the cheap checks when the file is opened and, since the features are
+read anyway, their checksums, digest and finite values too (see :mod:`.integrity`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 
 from embedcyto.datasets.records import SPLITS
 from embedcyto.errors import StoreError
-from embedcyto.store.h5format import FORMAT_NAME, FORMAT_VERSION, decode_attr, read_provenance
-from embedcyto.store.partial import PartialFolder
-from embedcyto.store.paths import SHARDS_SUFFIX, partial_dir, resolve_store_file
+from embedcyto.store.catalog import missing_store_message
+from embedcyto.store.h5format import open_store_file, read_provenance, store_rows
+from embedcyto.store.integrity import UNVERIFIED, check_finite, full_check, read_features
+from embedcyto.store.paths import resolve_store_file
 
 log = logging.getLogger(__name__)
 
@@ -93,79 +97,12 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
-@contextmanager
-def open_store_file(
-    path: str | os.PathLike, *, require_complete: bool = True
-) -> Iterator[h5py.File]:
-    """Open a store for reading after checking it is a complete embedcyto store.
-
-    Raises:
-        StoreError: missing (listing the stores that do exist), interrupted (with the command
-            that resumes it), not HDF5, not an embedcyto store, or a newer format version.
-    """
+def open_checked(path: str | os.PathLike):
+    """:func:`h5format.open_store_file`, with the listing of what exists when ``path`` does not."""
     path = Path(path)
     if not path.is_file():
-        raise StoreError(_missing_message(path))
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise StoreError(
-            f"{path} is not a readable HDF5 file ({err}); is it a feature store?"
-        ) from err
-    with handle as f:
-        fmt = decode_attr(f.attrs.get("format"))
-        if fmt != FORMAT_NAME:
-            raise StoreError(
-                f"{path} is an HDF5 file but not an embedcyto feature store (format={fmt!r})"
-            )
-        version = decode_attr(f.attrs.get("format_version"))
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise StoreError(
-                f"{path} has store format version {version!r}; this embedcyto reads up to version "
-                f"{FORMAT_VERSION}: upgrade embedcyto"
-            )
-        if require_complete and not decode_attr(f.attrs.get("complete", False)):
-            raise StoreError(
-                f"{path} is incomplete: its extraction was interrupted; re-run the same "
-                f"`embedcyto extract` command to resume it"
-            )
-        yield f
-
-
-def _missing_message(path: Path) -> str:
-    partial = PartialFolder(partial_dir(path))
-    if partial.exists():
-        try:
-            n_rows = int(partial.read_manifest().get("n_rows", 0))
-            done = f"{int(partial.done_mask(n_rows).sum())}/{n_rows} rows done"
-        except StoreError:
-            done = "progress unknown"
-        return (
-            f"{path} is incomplete: its extraction was interrupted ({done}); re-run the same "
-            f"`embedcyto extract` command to resume it"
-        )
-    from embedcyto.store.catalog import list_stores
-
-    shards = path.with_name(path.name + SHARDS_SUFFIX)
-    if shards.is_dir():
-        return (
-            f"{path} is not merged yet: its shards are in {shards}; once every shard has "
-            f"finished, run `embedcyto store merge --dataset {path.parent.name} --model "
-            f"{path.stem} --store {path.parent.parent}`"
-        )
-    store_dir = path.parent.parent
-    found = [f"{s.dataset}/{s.model} ({s.status})" for s in list_stores(store_dir)]
-    listing = ", ".join(found) if found else "none"
-    return (
-        f"no feature store at {path}; stores in {store_dir}: {listing}. Run `embedcyto extract` "
-        f"for that dataset and model first, or point --store at the right folder"
-    )
-
-
-def read_store_provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """The provenance of a complete store (cheap: attributes only)."""
-    with open_store_file(path) as f:
-        return read_provenance(f.attrs)
+        raise StoreError(missing_store_message(path))
+    return open_store_file(path, check=False)
 
 
 def _strings(node) -> np.ndarray:
@@ -193,8 +130,9 @@ def _read_features(path: Path, f: h5py.File, mmap: bool) -> np.ndarray:
         mapped = _memmap(path, dset)
         if mapped is not None:
             return mapped
-        log.info("%s: features are compressed or scattered on disk; reading them into memory", path)
-    return _readonly(dset[()])
+        log.info("%s: features are checksummed, compressed or scattered on disk; reading them "
+                 "into memory", path)
+    return _readonly(read_features(f, path))
 
 
 def _memmap(path: Path, dset: h5py.Dataset) -> np.ndarray | None:
@@ -265,13 +203,15 @@ def load_features(
     """
     dataset_name = getattr(dataset, "name", dataset)
     path = resolve_store_file(store, dataset_name, model, store_dir=store_dir)
-    with open_store_file(path) as f:
+    with open_checked(path) as f:
         provenance = read_provenance(f.attrs)
         for key, wanted in (("dataset", dataset_name), ("model", model)):
             if wanted and provenance.get(key) not in (None, wanted):
                 raise StoreError(f"{path} holds {key} {provenance.get(key)!r}, not {wanted!r}")
-        n = decode_attr(f.attrs["n_rows"])
+        n = store_rows(f, path)
         X = _read_features(path, f, mmap)
+        if not full_check(f, path, provenance, n, features=X):
+            log.warning("%s: %s", path, UNVERIFIED)
         rows = {
             "labels": _readonly(np.asarray(f["label"][()], dtype=np.int64)),
             "ids": _readonly(_strings(f["image_id"])),
@@ -282,10 +222,63 @@ def load_features(
             ),
         }
         meta = _read_meta(f)
-    bad = [k for k, v in rows.items() if v is not None and len(v) != n]
-    if len(X) != n or bad:
-        raise StoreError(
-            f"{path} is malformed: row counts disagree ({bad or 'features'} vs n_rows={n})"
-        )
     features = Features(X=X, **rows, **meta, provenance=provenance, path=path)
     return features.subset(split) if split is not None else features
+
+
+def validate_features(features: Features) -> Features:
+    """Check arrays brought into embedcyto from elsewhere: shapes agree, values are finite.
+
+    The checks :func:`load_features` applies to a store, for features that did not come from one
+    (an imported matrix, arrays built in a script). Returns ``features`` unchanged.
+
+    Raises:
+        StoreError: per-row arrays of different lengths, features not 2-D, or labels outside
+            the classes; :class:`embedcyto.errors.DamagedStoreError` for NaN or infinite values
+            (naming the rows and their ids).
+    """
+    X = np.asarray(features.X)
+    n = len(features.ids)
+    if X.ndim != 2 or len(X) != n:
+        raise StoreError(f"features have shape {X.shape} for {n} row ids; expected ({n}, dim)")
+    for name in ("labels", "splits", "groups", "levels"):
+        values = getattr(features, name)
+        if values is not None and len(values) != n:
+            raise StoreError(f"{name} has {len(values)} entries for {n} rows")
+    labels = np.asarray(features.labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= len(features.classes)):
+        raise StoreError(f"labels must index the {len(features.classes)} classes, got "
+                         f"{labels.min()}..{labels.max()}")
+    check_finite(X, features.ids, where=str(features.path))
+    return features
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_store` found: ``verified`` is False for a store without checksums."""
+
+    path: Path
+    rows: int
+    dim: int
+    verified: bool
+
+    @property
+    def status(self) -> str:
+        state = "verified" if self.verified else UNVERIFIED
+        return f"{self.path}: {self.rows} rows x {self.dim}, {state}"
+
+
+def verify_store(path: str | os.PathLike) -> Verification:
+    """The full integrity check of one store: every checksum, digest, shape and value.
+
+    Raises:
+        StoreError: missing or not a store; :class:`embedcyto.errors.DamagedStoreError` naming
+            what is wrong and the fix.
+    """
+    path = Path(path)
+    with open_checked(path) as f:
+        provenance = read_provenance(f.attrs)
+        n = store_rows(f, path)
+        verified = full_check(f, path, provenance, n)
+        dim = int(f["features"].shape[1])
+    return Verification(path=path, rows=n, dim=dim, verified=verified)

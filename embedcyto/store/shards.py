@@ -31,10 +31,10 @@ import numpy as np
 from embedcyto.datasets.records import Dataset
 from embedcyto.errors import StaleStoreError, StoreError
 from embedcyto.store import provenance as prov
-from embedcyto.store.h5format import DTYPES
+from embedcyto.store.h5format import DTYPES, read_store_provenance
 from embedcyto.store.partial import PartialFolder
 from embedcyto.store.paths import PARTIAL_SUFFIX, SHARDS_SUFFIX, STORE_SUFFIX
-from embedcyto.store.reader import read_store_provenance
+from embedcyto.store.reader import verify_store
 from embedcyto.store.writer import FeatureWriter, complete_provenance
 
 SCHEME = "contiguous-batch-blocks"
@@ -142,10 +142,12 @@ class NothingToDo:
 
 
 def final_is_current(path: Path, expected: dict[str, Any], *, force: bool) -> bool:
-    """True when the merged store exists with ``expected``'s identity (a cache hit).
+    """True when the merged store exists with ``expected``'s identity and passes the full
+    integrity check (a cache hit).
 
     Raises:
         StaleStoreError: it exists with another identity and ``force`` is off.
+        StoreError: it is damaged (rebuild it with ``force``).
     """
     if force or not path.exists():
         return False
@@ -155,6 +157,7 @@ def final_is_current(path: Path, expected: dict[str, Any], *, force: bool) -> bo
         raise StoreError(f"{err}; pass --force to replace it") from err
     diffs = prov.differences(old, expected)
     if not diffs:
+        verify_store(path)
         return True
     raise StaleStoreError(
         f"{path} was made from other inputs than requested ({prov.describe_differences(diffs)}); "

@@ -3,12 +3,15 @@
 Life of a writer (see docs/store.md, "Writing"):
 
 1. take the store's lock (one writer at a time; the lock dies with the process);
-2. a finished store with the same identity is a cache hit: nothing pending, ``commit`` is a
-   no-op; with another identity it is refused (:class:`StaleStoreError`) unless ``force``;
+2. a finished store with the same identity that passes the full integrity check is a cache hit:
+   nothing pending, ``commit`` is a no-op; a damaged one is refused (rebuild with ``force``); one
+   with another identity is refused (:class:`StaleStoreError`) unless ``force`` or an
+   interrupted rebuild with exactly the requested inputs exists (then that rebuild resumes);
 3. otherwise finished batches go to ``<store>.h5.partial/`` one file each, so a killed run
-   resumes with only the missing rows;
-4. ``commit`` assembles a temporary HDF5 file beside the target, fsyncs it and renames it onto
-   the target, then removes the partial folder. An old store stays readable until that rename.
+   resumes with only the missing rows; ``force`` always starts from an empty partial folder;
+4. ``commit`` writes the HDF5 file through :func:`embedcyto.fsio.atomic_write` (temporary file,
+   fsync, rename), then removes the partial folder. An old store stays readable until that
+   rename, and whatever a kill between the two leaves behind is removed by the next writer.
 """
 
 from __future__ import annotations
@@ -23,12 +26,20 @@ import numpy as np
 
 from embedcyto.datasets.records import Dataset
 from embedcyto.errors import StaleStoreError, StoreError
+from embedcyto.fsio import remove_stale_tmp
 from embedcyto.store import provenance as prov
-from embedcyto.store.h5format import DTYPES, row_table, rows_sha256, write_store_file
+from embedcyto.store.h5format import (
+    DTYPES,
+    StoreLabels,
+    read_store_provenance,
+    row_table,
+    rows_sha256,
+    write_store_file,
+)
 from embedcyto.store.lock import StoreLock
-from embedcyto.store.partial import PartialFolder, fsync_dir
-from embedcyto.store.paths import lock_path, partial_dir, tmp_store_path
-from embedcyto.store.reader import read_store_provenance
+from embedcyto.store.partial import PartialFolder
+from embedcyto.store.paths import TMP_MARKER, lock_path, partial_dir
+from embedcyto.store.reader import verify_store
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,10 @@ def complete_provenance(path: str | os.PathLike, dataset: Dataset, provenance: d
                 f"provenance says {key}={full[key]!r} but the writer was given {value!r}"
             )
         full[key] = value
+    card = full.get("card")
+    if isinstance(card, dict) and card.get("embed_dim") not in (None, int(embed_dim)):
+        raise StoreError(f"the card {card.get('name')!r} gives {card['embed_dim']}-wide "
+                         f"features but the writer was given embed_dim={embed_dim}")
     full["rows_sha256"] = rows_sha256(dataset)
     if "dataset_fingerprint" not in full:
         full["dataset_fingerprint"] = dataset.fingerprint()
@@ -135,20 +150,38 @@ class FeatureWriter:
                                    embed_dim=self.embed_dim, dtype=self.dtype.name)
 
     def _prepare(self, force: bool) -> None:
-        for leftover in self.path.parent.glob(self.path.name + ".tmp-*"):
-            leftover.unlink(missing_ok=True)  # a commit killed before its rename
+        self._clean_leftovers()
         if self.path.exists() and not force:
-            old = self._finished_provenance()
-            diffs = prov.differences(old, self.provenance)
+            diffs = prov.differences(self._finished_provenance(), self.provenance)
             if not diffs:
-                self.is_cache_hit = True
-                self._done[:] = True
+                self._verify_cache_hit()
                 return
-            raise StaleStoreError(
-                f"{self.path} was made from other inputs than requested "
-                f"({prov.describe_differences(diffs)}); {_FIX}{self._rebuild_hint()}"
-            )
+            if self._matching_partial() is None:
+                raise StaleStoreError(
+                    f"{self.path} was made from other inputs than requested "
+                    f"({prov.describe_differences(diffs)}); {_FIX}"
+                )
+            log.info("%s: resuming the interrupted rebuild with these inputs (the old store "
+                     "stays until it is complete)", self.path)
         self._open_partial(force)
+
+    def _clean_leftovers(self) -> None:
+        """Remove what killed processes left: temporary files and half-discarded folders."""
+        for leftover in self.path.parent.glob(self.path.name + TMP_MARKER + "*"):
+            leftover.unlink(missing_ok=True)  # a commit of an older embedcyto killed early
+        remove_stale_tmp(self.path.parent, self.path.name)
+        self._partial.clean_leftovers()
+
+    def _verify_cache_hit(self) -> None:
+        """A cache hit is a store verified complete: checksums, digests, shapes, finite values."""
+        try:
+            verify_store(self.path)
+        except StoreError as err:
+            raise StoreError(f"{err}. Nothing was reused") from err
+        if self._partial.exists() and self._matching_partial() is not None:
+            self._partial.discard()  # left by a commit killed after publishing the store
+        self.is_cache_hit = True
+        self._done[:] = True
 
     def _finished_provenance(self) -> dict[str, Any]:
         try:
@@ -156,50 +189,39 @@ class FeatureWriter:
         except StoreError as err:
             raise StoreError(f"{err}; pass --force to replace it") from err
 
-    def _rebuild_hint(self) -> str:
-        """Mention an interrupted forced rebuild that --force would resume."""
+    def _matching_partial(self) -> dict[str, Any] | None:
+        """The manifest of a partial folder started with exactly these inputs, else None."""
         if not self._partial.exists():
-            return ""
+            return None
         try:
             manifest = self._partial.read_manifest()
         except StoreError:
-            return ""
+            return None
         if prov.differences(manifest.get("provenance", {}), self.provenance):
-            return ""
-        done = int(self._partial.done_mask(self.n_rows).sum())
-        return (
-            f" (an interrupted rebuild with these inputs has {done}/{self.n_rows} rows; "
-            f"--force resumes it)"
-        )
+            return None
+        return manifest
 
     def _open_partial(self, force: bool) -> None:
-        """Resume a matching partial extraction or start a fresh one."""
+        """Resume a matching partial extraction, or start a fresh one (always with ``force``)."""
         partial = self._partial
-        if partial.exists():
+        if partial.exists() and not force:
             try:
                 manifest = partial.read_manifest()
-                diffs = prov.differences(manifest.get("provenance", {}), self.provenance)
-            except StoreError:
-                if not force:
-                    raise
-                diffs = [("manifest", None, None)]
-            if not diffs:
-                partial.clean_tmp()
-                self._done = partial.done_mask(self.n_rows, drop_damaged=True)
-                self.resumed_rows = int(self._done.sum())
-                log.info(
-                    "resuming %s: %d/%d rows already done",
-                    self.path,
-                    self.resumed_rows,
-                    self.n_rows,
-                )
-                return
-            if not force:
+            except StoreError as err:
+                raise StoreError(f"{err}. Nothing was computed") from err
+            diffs = prov.differences(manifest.get("provenance", {}), self.provenance)
+            if diffs:
                 raise StaleStoreError(
                     f"an unfinished extraction in {partial.folder} was started with other inputs "
                     f"({prov.describe_differences(diffs)}); pass --force to discard it and start "
                     f"again, or write to another store folder with --store"
                 )
+            partial.clean_tmp()
+            self._done = partial.done_mask(self.n_rows, dim=self.embed_dim, drop_damaged=True)
+            self.resumed_rows = int(self._done.sum())
+            log.info("resuming %s: %d/%d rows already done", self.path, self.resumed_rows,
+                     self.n_rows)
+            return
         partial.create(
             {"n_rows": self.n_rows, "provenance": self.provenance, "started_at": utc_now()}
         )
@@ -290,14 +312,8 @@ class FeatureWriter:
         final = dict(self.provenance, created_at=utc_now())
         if self.resumed_rows:
             final["rows_resumed"] = self.resumed_rows
-        tmp = tmp_store_path(self.path)
-        try:
-            write_store_file(tmp, self.dataset, features, final, compression=self.compression)
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        write_store_file(self.path, row_table(self.dataset), StoreLabels.of(self.dataset),
+                         features, final, compression=self.compression)
         self._partial.discard()
         self._committed = True
         self.provenance = final
