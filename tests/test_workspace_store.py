@@ -189,5 +189,7 @@ def test_status_shows_complete_partial_stale_and_missing(tmp_path, monkeypatch):
     assert "stale" in lines[("cells", "tiny-clip")]
     assert "missing" in lines[("cells", "tiny-vit")]
 
+    (store / "cells" / "tiny-vit.h5").write_bytes(b"not a store")
+    assert workspace_status(ws).cell("cells", "tiny-vit").store.startswith("damaged (")
     shutil.copy(first, first.with_name("added.png"))  # an image added: the split is out of date
     assert workspace_status(ws).cell("cells", "tiny-clip").store.startswith("stale (")

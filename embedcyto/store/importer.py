@@ -137,7 +137,7 @@ def import_features(source: str | os.PathLike, dataset, *, model: str, store_dir
     """
     from embedcyto.backbones.cards import list_cards
     from embedcyto.backbones.weights import file_sha256
-    from embedcyto.extract import dataset_split_hash
+    from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.store import open_writer, store_path
 
     source = Path(source)

@@ -42,7 +42,7 @@ class WorkspaceStatus:
 def _current_identity(entry, workspace, store_dir) -> dict:
     """What a store of this dataset must have been made from now (no image is decoded again
     unless it changed since the last check)."""
-    from embedcyto.extract import dataset_split_hash
+    from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.store.h5format import rows_sha256
     from embedcyto.workspace.datasets import open_entry
 
@@ -52,11 +52,11 @@ def _current_identity(entry, workspace, store_dir) -> dict:
 
 
 def _store_state(info, current: dict | None) -> str:
-    from embedcyto.store.reader import read_store_provenance
+    from embedcyto.store.h5format import read_store_provenance
 
     if info is None:
         return "missing"
-    if info.state == "invalid":
+    if info.state in ("damaged", "invalid"):
         return f"damaged ({info.problem})"
     if info.state != "complete":
         return f"{info.state} {info.rows_done}/{info.rows}"
