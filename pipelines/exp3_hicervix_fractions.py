@@ -58,7 +58,8 @@ def _body(argv) -> None:
     steps.extract_all(s, opened, s.models)
     steps.probe_all(s, s.datasets, s.models, ["linear"], ())
     steps.lora_all(s, opened, configs)
-    steps.write_report(s)
+    steps.write_report(s, [steps.lora_plan("fractions", s, s.models, fractions=fractions,
+                                           seeds=seeds, overrides=exp["lora"])])
 
 
 def main(argv=None) -> int:
