@@ -156,7 +156,7 @@ def naive_episodes(feats, shots, episodes):
         accs = []
         for e in range(episodes):
             idx = support_indices(ids, ytr, k, 1, e)
-            mu = Xtr.mean(0)
+            mu = Xtr[idx].mean(0)  # the default centring: the episode's support mean
             s = (Xtr[idx] - mu) / np.linalg.norm(Xtr[idx] - mu, axis=1, keepdims=True)
             q = (Xte - mu) / np.linalg.norm(Xte - mu, axis=1, keepdims=True)
             protos = np.stack([s[ytr[idx] == c].mean(0) for c in range(len(feats.classes))])

@@ -88,12 +88,14 @@ class _Entry:
 
 
 def _probe_entries(results_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]]:
-    from embedcyto.probes.runner import read_results
+    from embedcyto.probes.registry import non_default_options
+    from embedcyto.probes.results import read_results
 
     out: dict[tuple, dict[str, _Entry]] = {}
     for row in read_results(results_dir / f"{dataset}.jsonl"):
-        method = row["method"] + ("" if not row.get("options") else
-                                  " " + json.dumps(row["options"], sort_keys=True))
+        options = non_default_options(row["method"], row.get("options"))
+        method = row["method"] + ("" if not options else
+                                  " " + json.dumps(options, sort_keys=True))
         entry = out.setdefault((method, row.get("shots"), None), {}).setdefault(
             row["model"], _Entry())
         seed = row.get("seed") if row.get("seed") is not None else 0

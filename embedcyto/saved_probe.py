@@ -109,18 +109,19 @@ def fit_and_save(store: str | os.PathLike, method: str, out_dir: str | os.PathLi
     """Fit ``method`` on a store's training split and save it (see the module docstring)."""
     from embedcyto.calibration import fit_temperature
     from embedcyto.fsio import atomic_write, atomic_write_json
-    from embedcyto.probes.evaluate import NEEDS_VALIDATION, _full_proba, _make_estimator, \
-        split_arrays
-    from embedcyto.probes.runner import store_identity
+    from embedcyto.probes import registry
+    from embedcyto.probes.checks import store_identity
+    from embedcyto.probes.evaluate import _full_proba, _make_estimator, split_arrays
     from embedcyto.store import load_features
 
     if method not in SAVABLE:
         raise SavedProbeError(f"only full-data probes can be saved ({', '.join(SAVABLE)}), "
                               f"not {method!r}")
+    spec = registry.get_method(method)
     feats = load_features(store)
     train, val = split_arrays(feats, "train"), split_arrays(feats, "val", need=False)
-    est = _make_estimator(method, seed, dict(options or {}))
-    if method in NEEDS_VALIDATION:
+    est = _make_estimator(spec, seed, dict(options or {}))
+    if spec.needs_validation:
         est.fit(train["X"], train["y"], val["X"], val["y"])
     else:
         est.fit(train["X"], train["y"])

@@ -133,13 +133,13 @@ def extract_all(settings: Settings, opened: dict, models: Sequence[str]) -> None
 def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str],
               methods: Sequence[str], shots: Sequence[int]) -> None:
     """The probe grid of each dataset; rows already in the results are reused."""
-    from embedcyto.probes.runner import run_probe_grid
+    from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
 
     for name in datasets:
-        rows = run_probe_grid(settings.store, [name], list(models), tuple(methods),
-                              tuple(shots) or (1,), settings.seeds, settings.episodes,
-                              settings.n_jobs, settings.probe_results,
-                              options=settings.probe_options)
+        rows = run_probe_grid(ProbeGridConfig(
+            settings.store, (name,), tuple(models), tuple(methods), tuple(shots) or (1,),
+            tuple(settings.seeds), settings.episodes, settings.n_jobs, settings.probe_results,
+            options=settings.probe_options or {}))
         say(f"probe {name}: {len(rows)} rows ({', '.join(methods)})")
 
 

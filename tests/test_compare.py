@@ -9,8 +9,7 @@ from click.testing import CliRunner
 
 from embedcyto.cli.main import cli
 from embedcyto.compare import compare_dataset
-from embedcyto.probes.runner import run_probe_grid
-from test_probes_runner import make_dataset, write_store
+from test_probes_runner import grid, make_dataset, write_store
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,8 @@ def results(tmp_path_factory):
     ds = make_dataset(n_per_class=(30, 10, 40))
     for model, noise in (("alpha", 1.2), ("alphacopy", 1.2), ("beta", 4.0)):
         write_store(base / "cache", ds, model, seed=1, noise=noise)
-    run_probe_grid(base / "cache", results_dir=base / "res", methods=("knn", "simpleshot"),
-                   shots=(2,), seeds=(1, 2), episodes=30)
+    grid(base / "cache", results_dir=base / "res", methods=("knn", "simpleshot"),
+         shots=(2,), seeds=(1, 2), episodes=30)
     return base
 
 

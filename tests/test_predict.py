@@ -144,14 +144,13 @@ OPTIONS = {"study_head": {"epochs": 3}, "linear": {"Cs": [0.5]}}
 
 @pytest.mark.parametrize("method", ["linear", "study_head"])
 def test_saved_linear_probes_reproduce_the_rows_test_predictions(tmp_path, method):
-    from embedcyto.probes.runner import run_probe_grid
     from embedcyto.saved_probe import fit_and_save
     from embedcyto.store import load_features
-    from test_probes_runner import make_dataset, write_store
+    from test_probes_runner import grid, make_dataset, write_store
 
     path = write_store(tmp_path / "cache", make_dataset(), "alpha", seed=1)
-    (row,) = run_probe_grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=(method,),
-                            seeds=(1,), options=OPTIONS)
+    (row,) = grid(tmp_path / "cache", results_dir=tmp_path / "res", methods=(method,),
+                  seeds=(1,), options=OPTIONS)
     options = OPTIONS[method]
     probe = load_probe(fit_and_save(path, method, tmp_path / "models", options, seed=1))
     pred = row_predictions(tmp_path / "res", row)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from embedcyto import predictions as P
-from embedcyto.probes.runner import run_probe_grid
+from test_probes_runner import grid as run_grid
 from test_probes_runner import make_dataset, write_store
 
 
@@ -17,9 +17,8 @@ def grid(tmp_path):
     ds = make_dataset(levels=True)
     write_store(tmp_path / "cache", ds, "alpha", seed=1)
     write_store(tmp_path / "cache", ds, "beta", seed=2, noise=3.0)
-    rows = run_probe_grid(tmp_path / "cache", results_dir=tmp_path / "res",
-                          methods=("knn", "simpleshot"), shots=(1,), seeds=(1, 2),
-                          episodes=5)
+    rows = run_grid(tmp_path / "cache", results_dir=tmp_path / "res",
+                    methods=("knn", "simpleshot"), shots=(1,), seeds=(1, 2), episodes=5)
     return ds, rows, tmp_path / "res"
 
 

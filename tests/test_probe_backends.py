@@ -15,8 +15,13 @@ from embedcyto.cli.main import cli
 from embedcyto.datasets.records import Dataset, Record
 from embedcyto.errors import EmbedcytoError
 from embedcyto.parallel import joblib_backend, resolve_n_jobs
-from embedcyto.probes.runner import run_probe_grid
+from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
 from embedcyto.store import open_writer, store_path
+
+
+def grid(store_dir=None, **kwargs) -> list[dict]:
+    """The probe grid with its configuration given as keywords."""
+    return run_probe_grid(ProbeGridConfig(store_dir=store_dir, **kwargs))
 
 CLASSES = ("nilm", "lsil", "hsil")
 GRID = {"methods": ("linear", "knn", "simpleshot"), "shots": (1, 2), "seeds": (1, 2),
@@ -48,7 +53,7 @@ def stores(tmp_path_factory):
 
 
 def _rows(stores, out: Path, **kwargs) -> list[dict]:
-    rows = run_probe_grid(stores, results_dir=out, **GRID, **kwargs)
+    rows = grid(stores, results_dir=out, **GRID, **kwargs)
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
@@ -91,9 +96,9 @@ def test_dask_local_cluster_gives_the_loky_rows(stores, tmp_path, monkeypatch):
 
 def test_unknown_backend_and_misplaced_scheduler_are_refused(stores, tmp_path):
     with pytest.raises(EmbedcytoError, match="unknown joblib backend 'spark'"):
-        run_probe_grid(stores, results_dir=tmp_path, backend="spark", **GRID)
+        grid(stores, results_dir=tmp_path, backend="spark", **GRID)
     with pytest.raises(EmbedcytoError, match="dask and ray backends only"):
-        run_probe_grid(stores, results_dir=tmp_path, backend="loky", scheduler="tcp://x:1",
+        grid(stores, results_dir=tmp_path, backend="loky", scheduler="tcp://x:1",
                        **GRID)
 
 

@@ -67,19 +67,33 @@ def _data(seed=0, n_classes=3, dim=6, n_train=20, n_test=15, spread=1.5):
     return X_tr, y_tr, ids_tr, X_te, y_te
 
 
-@pytest.mark.parametrize("method,estimator", [("simpleshot", SimpleShot), ("protonet", ProtoNet)])
-def test_batched_episodes_equal_one_estimator_per_episode(method, estimator):
+@pytest.mark.parametrize("method,estimator,options", [
+    ("simpleshot", SimpleShot, {"centre": "support"}),
+    ("simpleshot", SimpleShot, {"centre": "train"}),
+    ("simpleshot", SimpleShot, {}),  # the default: support-mean centring
+    ("protonet", ProtoNet, {})])
+def test_batched_episodes_equal_one_estimator_per_episode(method, estimator, options):
     X_tr, y_tr, ids_tr, X_te, y_te = _data()
     out = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, shots=2, n_episodes=12, seed=3,
-                       method=method, budget=200)  # tiny budget: several batches
+                       method=method, budget=200, **options)  # tiny budget: several batches
     for e in range(12):
         idx = support_indices(ids_tr, y_tr, 2, 3, e)
         est = estimator()
-        fit_kwargs = {"X_unlabelled": X_tr} if method == "simpleshot" else {}
+        fit_kwargs = {"X_unlabelled": X_tr} if options.get("centre") == "train" else {}
         pred = est.fit(X_tr[idx], y_tr[idx], **fit_kwargs).predict(X_te)
         assert out["accuracy"][e] == pytest.approx(accuracy(y_te, pred))
         assert out["balanced_accuracy"][e] == pytest.approx(balanced_accuracy(y_te, pred, 3))
         assert out["macro_f1"][e] == pytest.approx(macro_f1(y_te, pred, 3))
+
+
+def test_support_and_train_centring_differ():
+    X_tr, y_tr, ids_tr, X_te, y_te = _data(spread=3.0)
+    X_tr, X_te = X_tr + 5.0, X_te + 5.0  # a common offset: where the centre lies matters
+    support = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, 1, 30, 1, centre="support")
+    train = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, 1, 30, 1, centre="train")
+    assert not np.array_equal(support["accuracy"], train["accuracy"])
+    with pytest.raises(ProbeError, match="centring 'median'"):
+        run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, 1, 3, 1, centre="median")
 
 
 def test_supports_never_among_queries():
@@ -101,7 +115,7 @@ def test_episode_levels_match_the_hierarchical_metrics():
                        level_maps=level_maps, level_names=("l1", "l2"))
     for e in range(5):
         idx = support_indices(ids_tr, y_tr, 3, 2, e)
-        proba = SimpleShot().fit(X_tr[idx], y_tr[idx], X_unlabelled=X_tr).predict_proba(X_te)
+        proba = SimpleShot().fit(X_tr[idx], y_tr[idx]).predict_proba(X_te)  # support centring
         ref = hierarchical_metrics(proba, levels, level_maps, ("l1", "l2"))
         assert out["levels"]["l1"]["accuracy"][e] == pytest.approx(ref["l1"]["accuracy"])
         assert out["levels"]["l2"]["accuracy"][e] == pytest.approx(ref["l2"]["accuracy"])

@@ -11,8 +11,13 @@ import pytest
 from embedcyto.datasets.records import Dataset, LabelSpace, Record
 from embedcyto.errors import ProbeError
 from embedcyto.probes import runner
-from embedcyto.probes.runner import ProbeTask, run_probe_grid
+from embedcyto.probes.runner import ProbeGridConfig, ProbeTask, run_probe_grid
 from embedcyto.store import open_writer, store_path
+
+
+def grid(store_dir=None, **kwargs) -> list[dict]:
+    """The probe grid with its configuration given as keywords."""
+    return run_probe_grid(ProbeGridConfig(store_dir=store_dir, **kwargs))
 
 CLASSES = ("nilm", "lsil", "hsil", "agc")
 LEVEL_MAPS = {"level_1": (0, 1, 1, 2), "level_2": (0, 1, 2, -1)}
@@ -74,7 +79,7 @@ def _strip(rows):
 
 
 def test_grid_writes_one_row_per_task(stores, tmp_path):
-    rows = run_probe_grid(stores, results_dir=tmp_path / "res", **GRID)
+    rows = grid(stores, results_dir=tmp_path / "res", **GRID)
     # per model: linear 2 seeds + knn 2 seeds + simpleshot 2 shots x 2 seeds
     assert len(rows) == 2 * (2 + 2 + 4)
     lines = (tmp_path / "res" / "toy.jsonl").read_text().splitlines()
@@ -92,7 +97,7 @@ def test_grid_writes_one_row_per_task(stores, tmp_path):
 
 
 def test_existing_rows_are_skipped_and_rerun_recomputes(stores, tmp_path, monkeypatch):
-    first = run_probe_grid(stores, results_dir=tmp_path / "res", **GRID)
+    first = grid(stores, results_dir=tmp_path / "res", **GRID)
     calls = []
     original = runner._run_unit
 
@@ -101,27 +106,27 @@ def test_existing_rows_are_skipped_and_rerun_recomputes(stores, tmp_path, monkey
         return original(*args)
 
     monkeypatch.setattr(runner, "_run_unit", counting)
-    again = run_probe_grid(stores, results_dir=tmp_path / "res", **GRID)
+    again = grid(stores, results_dir=tmp_path / "res", **GRID)
     assert calls == [] and _strip(again) == _strip(first)
-    run_probe_grid(stores, results_dir=tmp_path / "res", rerun=True, **GRID)
+    grid(stores, results_dir=tmp_path / "res", rerun=True, **GRID)
     assert sorted(calls) == sorted(["linear", "knn", "simpleshot"] * 2)
     lines = (tmp_path / "res" / "toy.jsonl").read_text().splitlines()
     assert len(lines) == len(first)  # replaced, not appended
 
 
 def test_reextracted_store_is_probed_again(stores, tmp_path, monkeypatch):
-    run_probe_grid(stores, results_dir=tmp_path / "res", **GRID)
+    grid(stores, results_dir=tmp_path / "res", **GRID)
     write_store(stores, make_dataset(), "beta", seed=3, note="re-extracted", force=True)
     calls = []
     original = runner._run_unit
     monkeypatch.setattr(runner, "_run_unit", lambda *a: calls.append(a[0].stem) or original(*a))
-    rows = run_probe_grid(stores, results_dir=tmp_path / "res", **GRID)
+    rows = grid(stores, results_dir=tmp_path / "res", **GRID)
     assert set(calls) == {"beta"} and len(rows) == 16
 
 
 def test_rows_do_not_depend_on_n_jobs(stores, tmp_path):
-    one = run_probe_grid(stores, results_dir=tmp_path / "a", n_jobs=1, **GRID)
-    two = run_probe_grid(stores, results_dir=tmp_path / "b", n_jobs=2, **GRID)
+    one = grid(stores, results_dir=tmp_path / "a", n_jobs=1, **GRID)
+    two = grid(stores, results_dir=tmp_path / "b", n_jobs=2, **GRID)
     assert _strip(one) == _strip(two)
 
 
@@ -130,8 +135,8 @@ def test_refuses_an_incomplete_store(tmp_path):
     write_store(tmp_path, ds, "alpha")
     write_store(tmp_path, ds, "half", commit=False)
     with pytest.raises(ProbeError, match="incomplete"):
-        run_probe_grid(tmp_path, models=["alpha", "half"], results_dir=tmp_path / "r", **GRID)
-    rows = run_probe_grid(tmp_path, results_dir=tmp_path / "r", **GRID)  # default: complete ones
+        grid(tmp_path, models=["alpha", "half"], results_dir=tmp_path / "r", **GRID)
+    rows = grid(tmp_path, results_dir=tmp_path / "r", **GRID)  # default: complete ones
     assert {r["model"] for r in rows} == {"alpha"}
 
 
@@ -139,27 +144,57 @@ def test_refuses_stores_of_different_images(tmp_path):
     write_store(tmp_path, make_dataset(), "alpha")
     write_store(tmp_path, make_dataset(rename={"lsil/test_000.png": "lsil/test_999.png"}), "beta")
     with pytest.raises(ProbeError, match=r"different images or splits.*\[alpha\] vs \[beta\]"):
-        run_probe_grid(tmp_path, results_dir=tmp_path / "r", **GRID)
+        grid(tmp_path, results_dir=tmp_path / "r", **GRID)
 
 
 def test_refuses_a_missing_validation_split(tmp_path):
     write_store(tmp_path, make_dataset(n_per_class=(12, 5), splits=("train", "test")), "alpha")
     with pytest.raises(ProbeError, match="no validation rows.*linear, knn"):
-        run_probe_grid(tmp_path, results_dir=tmp_path / "r", **GRID)
-    rows = run_probe_grid(tmp_path, results_dir=tmp_path / "r",
+        grid(tmp_path, results_dir=tmp_path / "r", **GRID)
+    rows = grid(tmp_path, results_dir=tmp_path / "r",
                           **{**GRID, "methods": ("simpleshot",)})
     assert len(rows) == 4
 
 
-def test_refuses_too_many_shots_naming_the_class(tmp_path):
+def test_refuses_too_many_shots_naming_the_class_before_any_work(tmp_path, monkeypatch):
     write_store(tmp_path, make_dataset(), "alpha")
-    with pytest.raises(ProbeError, match="training images, fewer than shots=16"):
-        run_probe_grid(tmp_path, results_dir=tmp_path / "r", **{**GRID, "shots": (16,)})
+    monkeypatch.setattr(runner, "_run_unit", lambda *a: pytest.fail("work started"))
+    with pytest.raises(ProbeError, match="shots=16 fits no dataset .toy: class 'nilm' has 12 "
+                                         "training images.*lower shots to at most 12"):
+        grid(tmp_path, results_dir=tmp_path / "r", **{**GRID, "shots": (2, 16)})
+
+
+def test_bad_options_fail_when_the_config_is_built():
+    for bad, match in [({"shots": (0,)}, "shots must be at least 1"),
+                       ({"seeds": ()}, "at least one seed"),
+                       ({"episodes": 0}, "episodes must be at least 1"),
+                       ({"methods": ("svm",)}, "unknown probe method 'svm'"),
+                       ({"options": {"simpleshot": {"centre": "x"}}}, "centre='x' is not one of")]:
+        with pytest.raises(ProbeError, match=match):
+            runner.ProbeGridConfig(**bad)
+
+
+def test_default_shots_a_dataset_cannot_supply_are_skipped_with_one_warning(tmp_path, caplog):
+    write_store(tmp_path, make_dataset(n_per_class=(3, 3, 5)), "alpha")  # 3 training per class
+    write_store(tmp_path, make_dataset(name="big", n_per_class=(9, 3, 5)), "alpha")
+    with caplog.at_level("WARNING"):
+        rows = grid(tmp_path, results_dir=tmp_path / "r", methods=("simpleshot",), seeds=(1,),
+                    episodes=3)
+    shots = {d: sorted(r["shots"] for r in rows if r["dataset"] == d) for d in ("toy", "big")}
+    assert shots == {"toy": [1, 2], "big": [1, 2, 4, 8]}
+    warnings = [r.getMessage() for r in caplog.records if "skipping shots" in r.getMessage()]
+    assert warnings == ["big: skipping shots 16: class 'nilm' has only 9 training images",
+                        "toy: skipping shots 4,8,16: class 'nilm' has only 3 training images"]
+    # an explicit value that one dataset supports runs there and is skipped on the other
+    rows = grid(tmp_path, results_dir=tmp_path / "r2", methods=("simpleshot",), seeds=(1,),
+                episodes=3, shots=(2, 8))
+    assert sorted((r["dataset"], r["shots"]) for r in rows) == [
+        ("big", 2), ("big", 8), ("toy", 2)]
 
 
 def test_hierarchical_rows_carry_levels(tmp_path):
     write_store(tmp_path, make_dataset(levels=True), "alpha")
-    rows = run_probe_grid(tmp_path, results_dir=tmp_path / "r",
+    rows = grid(tmp_path, results_dir=tmp_path / "r",
                           **{**GRID, "seeds": (1,), "shots": (2,)})
     linear = next(r for r in rows if r["method"] == "linear")
     assert linear["levels"]["level_1"]["n"] == 4 * 5
@@ -182,9 +217,9 @@ def test_list_valued_options_are_accepted_and_rows_are_reused(stores, tmp_path):
     kwargs = dict(store_dir=stores, datasets=["toy"], models=["alpha"], methods=("linear",),
                   shots=(1,), seeds=(1,), episodes=5, results_dir=results,
                   options={"linear": {"Cs": [0.1, 1.0]}})
-    first = run_probe_grid(**kwargs)
+    first = grid(**kwargs)
     assert len(first) == 1 and first[0]["options"] == {"Cs": [0.1, 1.0]}
     lines = (results / "toy.jsonl").read_text().splitlines()
-    second = run_probe_grid(**kwargs)
+    second = grid(**kwargs)
     assert _strip(second) == _strip(first)
     assert (results / "toy.jsonl").read_text().splitlines() == lines

@@ -11,8 +11,7 @@ from PIL import Image
 
 from embedcyto.cli.main import cli
 from embedcyto.predictions import row_predictions
-from embedcyto.probes.runner import run_probe_grid
-from test_probes_runner import make_dataset, write_store
+from test_probes_runner import grid, make_dataset, write_store
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +20,8 @@ def report(tmp_path_factory):
     ds = make_dataset(n_per_class=(30, 10, 40), levels=True)
     for model, noise in (("alpha", 1.2), ("beta", 4.0)):
         write_store(base / "cache", ds, model, seed=1, noise=noise)
-    rows = run_probe_grid(base / "cache", results_dir=base / "res", methods=("knn",),
-                          shots=(1,), seeds=(1, 2))
+    rows = grid(base / "cache", results_dir=base / "res", methods=("knn",),
+                shots=(1,), seeds=(1, 2))
     out = CliRunner().invoke(cli, ["report", "--results", str(base / "res"), "--runs",
                                    str(base / "runs"), "--out", str(base / "rep")])
     assert out.exit_code == 0, out.output

@@ -1,8 +1,19 @@
-"""Options and parsers shared by several commands (kept here so each command stays thin)."""
+"""Options and parsers shared by several commands, each defined once (as rasterio's
+``rio/options.py`` does).
+
+An option used by more than one command — its name, type, default and help — is written here and
+only here; a command applies it as a decorator. Defaults that are library behaviour (folders,
+the store folder's environment variable) are read from the library, so the help cannot drift.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from embedcyto.datasets.for_store import open_for_store  # noqa: F401  (commands import it here)
+from embedcyto.folders import DEFAULT_REPORT_DIR, DEFAULT_RESULTS_DIR, DEFAULT_RUNS_DIR
 
 
 def echo_columns(rows: list[tuple[str, ...]]) -> None:
@@ -47,12 +58,14 @@ def split_options(func):
         click.option("--split-seed", type=int, default=0, show_default=True,
                      help="Seed of a generated split (datasets without an official split)."),
         click.option("--ratios", default="0.7,0.1,0.2", show_default=True,
+                     callback=lambda ctx, param, value: parse_ratios(value),
                      help="Train,val,test fractions of a generated split."),
         click.option("--on-bad-image", type=click.Choice(["skip", "error"]), default="skip",
                      show_default=True,
                      help="skip: check every image first and leave unreadable ones out "
                           "(listed); error: stop at the first."),
         click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+                     callback=lambda ctx, param, value: parse_options(value),
                      help="Adapter option, e.g. -o csv_file=labels.csv."),
     ]
     for decorator in reversed(decorators):
@@ -93,32 +106,28 @@ def runtime_options(func):
     return func
 
 
-def store_option(func):
-    return click.option("--store", type=click.Path(file_okay=False), default=None,
-                        help="Store folder (default: $EMBEDCYTO_STORE or ./cache).")(func)
+STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else the workspace's, else ./cache)."
 
 
-def open_for_store(adapter: str, root: str, *, store_dir, name=None, split_seed=0,
-                   ratios="0.7,0.1,0.2", on_bad_image="skip", options=(), verify_size=None):
-    """Open a dataset with its split saved beside its stores (``<store>/<name>/splits.json``).
+def store_option(func=None, *, dest: str = "store"):
+    """--store: the folder of feature stores (``dest`` names the function parameter)."""
+    decorator = click.option("--store", dest, type=click.Path(file_okay=False, path_type=Path),
+                             default=None, help=STORE_HELP)
+    return decorator if func is None else decorator(func)
 
-    With ``on_bad_image="skip"`` every image is checked first (large JPEGs decoded at
-    ``verify_size``, as extraction will) and unreadable ones are left out; with "error" nothing
-    is checked up front.
 
-    Returns:
-        (dataset, split_dir)
-    """
-    from pathlib import Path
+def _folder_option(flag: str, dest: str, default: Path, help_text: str):
+    return click.option(flag, dest, type=click.Path(file_okay=False, path_type=Path),
+                        default=None,
+                        help=f"{help_text} (default: the workspace's, else ./{default.as_posix()}).")
 
-    from embedcyto.datasets import open_dataset
-    from embedcyto.datasets.registry import KNOWN_DATASETS
 
-    if name is None:
-        name = adapter if adapter in KNOWN_DATASETS else Path(root).expanduser().resolve().name
-    split_dir = Path(store_dir) / name
-    dataset = open_dataset(adapter, root, name=name, split_dir=split_dir, seed=split_seed,
-                           ratios=parse_ratios(ratios), on_bad_image=on_bad_image,
-                           verify_images=on_bad_image == "skip",
-                           verify_size=verify_size, **parse_options(options))
-    return dataset, split_dir
+#: --results: the probe results folder (<dataset>.jsonl files).
+results_option = _folder_option("--results", "results_dir", DEFAULT_RESULTS_DIR,
+                                "Folder of probe results (<dataset>.jsonl)")
+#: --runs: the root of the LoRA run folders.
+runs_option = _folder_option("--runs", "runs_dir", DEFAULT_RUNS_DIR,
+                             "Root of the LoRA run folders (holding lora/)")
+#: --out of `embedcyto report`.
+report_out_option = _folder_option("--out", "out_dir", DEFAULT_REPORT_DIR,
+                                   "Where report.md, tables/ and figures/ go")

@@ -72,7 +72,7 @@ def _run(out: Path, per_class: int, seed: int) -> None:
     from embedcyto.cli._common import open_for_store
     from embedcyto.cli.report import summary_lines
     from embedcyto.datasets.fixtures import make_fixture
-    from embedcyto.probes.runner import run_probe_grid
+    from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
     from embedcyto.report import build_report
     from embedcyto.report.render import to_markdown
 
@@ -89,8 +89,9 @@ def _run(out: Path, per_class: int, seed: int) -> None:
     _extract(dataset, split_dir, store)
     click.echo(f"3. probes: linear, kNN, SimpleShot ({EPISODES} episodes, shots "
                f"{', '.join(map(str, shots))}), seeds {', '.join(map(str, SEEDS))}")
-    run_probe_grid(store, ["sipakmed"], list(MODELS), ("linear", "knn", "simpleshot"), shots,
-                   SEEDS, EPISODES, results_dir=out / "results" / "probe")
+    run_probe_grid(ProbeGridConfig(store, ("sipakmed",), tuple(MODELS),
+                                   ("linear", "knn", "simpleshot"), tuple(shots), tuple(SEEDS),
+                                   EPISODES, results_dir=out / "results" / "probe"))
     click.echo(f"4. LoRA ({LORA_STEPS['iterations']} steps per run at lr {LORA_STEPS['lr']:g}, "
                "enough for these tiny models; the study's recipe is lr 1e-3, 50 + 50*K steps)")
     _lora(dataset, split_dir, out / "runs", shots)

@@ -4,64 +4,90 @@ from __future__ import annotations
 
 import click
 
+from embedcyto.cli._common import results_option, store_option
+from embedcyto.probes import registry
 
-def _int_list(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        out = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-    if not out:
-        raise click.BadParameter("give at least one value")
-    return out
+
+def _int_list(minimum: int):
+    def parse(ctx, param, value: str | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        try:
+            out = tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+        if not out:
+            raise click.BadParameter("give at least one value")
+        if min(out) < minimum:
+            raise click.BadParameter(f"every value must be at least {minimum}, got {value!r}")
+        return out
+    return parse
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
-    from embedcyto.probes.evaluate import METHODS
-
+    names = registry.method_names()
     out = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [m for m in out if m not in METHODS]
+    unknown = [m for m in out if m not in names]
     if unknown or not out:
-        raise click.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        raise click.BadParameter(f"unknown method(s) {unknown}; choose from {', '.join(names)}")
     return out
 
 
-def _fmt(row: dict, metric: str) -> str:
-    from embedcyto.metrics import mean_std
-
-    values = row["values"][metric]
-    mean, std = mean_std(values)
-    if row.get("ci") is not None and len(values) == 1:
-        return f"{100 * mean:5.1f}±{100 * row['ci'][metric]:.1f}"
-    return f"{100 * mean:5.1f}±{100 * std:.1f}"
+def _methods_help() -> str:
+    listing = "; ".join(f"{m.name}: {m.help}" for m in registry.probe_methods())
+    return f"Comma-separated probe methods ({listing})."
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Group rows over seeds: one line per (dataset, model, method, shots)."""
-    groups: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r["dataset"], r["model"], r["method"], r["shots"])
-        g = groups.setdefault(key, {"key": key, "values": {}, "levels": {}, "ci": r.get("ci")})
-        for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
-            g["values"].setdefault(metric, []).append(r["metrics"][metric])
-        for name, level in (r.get("levels") or {}).items():
-            acc = level if name == "average" else level["accuracy"]
-            acc = acc["mean"] if isinstance(acc, dict) else acc
-            g["levels"].setdefault(name, []).append(acc)
-    return list(groups.values())
+def _cells(rows: list[dict]) -> list[tuple[tuple, dict]]:
+    """Rows grouped over seeds by :mod:`embedcyto.report.aggregate`: one entry per
+    (dataset, model, method, shots) with a cell per headline metric and per level."""
+    from embedcyto.report import aggregate as agg
+    from embedcyto.report.records import probe_record
+
+    records = [probe_record(r) for r in rows]
+    out = []
+    for key, members in agg.group_seeds(records).items():
+        cells = {m: agg.make_cell((r["seed"], r[m]) for r in members)
+                 for m in registry.HEADLINE_METRICS}
+        for level in {name for r in members for name in (r["levels"] or {})}:
+            values = [(r["seed"], r["levels"][level]) for r in members
+                      if (r["levels"] or {}).get(level) is not None]
+            cells[level] = agg.make_cell(values)
+        out.append((key[:4], cells))
+    return out
+
+
+def _fmt(cell, ci: float | None) -> str:
+    if cell is None:
+        return ""
+    spread = ci if cell.std is None and ci is not None else (cell.std or 0.0)
+    return f"{100 * cell.mean:.1f}±{100 * spread:.1f}"
 
 
 def format_table(rows: list[dict]) -> str:
-    """A compact text table: accuracy, balanced accuracy, macro-F1 in percent (± std or CI)."""
-    lines = [f"{'dataset':<10} {'model':<12} {'method':<10} {'shots':>5}  "
-             f"{'accuracy':>10} {'bal.acc':>10} {'macro-F1':>10}  levels (L1/L2/L3/avg)"]
-    for g in summarise(rows):
-        dataset, model, method, shots = g["key"]
-        levels = "/".join(f"{100 * sum(v) / len(v):.1f}" for v in g["levels"].values())
-        lines.append(
-            f"{dataset:<10} {model:<12} {method:<10} {shots if shots else 'all':>5}  "
-            f"{_fmt(g, 'accuracy'):>10} {_fmt(g, 'balanced_accuracy'):>10} "
-            f"{_fmt(g, 'macro_f1'):>10}  {levels}")
-    return "\n".join(lines)
+    """Accuracy, balanced accuracy, macro-F1 (and per-level accuracy where a dataset has levels)
+    in percent: mean ± std over seeds, or ± the CI over episodes when there is one seed.
+
+    Columns are as wide as their longest entry, so long model names keep the table aligned.
+    """
+    ci = {(r["dataset"], r["model"], r["method"], r["shots"]): (r.get("ci") or {}) for r in rows}
+    grouped = _cells(rows)
+    levels = sorted({name for _, cells in grouped for name in cells
+                     if name not in registry.HEADLINE_METRICS}, key=lambda n: (n == "average", n))
+    header = ["dataset", "model", "method", "shots",
+              *registry.HEADLINE_METRICS.values(), *levels]
+    lines = [header]
+    for key, cells in grouped:
+        dataset, model, method, shots = key
+        spread = ci[key]
+        lines.append([dataset, model, method, str(shots) if shots else "all",
+                      *(_fmt(cells[m], spread.get(m)) for m in registry.HEADLINE_METRICS),
+                      *(_fmt(cells.get(lv), None) for lv in levels)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i < 3 else cell.rjust(w)
+                  for i, (cell, w) in enumerate(zip(line, widths))).rstrip()
+        for line in lines)
 
 
 @click.command("probe")
@@ -69,50 +95,58 @@ def format_table(rows: list[dict]) -> str:
               help="Dataset name (repeat; default: the workspace's datasets with a store, else "
                    "every dataset of the store folder).")
 @click.option("--model", "models", multiple=True, help="Model name (repeat; default: all).")
-@click.option("--store", "store", default=None,
-              help="Store folder (default: $EMBEDCYTO_STORE, the workspace's, else ./cache).")
+@store_option
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(min=1),
               help="Few-shot episodes per (shots, seed).")
-@click.option("--shots", default="1,2,4,8,16", show_default=True, callback=_int_list)
-@click.option("--seeds", default="1,2,3", show_default=True, callback=_int_list)
-@click.option("--methods", default="linear,knn,simpleshot", show_default=True,
-              callback=_methods, help="linear, knn, study_head, simpleshot, protonet.")
+@click.option("--shots", default=None, callback=_int_list(1), metavar="K[,K...]",
+              help="Images per class of the few-shot episodes, e.g. 1,2,4 (default: 1,2,4,8,16; "
+                   "a value a dataset's smallest class cannot supply is skipped for that "
+                   "dataset with a warning).")
+@click.option("--seeds", "--seed", "seeds", default="1,2,3", show_default=True,
+              callback=_int_list(0), metavar="S[,S...]",
+              help="Seeds, one result row per seed (support sets, the study head, holdouts).")
+@click.option("--methods", default=",".join(registry.default_methods()), show_default=True,
+              callback=_methods, help=_methods_help())
+@click.option("--centre", type=click.Choice(registry.CENTRES), default=None,
+              help="SimpleShot centring: each episode's support mean (default) or the mean of "
+                   "the whole training split; recorded in every row.")
 @click.option("--n-jobs", default=None, type=int,
               help="joblib workers (default: 1 locally, every worker with dask or ray).")
 @click.option("--backend", type=click.Choice(["loky", "threading", "dask", "ray"]),
               default=None, help="joblib backend (default loky; dask/ray: see docs/scale.md).")
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
-@click.option("--results", "results_dir", default=None,
-              help="Results folder (default: the workspace's results/probe, else "
-                   "./results/probe).")
+@results_option
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
 @click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Also fit each full-data probe on the training split and save it under "
                    "DIR/<dataset>/<model>/<method>/ for `embedcyto predict`.")
-def probe(datasets, models, store, episodes, shots, seeds, methods, n_jobs, backend, scheduler,
-          results_dir, rerun, save_dir):
+def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jobs, backend,
+          scheduler, results_dir, rerun, save_dir):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
-    Results go to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the
-    same store are reused unless --rerun. Numbers below are percent: mean ± std over seeds, or
-    ± the 95 % confidence interval over episodes when there is one seed.
+    Every option and every (dataset, shots) pair is checked before any probe runs. Results go
+    to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the same store
+    are reused unless --rerun, and several probe runs may share one results folder. Numbers
+    below are percent: mean ± std over seeds, or ± the 95 % confidence interval over episodes
+    when there is one seed.
     """
-    from embedcyto.probes.runner import run_probe_grid
+    from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
     from embedcyto.store import default_store_dir
     from embedcyto.workspace.current import current_workspace
     from embedcyto.workspace.run import probe_datasets, probe_results_dir
 
     ws = current_workspace()
     store = default_store_dir(store)
-    if not datasets:
-        datasets = probe_datasets(ws, store)
-    where = probe_results_dir(ws, results_dir)
-    rows = run_probe_grid(store, datasets or None, models or None, methods, shots, seeds,
-                          episodes, n_jobs, where, rerun, backend=backend,
-                          scheduler=scheduler)
+    options = {"simpleshot": {"centre": centre}} if centre else {}
+    config = ProbeGridConfig(store_dir=store, datasets=datasets or probe_datasets(ws, store),
+                             models=models or None, methods=methods, shots=shots, seeds=seeds,
+                             episodes=episodes, n_jobs=n_jobs,
+                             results_dir=probe_results_dir(ws, results_dir), rerun=rerun,
+                             options=options, backend=backend, scheduler=scheduler)
+    rows = run_probe_grid(config)
     click.echo(format_table(rows))
-    click.echo(f"\n{len(rows)} result rows in {where}/ "
+    click.echo(f"\n{len(rows)} result rows in {config.results_folder}/ "
                f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
     if save_dir:
         from embedcyto.saved_probe import SAVABLE, fit_and_save

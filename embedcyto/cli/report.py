@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from embedcyto.cli._common import report_out_option, results_option, runs_option
+
 
 def summary_lines(result) -> list[str]:
     """What was written, one line per file group (shared with ``embedcyto demo``)."""
@@ -18,15 +20,9 @@ def summary_lines(result) -> list[str]:
 
 
 @click.command("report")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False), default=None,
-              help="Folder of probe results (<dataset>.jsonl, written by `embedcyto probe`; "
-                   "default: the workspace's results/probe, else ./results/probe).")
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default=None,
-              help="Root of the LoRA run folders (holding lora/; default: the workspace's, "
-                   "else ./runs).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Where report.md, tables/ and figures/ go (default: the workspace's report "
-                   "folder, else ./report).")
+@results_option
+@runs_option
+@report_out_option
 def report(results_dir, runs_dir, out_dir) -> None:
     """Write the study's tables (Markdown and CSV) and figures (PNG) from result files.
 

@@ -7,15 +7,9 @@ from pathlib import Path
 
 import click
 
-from embedcyto.cli._common import echo_columns
+from embedcyto.cli._common import echo_columns, store_option
 
-_STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
-
-
-def _store_option(func):
-    return click.option(
-        "--store", "store_dir", type=click.Path(path_type=Path), default=None, help=_STORE_HELP
-    )(func)
+_store_option = store_option(dest="store_dir")
 
 
 def _target_options(func):

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from embedcyto.errors import LoraError
+from embedcyto.folders import DEFAULT_RUNS_DIR
 from embedcyto.lora.config import LoraRunConfig
 
-DEFAULT_RUNS_DIR = "runs"
 COMPLETE = "COMPLETE"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"

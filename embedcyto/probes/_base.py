@@ -28,19 +28,28 @@ def fit_normaliser(X: np.ndarray, name: str) -> tuple[np.ndarray | None, np.ndar
     ``center_l2`` only the mean; ``none`` and ``l2`` need no statistics.
     """
     check_normalisation(name)
-    if name == "standard":
-        mean = X.mean(axis=0)
-        scale = X.std(axis=0)
-        scale[scale < 1e-12] = 1.0
-        return mean, scale
+    if name not in ("standard", "center_l2"):
+        return None, None
+    # Statistics are accumulated in float64: float32 sums overflow for huge (but finite)
+    # features, and lose digits on large sets; they are stored in the features' dtype.
+    mean64 = X.mean(axis=0, dtype=np.float64)
     if name == "center_l2":
-        return X.mean(axis=0), None
-    return None, None
+        return mean64.astype(X.dtype), None
+    scale = X.std(axis=0, dtype=np.float64)
+    scale[scale < 1e-12] = 1.0
+    return mean64.astype(X.dtype), scale.astype(X.dtype)
 
 
 def l2_normalise(X: np.ndarray) -> np.ndarray:
     """Rows scaled to unit Euclidean norm; an all-zero row stays zero."""
     norms = np.linalg.norm(X, axis=1, keepdims=True)
+    if not np.isfinite(norms).all():  # squares overflowed: scale those rows down first
+        bad = ~np.isfinite(norms[:, 0])
+        peak = np.abs(X[bad]).max(axis=1, keepdims=True)
+        scaled = X[bad] / np.maximum(peak, 1e-30)
+        X = X.copy()
+        X[bad] = scaled
+        norms[bad] = np.linalg.norm(scaled, axis=1, keepdims=True)
     return X / np.maximum(norms, 1e-12)
 
 

@@ -7,8 +7,9 @@ images through the same module, and model comparisons are paired.
 
 Queries are the whole test split; supports come from the training split, so the two never
 overlap (checked when test ids are given). :func:`run_episodes` evaluates many episodes at once:
-features are transformed once, prototypes of a batch of episodes are built by one gather, and
-all distances of the batch come from one matrix product.
+each episodic method of :mod:`embedcyto.probes.registry` names a batched scorer here, which
+prepares the features once and then scores a batch of episodes — prototypes built by one
+gather, all distances from one matrix product.
 """
 
 from __future__ import annotations
@@ -20,19 +21,62 @@ import numpy as np
 from embedcyto.datasets.sampling import support_batch, support_ids, support_indices  # noqa: F401
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
+from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
 from embedcyto.probes._sk import softmax
 
-METHODS = ("simpleshot", "protonet")
-DEFAULT_TEMPERATURE = {"simpleshot": 0.1, "protonet": 1.0}
+
+def _plain_scorer(T: np.ndarray, Q: np.ndarray):
+    """Squared distances to the class means of ``T`` rows (features already transformed)."""
+    q_sq = (Q * Q).sum(axis=1)[:, None]
+
+    def score(idx: np.ndarray) -> np.ndarray:
+        protos = T[idx].mean(axis=2)  # (E, C, d)
+        flat = protos.reshape(-1, protos.shape[-1])
+        d2 = q_sq - 2.0 * (Q @ flat.T) + (flat * flat).sum(axis=1)[None, :]
+        return d2.reshape(Q.shape[0], idx.shape[0], idx.shape[1]).transpose(1, 0, 2)
+    return score
 
 
-def _transform(method: str, X_train, X_test) -> tuple[np.ndarray, np.ndarray]:
-    """Features as the method compares them, computed once for all episodes."""
-    if method == "simpleshot":
+def protonet_distances(X_train: np.ndarray, X_test: np.ndarray):
+    """ProtoNet's batched scorer: squared distances to raw class means (no transform)."""
+    return _plain_scorer(X_train, X_test)
+
+
+def simpleshot_distances(X_train: np.ndarray, X_test: np.ndarray, *, centre: str = "support"):
+    """SimpleShot's batched scorer (CL2N): centre, L2-normalise, nearest class mean.
+
+    ``centre="support"`` centres every episode on the mean of its own support rows (the field's
+    common protocol, and what :class:`~embedcyto.probes.fewshot.SimpleShot` does by default);
+    ``"train"`` on the mean of the whole unlabelled training split (``fit(..., X_unlabelled)``),
+    which is computed once, so features are transformed once for all episodes.
+
+    With support centring nothing can be precomputed, but nothing per query needs materialising
+    either: with m the episode's mean, ``|q - m|² = |q|² - 2 q·m + |m|²`` and
+    ``(q - m)·p = q·p - m·p``, so a batch of episodes still costs one matrix product.
+    """
+    if centre == "train":
         mean = X_train.mean(axis=0)
-        return l2_normalise(X_train - mean), l2_normalise(X_test - mean)
-    return X_train, X_test
+        return _plain_scorer(l2_normalise(X_train - mean), l2_normalise(X_test - mean))
+    if centre != "support":
+        raise ProbeError(f"unknown centring {centre!r}; choose support or train")
+    q_sq = (X_test * X_test).sum(axis=1)[:, None]
+
+    def score(idx: np.ndarray) -> np.ndarray:
+        support = X_train[idx]  # (E, C, K, d)
+        mean = support.mean(axis=(1, 2))  # (E, d)
+        protos = l2_normalise((support - mean[:, None, None, :]).reshape(-1, support.shape[-1]))
+        protos = protos.reshape(support.shape).mean(axis=2)  # (E, C, d)
+        norm = np.sqrt(np.maximum(q_sq - 2.0 * (X_test @ mean.T) + (mean * mean).sum(axis=1),
+                                  0.0))  # (n, E): |q - m|
+        inv = 1.0 / np.maximum(norm, 1e-12)
+        flat = protos.reshape(-1, protos.shape[-1])
+        dot = (X_test @ flat.T).reshape(X_test.shape[0], *protos.shape[:2])
+        dot -= np.einsum("ecd,ed->ec", protos, mean)[None]  # (q - m)·p
+        d2 = ((norm * inv) ** 2)[:, :, None] - 2.0 * dot * inv[:, :, None] \
+            + (protos * protos).sum(axis=2)[None]
+        return d2.transpose(1, 0, 2)  # (E, n, C)
+    return score
 
 
 def _batch_size(n_test: int, n_classes: int, shots: int, dim: int, budget: int) -> int:
@@ -58,26 +102,31 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
                  class_names=None, ids_test=None, levels_test=None,
                  level_maps: Mapping[str, Sequence[int]] | None = None,
                  level_names: Sequence[str] = (), temperature: float | None = None,
-                 budget: int = 1 << 23) -> dict:
+                 budget: int = 1 << 23, **method_options) -> dict:
     """Evaluate ``n_episodes`` few-shot episodes (episodes 0..n-1) with queries = the test split.
 
     Args:
         X_train, y_train, ids_train: the training split (the pool supports are drawn from).
         X_test, y_test: the queries.
         shots, n_episodes, seed: the episodes (see :func:`support_indices`).
-        method: "simpleshot" (centred on the training split's mean, L2-normalised) or "protonet".
+        method: an episodic method of :mod:`embedcyto.probes.registry` ("simpleshot": centred,
+            L2-normalised; "protonet": raw features).
         ids_test: when given, supports and queries are checked to share no image.
         levels_test, level_maps, level_names: HiCervix per-level evaluation of every episode
             (levels summed up the tree from the softmax over negative distances).
-        temperature: softmax temperature (default per method, :data:`DEFAULT_TEMPERATURE`).
+        temperature: softmax temperature (default: the method's registry row).
         budget: floats per batch of episodes (memory knob; results do not depend on it).
+        method_options: the method's own options, e.g. ``centre="support"`` or ``"train"``
+            for SimpleShot (see :func:`simpleshot_distances`).
 
     Returns:
         ``{"accuracy", "balanced_accuracy", "macro_f1": arrays (n_episodes,)}`` and, with levels,
         ``"levels": {name: {metric: array}}`` and ``"level_average"`` (mean of level accuracies).
     """
-    if method not in METHODS:
-        raise ProbeError(f"unknown episode method {method!r}; choose one of {', '.join(METHODS)}")
+    spec = registry.get_method(method)
+    if not spec.episodic:
+        raise ProbeError(f"{method!r} is not an episodic method; choose one of "
+                         f"{', '.join(registry.method_names(registry.EPISODIC))}")
     if int(n_episodes) < 1:
         raise ProbeError(f"n_episodes must be at least 1, got {n_episodes}")
     y_test = np.asarray(y_test, dtype=np.int64)
@@ -87,18 +136,17 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
         raise ProbeError("training and test splits share images: supports would leak into queries")
     support = support_batch(ids_train, y_train, shots, seed, np.arange(int(n_episodes)),
                             n_classes=k, class_names=class_names)
-    T, Q = _transform(method, np.asarray(X_train), np.asarray(X_test))
-    q_sq = (Q * Q).sum(axis=1)[:, None]
-    temp = DEFAULT_TEMPERATURE[method] if temperature is None else float(temperature)
+    X_test = np.asarray(X_test)
+    try:
+        score = spec.scorer_function()(np.asarray(X_train), X_test, **method_options)
+    except TypeError as err:
+        raise ProbeError(f"bad options for {method}: {err}") from err
+    temp = spec.temperature if temperature is None else float(temperature)
     levels = _level_setup(levels_test, level_maps, level_names)
     parts: list[dict] = []
-    step = _batch_size(Q.shape[0], k, int(shots), T.shape[1], budget)
+    step = _batch_size(X_test.shape[0], k, int(shots), X_test.shape[1], budget)
     for start in range(0, support.shape[0], step):
-        idx = support[start:start + step]
-        protos = T[idx].mean(axis=2)  # (E, C, d)
-        flat = protos.reshape(-1, protos.shape[-1])
-        d2 = q_sq - 2.0 * (Q @ flat.T) + (flat * flat).sum(axis=1)[None, :]
-        d2 = d2.reshape(Q.shape[0], idx.shape[0], k).transpose(1, 0, 2)  # (E, n, C)
+        d2 = score(support[start:start + step])  # (E, n, C)
         part = metrics_from_confusion(batch_confusion(y_test, d2.argmin(axis=2), k))
         if levels:
             proba = softmax(-d2 / temp, axis=2)
@@ -109,8 +157,7 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
         parts.append(part)
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if levels:
-        out["levels"] = {name: {m: out.pop(f"{name}/{m}") for m in
-                                ("accuracy", "balanced_accuracy", "macro_f1")}
+        out["levels"] = {name: {m: out.pop(f"{name}/{m}") for m in registry.HEADLINE_METRICS}
                          for name, *_ in levels}
         out["level_average"] = np.mean([out["levels"][n]["accuracy"] for n, *_ in levels], axis=0)
     return out

@@ -16,23 +16,58 @@ import numpy as np
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import classification_metrics, hierarchical_metrics, mean_ci
 from embedcyto.predictions import PENDING
+from embedcyto.probes import registry
 
-FULL_DATA_METHODS = ("linear", "knn", "study_head")
-EPISODE_METHODS = ("simpleshot", "protonet")
-METHODS = FULL_DATA_METHODS + EPISODE_METHODS
-#: Methods whose result does not depend on the seed once a validation split exists.
-DETERMINISTIC = ("linear", "knn")
-NEEDS_VALIDATION = ("linear", "knn")
+#: No backbone produces embeddings this large (they are normally below 1e3); such values come
+#: from a damaged store or a broken extraction, and a single one dominates every centring mean
+#: and norm (kNN and SimpleShot then score chance), so the probe grid refuses them.
+ABSURD = 1e15
+
+
+def _bad_rows(X, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices holding NaN/inf, and rows holding absurdly large values (chunked reads)."""
+    bad, huge = [], []
+    for start in range(0, X.shape[0], chunk):
+        block = np.asarray(X[start:start + chunk])
+        finite = np.isfinite(block)
+        bad.append(start + np.flatnonzero(~finite.all(axis=1)))
+        huge.append(start + np.flatnonzero((np.abs(np.where(finite, block, 0)) > ABSURD)
+                                           .any(axis=1)))
+    empty = np.empty(0, dtype=np.int64)
+    return (np.concatenate(bad) if bad else empty), (np.concatenate(huge) if huge else empty)
+
+
+def check_finite(X, ids, where: str) -> None:
+    """Refuse features holding NaN, ±inf or absurd magnitudes, naming the rows.
+
+    Works on memory-mapped stores (read in chunks).
+
+    Raises:
+        ProbeError: the message names up to five row ids, how many rows are affected, and the fix.
+    """
+    bad, huge = _bad_rows(X)
+    for rows, what in ((bad, "NaN or infinite"), (huge, f"absurdly large (above {ABSURD:g})")):
+        if rows.size:
+            shown = ", ".join(str(i) for i in np.asarray(ids)[rows[:5]])
+            raise ProbeError(
+                f"{where}: {rows.size} row(s) hold {what} feature values ({shown}"
+                f"{', ...' if rows.size > 5 else ''}); no probe can use them: re-extract the "
+                "store (`embedcyto extract --force`) or leave those images out")
 
 
 def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
-    """Rows of one split as plain arrays (features as float32)."""
+    """Rows of one split as plain arrays (features as float32).
+
+    Raises:
+        ProbeError: the split is empty (when needed) or holds non-finite or absurd features.
+    """
     mask = np.asarray(features.splits) == split
     if need and not mask.any():
         raise ProbeError(f"the store has no {split!r} rows; re-split the dataset so that "
                          f"{split} is not empty, then extract again")
     out = {"X": np.asarray(features.X[mask], dtype=np.float32),
            "y": np.asarray(features.labels)[mask], "ids": np.asarray(features.ids)[mask]}
+    check_finite(out["X"], out["ids"], f"{split} split")
     out["levels"] = None if features.levels is None else np.asarray(features.levels)[mask]
     return out
 
@@ -53,26 +88,22 @@ def _full_proba(proba: np.ndarray, classes: np.ndarray, n_classes: int) -> np.nd
     return out
 
 
-def _make_estimator(method: str, seed: int | None, options: Mapping[str, Any]):
-    from embedcyto.probes import KNNProbe, LinearProbe, StudyLinearHead
-
-    if method == "linear":
-        return LinearProbe(**options)
-    if method == "knn":
-        return KNNProbe(**options)
-    return StudyLinearHead(random_state=seed, **options)
+def _make_estimator(spec: registry.ProbeMethod, seed: int | None, options: Mapping[str, Any]):
+    kwargs = {**dict(options), **({"random_state": seed} if spec.seeded else {})}
+    try:
+        return spec.estimator_class()(**kwargs)
+    except TypeError as err:
+        raise ProbeError(f"bad options for {spec.name}: {err}") from err
 
 
 def evaluate_full(features, method: str, seed: int | None, options: Mapping[str, Any]) -> dict:
     """Fit one full-data probe on train (choosing its hyper-parameter on val) and score test."""
     start = time.perf_counter()
+    spec = registry.get_method(method)
     train, test = split_arrays(features, "train"), split_arrays(features, "test")
-    val = split_arrays(features, "val", need=method in NEEDS_VALIDATION)
-    try:
-        est = _make_estimator(method, seed, options)
-    except TypeError as err:
-        raise ProbeError(f"bad options for {method}: {err}") from err
-    if method in NEEDS_VALIDATION:
+    val = split_arrays(features, "val", need=spec.needs_validation)
+    est = _make_estimator(spec, seed, options)
+    if spec.needs_validation:
         est.fit(train["X"], train["y"], val["X"], val["y"])
     else:
         est.fit(train["X"], train["y"])
@@ -80,7 +111,7 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     proba = _full_proba(est.predict_proba(test["X"]), est.classes_, k)
     pred = np.argmax(proba, axis=1)
     row = {"metrics": classification_metrics(test["y"], pred, proba, k),
-           "chosen": _chosen(est), "n_train": len(train["y"]), "n_val": len(val["y"]),
+           "chosen": _chosen(spec, est), "n_train": len(train["y"]), "n_val": len(val["y"]),
            "n_test": len(test["y"])}
     if _has_levels(features):
         row["levels"] = hierarchical_metrics(proba, test["levels"], features.level_maps,
@@ -106,14 +137,20 @@ def _kept(features, test: dict, proba: np.ndarray, val: dict, est) -> dict:
     return kept
 
 
-def _chosen(est) -> dict:
-    if hasattr(est, "C_"):
-        return {"C": est.C_, "selection": est.selection_,
-                "val_accuracy": [None if np.isnan(v) else float(v) for v in est.val_scores_]}
-    if hasattr(est, "k_"):
-        return {"k": int(est.k_), "selection": est.selection_,
-                "val_accuracy": [None if np.isnan(v) else float(v) for v in est.val_scores_]}
-    return {"epochs": est.epochs, "steps": est.n_steps_}
+def _json_value(value: Any) -> Any:
+    """An estimator attribute as JSON (arrays as lists, NaN as null)."""
+    value = value.tolist() if isinstance(value, np.ndarray) else value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _chosen(spec: registry.ProbeMethod, est) -> dict:
+    """What the fit selected, as the registry row names it."""
+    return {key: _json_value(getattr(est, attr)) for key, attr in spec.chosen
+            if hasattr(est, attr)}
 
 
 def _summarise(values: np.ndarray, level: float) -> dict:
@@ -137,7 +174,7 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
         level_maps=features.level_maps if levels else None,
         level_names=features.level_names if levels else (), **dict(options))
     summary = {m: _summarise(result[m], ci_level)
-               for m in ("accuracy", "balanced_accuracy", "macro_f1")}
+               for m in registry.HEADLINE_METRICS}
     row = {"metrics": {m: s["mean"] for m, s in summary.items()},
            "ci": {m: s["ci"] for m, s in summary.items()},
            "episode_std": {m: s["std"] for m, s in summary.items()},
@@ -155,11 +192,10 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
 def evaluate_unit(features, method: str, runs: Sequence[tuple[int | None, int | None]],
                   n_episodes: int, options: Mapping[str, Any]) -> list[dict]:
     """All requested (shots, seed) runs of one method on one feature set, in order."""
-    if method not in METHODS:
-        raise ProbeError(f"unknown probe method {method!r}; choose from {', '.join(METHODS)}")
+    spec = registry.get_method(method)
     rows = []
     for shots, seed in runs:
-        if method in EPISODE_METHODS:
+        if spec.episodic:
             rows.append(evaluate_episodes(features, method, shots, seed, n_episodes, options))
         else:
             rows.append(evaluate_full(features, method, seed, options))

@@ -3,10 +3,13 @@
 SimpleShot (Wang et al. 2019, "CL2N"): centre every embedding on a mean vector, L2-normalise,
 average each class's normalised support embeddings into a prototype, and assign a query to the
 prototype at the smallest Euclidean distance. The centring mean is, by default, the mean of the
-*unlabelled* training split (``fit(..., X_unlabelled=X_train)``), which is SimpleShot's choice (it
-centres on the base-training mean): no label beyond the K support shots is used, and the same
-mean serves every episode, so :func:`embedcyto.probes.episodes.run_episodes` normalises the test
-split once. Without ``X_unlabelled`` the support mean is used.
+episode's support rows — the common protocol of few-shot evaluation on pathology foundation models
+(UNI's and THUNDER's evaluation code), and what ``embedcyto probe`` does by default. With
+``fit(..., X_unlabelled=X_train)`` it is the mean of the whole unlabelled training split
+(``embedcyto probe --centre train``): no label beyond the K support shots is used either way.
+SimpleShot's own paper centres on the mean of disjoint base classes, which these datasets do not
+have. :func:`embedcyto.probes.episodes.run_episodes` gives the same per-episode predictions for the
+same supports and centring (a test checks it).
 
 ProtoNet-style: squared Euclidean distance to the class means of the raw embeddings (no
 centring, no normalisation) — Snell et al.'s classifier without episodic training.
@@ -22,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from embedcyto.errors import ProbeError
 from embedcyto.probes._base import l2_normalise
-from embedcyto.probes._sk import softmax, validate_fit, validate_predict
+from embedcyto.probes._sk import require_finite, softmax, validate_fit, validate_predict
 
 
 def class_means(X: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
@@ -91,6 +94,7 @@ class SimpleShot(_PrototypeClassifier):
         X, y = self._fit_prototypes(X, y)
         if X_unlabelled is not None:
             U = np.asarray(X_unlabelled, dtype=X.dtype)
+            require_finite(U, "X_unlabelled")
             if U.ndim != 2 or U.shape[1] != X.shape[1] or U.shape[0] == 0:
                 raise ProbeError(f"X_unlabelled must be (n, {X.shape[1]}), got {U.shape}")
             self.mean_, self.center_source_ = U.mean(axis=0), "unlabelled"

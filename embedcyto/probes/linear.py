@@ -121,6 +121,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, X_val=None, y_val=None):
         """Fit on (X, y); choose C on (X_val, y_val), or on an internal holdout without them."""
         check_normalisation(self.normalisation)
+        self._unconverged: dict[float, tuple[int, str]] = {}
         X, y = validate_fit(self, X, y)
         require_two_classes(self)
         X_val, y_val = validate_val(self, X_val, y_val)
@@ -140,6 +141,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             best = self._fit_with_holdout(grid, Xn, y)
         self.C_ = best.C
         self.coef_, self.intercept_, self.n_iter_ = best.coef, best.intercept, best.n_iter
+        self._report_convergence()
         return self
 
     def _solver(self, X, y) -> Callable[[float, _Solution | None], _Solution]:
@@ -179,9 +181,31 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         return solve_binary
 
     def _warn_convergence(self, C: float, n_iter: int, message: str) -> None:
-        log.warning("L-BFGS stopped before convergence at C=%g after %d of max_iter=%d "
-                    "iterations (%s); the probe may be under-fitted", C, n_iter, self.max_iter,
-                    message)
+        """Remember an unconverged fit; only the kept one is reported (see :meth:`_report`)."""
+        self._unconverged[float(C)] = (n_iter, message.strip())
+
+    def _report_convergence(self) -> None:
+        """Warn when the fit that was kept stopped early, saying what it means.
+
+        Fits of other C values that stopped early only lost a comparison on the validation
+        score, which is what matters, so they are logged at debug level.
+        """
+        for C, (n_iter, message) in self._unconverged.items():
+            if C != self.C_:
+                log.debug("L-BFGS stopped early at C=%g (not kept): %s", C, message)
+        if self.C_ not in self._unconverged:
+            return
+        n_iter, message = self._unconverged[self.C_]
+        if n_iter >= self.max_iter:
+            log.warning("linear probe: the fit kept (C=%g) used all max_iter=%d L-BFGS "
+                        "iterations without reaching tol=%g; it may be under-fitted: raise "
+                        "max_iter", self.C_, self.max_iter, self.tol)
+        else:
+            reason = message.split(":", 1)[-1].strip() or "no reason given"
+            log.info("linear probe: L-BFGS stopped at C=%g after %d iterations because its line "
+                     "search could not lower the loss further (scipy: %s); this happens when "
+                     "the loss is flat to float precision near its minimum, and the fit is "
+                     "usable (its validation score chose it)", self.C_, n_iter, reason)
 
     def _search(self, grid, solve, Xv, yv) -> _Solution:
         """Walk the C path with warm starts; keep the solution of the best validation C.

@@ -10,43 +10,125 @@ out with ``joblib.Parallel(n_jobs)``; results come back in task order and every 
 own generators, so the rows do not depend on ``n_jobs`` or on the joblib backend (a Dask or Ray
 cluster through ``joblib.parallel_config``).
 
-Seeds: "linear" (L-BFGS) and "knn" with a validation split have no randomness, so they are
-computed once and written once per seed with ``"deterministic": true`` — the mean ± std over
-seeds is then an honest ± 0. Episode methods and "study_head" depend on the seed.
+Methods are rows of :mod:`embedcyto.probes.registry`. Deterministic methods ("linear" with
+L-BFGS, "knn" with a validation split) have no randomness, so they are computed once and
+written once per seed with ``"deterministic": true`` — the mean ± std over seeds is then an
+honest ± 0. Episode methods and "study_head" depend on the seed.
+
+Every option and every (dataset, shots) combination is checked before any probe runs
+(:mod:`embedcyto.probes.checks`). Each unit's rows carry the identity of the store its worker
+actually read (from the same open that read the features), and are merged into the results file
+under a lock as soon as the unit finishes (:mod:`embedcyto.probes.results`), so concurrent runs
+and interrupted runs lose nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from embedcyto.errors import ProbeError, StoreError
+from embedcyto.folders import DEFAULT_RESULTS_DIR
 from embedcyto.predictions import keep_row_predictions
-from embedcyto.probes.evaluate import DETERMINISTIC, EPISODE_METHODS, METHODS, evaluate_unit
+from embedcyto.probes import registry
+from embedcyto.probes.checks import StoreCheck, inspect_stores, store_identity, usable_shots
+from embedcyto.probes.results import (merge_rows, read_results, results_file, row_key,
+                                      task_key)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RESULTS_DIR = Path("results") / "probe"
-DEFAULT_METHODS = ("linear", "knn", "simpleshot")
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 DEFAULT_SEEDS = (1, 2, 3)
+DEFAULT_EPISODES = 600
+
+
+def _names(value) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+@dataclass(frozen=True)
+class ProbeGridConfig:
+    """What to probe and how; validated when built, so a bad request fails before any work.
+
+    Attributes:
+        store_dir: folder of stores (default ``$EMBEDCYTO_STORE`` or ``./cache``).
+        datasets: dataset names; None = every dataset with a complete store.
+        models: model names; None = every model with a complete store of the dataset.
+        methods: registry names (:func:`embedcyto.probes.registry.method_names`).
+        shots: few-shot grid (episodic methods). None = :data:`DEFAULT_SHOTS`, trimmed per
+            dataset to what its smallest class allows; an explicit grid is trimmed the same way,
+            but a value that no dataset supports is an error.
+        seeds: one row per seed and task.
+        episodes: few-shot episodes per (shots, seed).
+        n_jobs: joblib workers (-1: all cores; None: 1 locally, every worker on a cluster);
+            results do not depend on it.
+        results_dir: where ``<dataset>.jsonl`` files go (default ``results/probe``).
+        rerun: recompute rows that already exist for the same task and store.
+        options: per-method estimator options, e.g. ``{"knn": {"weighting": "distance"}}`` or
+            ``{"simpleshot": {"centre": "train"}}``.
+        backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
+            :mod:`embedcyto.parallel`); results do not depend on it.
+        scheduler: Dask or Ray cluster address; None starts a local cluster.
+    """
+
+    store_dir: str | Path | None = None
+    datasets: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
+    methods: tuple[str, ...] = field(default_factory=registry.default_methods)
+    shots: tuple[int, ...] | None = None
+    seeds: tuple[int, ...] = DEFAULT_SEEDS
+    episodes: int = DEFAULT_EPISODES
+    n_jobs: int | None = None
+    results_dir: str | Path | None = None
+    rerun: bool = False
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    backend: str | None = None
+    scheduler: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("datasets", "models", "methods"):
+            object.__setattr__(self, name, _names(getattr(self, name)))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        if self.shots is not None:
+            object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
+        object.__setattr__(self, "options", {m: dict(o) for m, o in (self.options or {}).items()})
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.methods:
+            raise ProbeError("give at least one probe method")
+        specs = [registry.get_method(m) for m in self.methods]
+        for name, opts in self.options.items():
+            registry.get_method(name).resolve_options(opts)
+        if self.shots is not None and (not self.shots or min(self.shots) < 1):
+            raise ProbeError(f"shots must be at least 1, got {list(self.shots)}")
+        if not self.seeds or min(self.seeds) < 0:
+            raise ProbeError(f"give at least one seed, each 0 or more; got {list(self.seeds)}")
+        if int(self.episodes) < 1 and any(s.episodic for s in specs):
+            raise ProbeError(f"episodes must be at least 1, got {self.episodes}")
+
+    @property
+    def shot_grid(self) -> tuple[int, ...]:
+        return DEFAULT_SHOTS if self.shots is None else self.shots
+
+    @property
+    def results_folder(self) -> Path:
+        return Path(self.results_dir) if self.results_dir is not None else DEFAULT_RESULTS_DIR
 
 
 @dataclass(frozen=True)
 class ProbeTask:
     """One row of results: which features, which method, how many shots, which seed.
 
-    ``shots`` is None for full-data probes; ``options`` are the estimator's keyword arguments as
-    sorted (name, value) pairs so the task stays hashable.
+    ``shots`` is None for full-data probes; ``options`` are the estimator's keyword arguments
+    (the method's recorded defaults included) as sorted (name, value) pairs so the task stays
+    hashable.
     """
 
     dataset: str
@@ -62,34 +144,10 @@ class ProbeTask:
                 "shots": self.shots, "seed": self.seed, "options": dict(self.options)}
 
     def sort_key(self) -> tuple:
-        return (self.dataset, self.model, METHODS.index(self.method), self.shots or 0,
+        names = registry.method_names()
+        order = names.index(self.method) if self.method in names else len(names)
+        return (self.dataset, self.model, order, self.shots or 0,
                 self.seed if self.seed is not None else -1)
-
-
-def row_key(row: Mapping[str, Any]) -> str:
-    """What identifies a result row: its task and the store identity it was computed on."""
-    keys = ("dataset", "model", "method", "shots", "seed", "options", "store_identity")
-    return json.dumps({k: row.get(k) for k in keys}, sort_keys=True)
-
-
-def _task_key(row: Mapping[str, Any]) -> str:
-    return row_key({**row, "store_identity": None})
-
-
-def store_identity(provenance: Mapping[str, Any]) -> str:
-    """sha256 of a store's whole provenance: any re-extraction gives a new identity."""
-    return hashlib.sha256(json.dumps(provenance, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _row_signature(features) -> str:
-    """Hash of the sorted (id, split, label) triples: equal for stores of the same rows."""
-    ids = np.asarray(features.ids).astype(str)
-    order = np.argsort(ids, kind="stable")
-    digest = hashlib.sha256()
-    for part in (ids[order], np.asarray(features.splits).astype(str)[order],
-                 np.asarray(features.labels)[order].astype(str)):
-        digest.update("\n".join(part.tolist()).encode())
-    return digest.hexdigest()
 
 
 def _models_for(store_dir: Path, dataset: str, models: Sequence[str] | None) -> list[str]:
@@ -118,39 +176,6 @@ def _datasets_in(store_dir: Path) -> list[str]:
     return names
 
 
-def _inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],
-                    methods: Sequence[str]) -> dict[str, tuple[Path, str]]:
-    """Check every store of a dataset and return model -> (path, identity).
-
-    Refuses incomplete or missing stores (via the store reader), stores of one dataset whose
-    rows or splits differ between models, and a missing validation split when a method needs it.
-    """
-    from embedcyto.store import load_features, store_path
-
-    out, signatures = {}, {}
-    for model in models:
-        path = store_path(store_dir, dataset, model)
-        feats = load_features(path, dataset, model, mmap=True)
-        out[model] = (path, store_identity(feats.provenance))
-        signatures[model] = _row_signature(feats)
-        needing = [m for m in methods if m in ("linear", "knn")]
-        if needing and not np.any(np.asarray(feats.splits) == "val"):
-            raise ProbeError(
-                f"{path} has no validation rows, which {', '.join(needing)} need to choose their "
-                "hyper-parameter: re-split the dataset with a validation share and extract again, "
-                "or probe with --methods simpleshot")
-    if len(set(signatures.values())) > 1:
-        groups: dict[str, list[str]] = {}
-        for model, sig in signatures.items():
-            groups.setdefault(sig, []).append(model)
-        listing = " vs ".join("[" + ", ".join(g) + "]" for g in groups.values())
-        raise ProbeError(
-            f"stores of dataset {dataset!r} hold different images or splits ({listing}), so "
-            "models would not be compared on the same rows: extract them all from the same "
-            "dataset root and split file")
-    return out
-
-
 def _frozen(value: Any) -> Any:
     """Lists (e.g. a C grid) become tuples so that tasks stay hashable."""
     if isinstance(value, (list, tuple)):
@@ -163,43 +188,30 @@ def plan_tasks(dataset: str, model: str, methods: Sequence[str], shots: Sequence
     """Every task of one (dataset, model), in sorted order."""
     tasks = []
     for method in methods:
-        if method not in METHODS:
-            raise ProbeError(f"unknown probe method {method!r}; choose from {', '.join(METHODS)}")
-        opts = tuple(sorted((k, _frozen(v)) for k, v in dict(options.get(method, {})).items()))
-        for k in (shots if method in EPISODE_METHODS else (None,)):
+        spec = registry.get_method(method)
+        resolved = spec.resolve_options(options.get(method))
+        opts = tuple(sorted((k, _frozen(v)) for k, v in resolved.items()))
+        for k in (shots if spec.episodic else (None,)):
             tasks.extend(ProbeTask(dataset, model, method, k, s, opts) for s in seeds)
     return sorted(tasks, key=ProbeTask.sort_key)
 
 
-def read_results(path: Path) -> list[dict]:
-    """Rows of a results file (empty list when it does not exist)."""
-    if not path.exists():
-        return []
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise ProbeError(f"{path} line {number} is not JSON ({err}); delete that line or the "
-                             "file and run again") from err
-    return rows
-
-
-def _write_results(path: Path, rows: Iterable[dict]) -> None:
-    """Replace a results file atomically (a crash never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _run_unit(path: Path, method: str, runs, episodes: int, options: Mapping[str, Any]):
-    """Worker body: load one store and evaluate one method (runs in a joblib worker)."""
+    """Worker body: load one store, evaluate one method; return (store identity, rows).
+
+    The identity comes from the same open that read the features, so a row is bound to the
+    data it was computed on even if the store is rebuilt while the grid runs.
+    """
+    from embedcyto.probes.evaluate import evaluate_unit
     from embedcyto.store import load_features
 
-    return evaluate_unit(load_features(path), method, runs, episodes, options)
+    features = load_features(path)
+    return (store_identity(features.provenance),
+            evaluate_unit(features, method, runs, episodes, options))
+
+
+def _deterministic(method: str) -> bool:
+    return registry.get_method(method).deterministic
 
 
 def _units(tasks: Sequence[ProbeTask], stores, done: set[str], rerun: bool):
@@ -214,92 +226,98 @@ def _units(tasks: Sequence[ProbeTask], stores, done: set[str], rerun: bool):
             continue
         unit = units.setdefault((task.dataset, task.model, task.method, task.options),
                                 {"path": path, "identity": ident, "runs": [], "tasks": []})
-        run = (task.shots, None if task.method in DETERMINISTIC else task.seed)
+        run = (task.shots, None if _deterministic(task.method) else task.seed)
         if run not in unit["runs"]:
             unit["runs"].append(run)
         unit["tasks"].append(task)
     return list(units.values())
 
 
-def _rows_of(unit: dict, results: list[dict]) -> list[dict]:
+def _rows_of(unit: dict, identity: str, results: list[dict]) -> list[dict]:
     from embedcyto import __version__
 
+    if identity != unit["identity"]:
+        log.warning("%s changed while probing (re-extracted?): its rows are recorded with the "
+                    "identity of the store that was actually read", unit["path"])
     by_run = dict(zip(unit["runs"], results))
     rows = []
     for task in unit["tasks"]:
-        deterministic = task.method in DETERMINISTIC
+        deterministic = _deterministic(task.method)
         result = by_run[(task.shots, None if deterministic else task.seed)]
-        rows.append({**task.key(), "store_identity": unit["identity"],
+        rows.append({**task.key(), "store_identity": identity,
                      "store_path": str(unit["path"]), "deterministic": deterministic,
                      "embedcyto_version": __version__, **result})
     return rows
 
 
-def run_probe_grid(store_dir=None, datasets: Sequence[str] | None = None,
-                   models: Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
-                   shots: Sequence[int] = DEFAULT_SHOTS, seeds: Sequence[int] = DEFAULT_SEEDS,
-                   episodes: int = 600, n_jobs: int | None = None, results_dir=None,
-                   rerun: bool = False, options: Mapping[str, Mapping[str, Any]] | None = None,
-                   backend: str | None = None, scheduler: str | None = None) -> list[dict]:
+def _plan(config: ProbeGridConfig, store_dir: Path) -> tuple[list[ProbeTask], dict]:
+    """Check every store and shot value, then list every task (nothing is computed yet)."""
+    checks: list[StoreCheck] = []
+    for dataset in config.datasets or _datasets_in(store_dir):
+        names = _models_for(store_dir, dataset, config.models)
+        try:
+            checks.append(inspect_stores(store_dir, dataset, names, config.methods))
+        except StoreError as err:
+            raise ProbeError(str(err)) from err
+    shots = usable_shots(checks, config.shot_grid, config.methods, config.shots is not None)
+    tasks, stores = [], {}
+    for check in checks:
+        for model, info in check.stores.items():
+            stores[(check.dataset, model)] = info
+            tasks += plan_tasks(check.dataset, model, config.methods, shots[check.dataset],
+                                config.seeds, config.options)
+    return tasks, stores
+
+
+def run_probe_grid(config: ProbeGridConfig) -> list[dict]:
     """Probe every requested store; write and return one row per task (sorted).
 
-    Args:
-        store_dir: folder of stores (``--store``; default ``EMBEDCYTO_STORE`` or ``./cache``).
-        datasets: dataset names; None = every dataset with a complete store.
-        models: model names; None = every model with a complete store of the dataset.
-        methods: any of "linear", "knn", "study_head", "simpleshot", "protonet".
-        shots, episodes: few-shot grid (episode methods only).
-        seeds: one row per seed and task.
-        n_jobs: joblib workers (-1: all cores; None: 1 locally, every worker on a cluster);
-            results do not depend on it.
-        results_dir: where ``<dataset>.jsonl`` files go (default ``results/probe``).
-        rerun: recompute rows that already exist for the same task and store.
-        options: per-method estimator keyword arguments, e.g. ``{"knn": {"weighting": "distance"}}``.
-        backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
-            :mod:`embedcyto.parallel`); results do not depend on it.
-        scheduler: Dask or Ray cluster address; None starts a local cluster.
+    Rows already in the results folder for the same task and store are reused (unless
+    ``config.rerun``); each finished unit's rows are merged into ``<dataset>.jsonl`` at once.
 
     Raises:
         ProbeError: missing/incomplete stores, stores disagreeing on rows or splits, a missing
-            validation split, unknown methods, bad options, too few images for the shots.
+            validation split, non-finite features, unknown methods, bad options, shots no
+            dataset can support — all before any probe runs.
     """
     from joblib import Parallel, delayed
 
     from embedcyto.parallel import check_backend, joblib_backend
     from embedcyto.store import default_store_dir
 
-    check_backend(backend, scheduler)
-    store_dir = default_store_dir(store_dir)
-    results_dir = Path(results_dir) if results_dir is not None else DEFAULT_RESULTS_DIR
-    if int(episodes) < 1 or not seeds:
-        raise ProbeError("need at least one episode and one seed")
-    tasks, stores = [], {}
-    for dataset in datasets or _datasets_in(store_dir):
-        names = _models_for(store_dir, dataset, models)
-        try:
-            inspected = _inspect_stores(store_dir, dataset, names, methods)
-        except StoreError as err:
-            raise ProbeError(str(err)) from err
-        for model, info in inspected.items():
-            stores[(dataset, model)] = info
-            tasks += plan_tasks(dataset, model, methods, shots, seeds, options or {})
-    existing = {d: read_results(results_dir / f"{d}.jsonl") for d in {t.dataset for t in tasks}}
-    done = {row_key(r) for rows in existing.values() for r in rows}
-    units = _units(tasks, stores, done, rerun)
-    jobs = (delayed(_run_unit)(u["path"], u["tasks"][0].method, u["runs"], episodes,
+    check_backend(config.backend, config.scheduler)
+    store_dir = default_store_dir(config.store_dir)
+    tasks, stores = _plan(config, store_dir)
+    folder = config.results_folder
+    existing = {d: read_results(results_file(folder, d)) for d in {t.dataset for t in tasks}}
+    done = {row_key(r): r for rows in existing.values() for r in rows}
+    units = _units(tasks, stores, set(done), config.rerun)
+    jobs = (delayed(_run_unit)(u["path"], u["tasks"][0].method, u["runs"], config.episodes,
                                dict(u["tasks"][0].options)) for u in units)
+    computed: dict[str, dict] = {}
+    n_jobs = config.n_jobs
     with contextlib.ExitStack() as stack:
         if units:  # no cluster is started when every row is already there
-            n_jobs = stack.enter_context(joblib_backend(backend, scheduler=scheduler,
-                                                        n_jobs=n_jobs))
-        for unit, results in zip(units, Parallel(n_jobs=n_jobs, return_as="generator")(jobs)):
-            dataset = unit["tasks"][0].dataset
-            rows = keep_row_predictions(results_dir, _rows_of(unit, results))
-            new = json.loads(json.dumps(rows))  # as read back from disk
-            fresh = {_task_key(r) for r in new}  # replaces rows of older stores too
-            existing[dataset] = [r for r in existing[dataset] if _task_key(r) not in fresh] + new
-            _write_results(results_dir / f"{dataset}.jsonl", existing[dataset])
-    wanted = {row_key({**t.key(), "store_identity": stores[(t.dataset, t.model)][1]}): t
-              for t in tasks}
-    rows = [r for rows in existing.values() for r in rows if row_key(r) in wanted]
-    return sorted(rows, key=lambda r: wanted[row_key(r)].sort_key())
+            n_jobs = stack.enter_context(joblib_backend(config.backend, n_jobs=n_jobs,
+                                                        scheduler=config.scheduler))
+        for unit, (identity, results) in zip(units, Parallel(n_jobs=n_jobs,
+                                                             return_as="generator")(jobs)):
+            new = keep_row_predictions(folder, _rows_of(unit, identity, results))
+            merged = merge_rows(results_file(folder, unit["tasks"][0].dataset), new)
+            keys = {row_key(r) for r in new}
+            computed.update((task_key(r), r) for r in merged if row_key(r) in keys)
+    return _collect(tasks, stores, done, computed)
+
+
+def _collect(tasks: Sequence[ProbeTask], stores, done: Mapping[str, dict],
+             computed: Mapping[str, dict]) -> list[dict]:
+    """The row of every task, in task order: computed now, or reused from the results file."""
+    out = []
+    for task in sorted(tasks, key=ProbeTask.sort_key):
+        row = computed.get(task_key(task.key()))
+        if row is None:
+            ident = stores[(task.dataset, task.model)][1]
+            row = done.get(row_key({**task.key(), "store_identity": ident}))
+        if row is not None:
+            out.append(row)
+    return out

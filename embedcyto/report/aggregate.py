@@ -18,19 +18,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from embedcyto.probes import registry
 from embedcyto.report.records import LEVELS, LORA, ReportError
 
 DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
 DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
-METHOD_LABELS = {"linear": "linear probe", "study_head": "study head", "knn": "kNN",
-                 "simpleshot": "SimpleShot", "protonet": "ProtoNet", LORA: "LoRA"}
-METRIC_LABELS = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
-                 "macro_f1": "macro-F1"}
+METRIC_LABELS = registry.HEADLINE_METRICS
 LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
                 "average": "average"}
-FEW_SHOT_METHODS = ("simpleshot", "protonet")
 AVERAGE = "average"
 ALL = "all"
+
+
+def method_label(method: str) -> str:
+    """How tables and figures name a method (the probe registry's display name, or LoRA)."""
+    return "LoRA" if method == LORA else registry.display_name(method)
+
+
+def few_shot_methods() -> tuple[str, ...]:
+    """The episodic probe methods, in registry order."""
+    return registry.method_names(registry.EPISODIC)
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,7 @@ def model_dataset_table(records: Sequence[Mapping], method: str = "linear",
                    for j in range(len(datasets))]
         rows.append((AVERAGE, tuple(columns + [average_cell(columns)])))
     title = (f"{METRIC_LABELS.get(metric, metric).capitalize()} (%), "
-             f"{METHOD_LABELS.get(method, method)} on frozen features, mean ± std over seeds")
+             f"{method_label(method)} on frozen features, mean ± std over seeds")
     note = "An average is left empty when one of its cells is missing."
     if "hicervix" in datasets:
         note = ("HiCervix: the 26 annotated classes (per-level results in their own table). "
@@ -227,7 +234,7 @@ def levels_table(records: Sequence[Mapping], method: str = "linear",
         rows.append((reference_name, tuple(
             reference_cell(reference[lv] / 100) if lv in reference else None for lv in LEVELS)))
     title = (f"{DATASET_LABELS.get(dataset, dataset)} accuracy (%) per level, "
-             f"{METHOD_LABELS.get(method, method)}, mean ± std over seeds")
+             f"{method_label(method)}, mean ± std over seeds")
     return Table(title, "model", LEVELS, tuple(rows),
                  note="Official per-level test subsets; coarse levels from fine probabilities "
                       "summed up the tree.")
@@ -245,11 +252,11 @@ def shots_table(records: Sequence[Mapping], dataset: str, metric: str = "accurac
     The "all" column holds LoRA trained on the whole training split and, on its own row, the
     frozen ``reference_method`` (the Experiment 1 line).
     """
-    wanted = (LORA, *FEW_SHOT_METHODS, reference_method)
+    wanted = (LORA, *few_shot_methods(), reference_method)
     chosen = [r for r in records if r["dataset"] == dataset and r["fraction"] is None
               and r["method"] in wanted]
     groups = group_seeds(chosen)
-    columns = _shot_columns([r for r in chosen if r["method"] in (LORA, *FEW_SHOT_METHODS)])
+    columns = _shot_columns([r for r in chosen if r["method"] in (LORA, *few_shot_methods())])
     rows = []
     for model in model_order({r["model"] for r in chosen}):
         for method in wanted:
@@ -257,7 +264,7 @@ def shots_table(records: Sequence[Mapping], dataset: str, metric: str = "accurac
                                             None if k == ALL else k, None)), metric)
                           for k in columns)
             if any(c is not None for c in cells):
-                rows.append((f"{model} · {METHOD_LABELS.get(method, method)}", cells))
+                rows.append((f"{model} · {method_label(method)}", cells))
     title = (f"{DATASET_LABELS.get(dataset, dataset)}: {METRIC_LABELS.get(metric, metric)} (%) "
              "vs shots per class, mean ± std over seeds")
     return Table(title, "model · method", tuple(str(c) for c in columns), tuple(rows),
@@ -310,17 +317,17 @@ def shot_curves(records: Sequence[Mapping], dataset: str, metric: str = "accurac
     groups = group_seeds(chosen)
     curves, refs = [], []
     for model in model_order({r["model"] for r in chosen}):
-        for method in (LORA, *FEW_SHOT_METHODS):
+        for method in (LORA, *few_shot_methods()):
             shots = sorted({r["shots"] for r in chosen if r["model"] == model
                             and r["method"] == method and r["shots"] is not None})
             keys = [(dataset, model, method, k, None) for k in shots]
-            curve = _curve(groups, keys, shots, f"{model} {METHOD_LABELS[method]}", model,
+            curve = _curve(groups, keys, shots, f"{model} {method_label(method)}", model,
                            method, metric)
             if curve is not None:
                 curves.append(curve)
         ref = _cell(groups.get((dataset, model, reference_method, None, None)), metric)
         if ref is not None:
-            refs.append(Reference(f"{model} {METHOD_LABELS.get(reference_method)} (all data)",
+            refs.append(Reference(f"{model} {method_label(reference_method)} (all data)",
                                   model, ref.mean, ref.std))
     return curves, refs
 

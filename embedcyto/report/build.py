@@ -8,7 +8,7 @@ Output folder layout::
     OUT/figures/fractions_<dataset>.png   accuracy vs training fraction per level (Experiment 3)
 
 Tables: the study's Table 1 (models × datasets, average row and column) for accuracy and
-balanced accuracy and each full-data method found (linear probe, the study's head, kNN); the
+balanced accuracy and each full-data method found (the probe registry's full-data rows); the
 per-level table of each hierarchical dataset (HiCervix with HierSwin's published row); the
 few-shot table of each dataset (shots × model and method); the fraction table of each
 (dataset, model) trained with LoRA on fractions.
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from embedcyto.probes import registry
 from embedcyto.report import aggregate as agg
 from embedcyto.report.figures import (
     FigureSummary,
@@ -36,7 +37,6 @@ from embedcyto.report.render import to_csv, to_markdown
 from embedcyto.report.diagnostics import diagnostics_section
 from embedcyto.report.which import which_model_section
 
-FULL_DATA_METHODS = ("linear", "study_head", "knn")
 TABLE_METRICS = ("accuracy", "balanced_accuracy")
 
 
@@ -61,12 +61,13 @@ def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
 
     tables: dict[str, agg.Table] = {}
     methods = {r["method"] for r in records if r["shots"] is None and r["fraction"] is None}
-    for method in (m for m in FULL_DATA_METHODS if m in methods):
+    full_data = [m for m in registry.method_names(registry.FULL_DATA) if m in methods]
+    for method in full_data:
         for metric in TABLE_METRICS:
             tables[f"table1_{metric}_{method}"] = agg.model_dataset_table(records, method, metric)
     for dataset in agg.dataset_order({r["dataset"] for r in records if r.get("levels")}):
         reference = HIERSWIN if dataset == "hicervix" else None
-        for method in (m for m in FULL_DATA_METHODS if m in methods):
+        for method in full_data:
             table = agg.levels_table(records, method, dataset, reference)
             if any(name != "HierSwin (published)" for name, _ in table.rows):
                 tables[f"{dataset}_levels_{method}"] = table
@@ -153,18 +154,26 @@ def _images(result: ReportResult, figures) -> list[str]:
             (f"![{fig.title}]({fig.path.relative_to(result.out_dir).as_posix()})", "")]
 
 
-def build_report(results_dir="results/probe", runs_dir="runs", out_dir="report") -> ReportResult:
+def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
     """Read every probe row and finished LoRA run; write tables, figures and ``report.md``.
 
     Args:
-        results_dir: folder of the probe stage's ``<dataset>.jsonl`` files.
-        runs_dir: root of the LoRA run folders (holding ``lora/``); may not exist.
-        out_dir: where the report goes (created; files of the same name are replaced).
+        results_dir: folder of the probe stage's ``<dataset>.jsonl`` files (default
+            :data:`embedcyto.folders.DEFAULT_RESULTS_DIR`).
+        runs_dir: root of the LoRA run folders (holding ``lora/``); may not exist (default
+            :data:`embedcyto.folders.DEFAULT_RUNS_DIR`).
+        out_dir: where the report goes (created; files of the same name are replaced; default
+            :data:`embedcyto.folders.DEFAULT_REPORT_DIR`).
 
     Raises:
         ReportError: no results at all, an unreadable file, or results that cannot be
             averaged honestly (two settings or a repeated seed in one cell).
     """
+    from embedcyto.folders import DEFAULT_REPORT_DIR, DEFAULT_RESULTS_DIR, DEFAULT_RUNS_DIR
+
+    results_dir = DEFAULT_RESULTS_DIR if results_dir is None else results_dir
+    runs_dir = DEFAULT_RUNS_DIR if runs_dir is None else runs_dir
+    out_dir = DEFAULT_REPORT_DIR if out_dir is None else out_dir
     probe = load_probe_records(results_dir)
     lora = load_lora_records(runs_dir)
     records = probe.records + lora.records

@@ -15,7 +15,23 @@ from pathlib import Path
 
 from embedcyto.report.aggregate import LEVEL_LABELS, LORA, Curve, Reference
 
-_STYLE = {LORA: ("-", "o"), "simpleshot": ("--", "s"), "protonet": ("-.", "^")}
+_LORA_STYLE = ("-", "o")
+
+
+def _style(method: str) -> tuple[str, str]:
+    """(linestyle, marker) of a method's lines: LoRA's, or its probe registry row's."""
+    from embedcyto.errors import ProbeError
+    from embedcyto.probes import registry
+
+    if method == LORA:
+        return _LORA_STYLE
+    try:
+        spec = registry.get_method(method)
+    except ProbeError:
+        return _LORA_STYLE
+    return spec.linestyle, spec.marker
+
+
 _BAND_ALPHA = 0.15
 
 
@@ -71,7 +87,7 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     figure, (ax,) = _new_figure(9.0, 4.8)
     colours = _colours([c.model for c in curves] + [r.model for r in references])
     for curve in curves:
-        dashes, marker = _STYLE.get(curve.method, ("-", "o"))
+        dashes, marker = _style(curve.method)
         _draw_curve(ax, curve, colours[curve.model], dashes, marker)
     for ref in references:
         ax.axhline(100 * ref.value, color=colours[ref.model], linestyle=":", linewidth=1.5,

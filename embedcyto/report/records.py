@@ -9,8 +9,8 @@ is normalised here into a *record*, a plain dict with the same keys whatever its
     accuracy, balanced_accuracy, macro_f1 (fractions in [0, 1]),
     levels ({"level_1": acc, ..., "average": acc} or None), variant (str), source (str)
 
-``method`` is the probe method ("linear", "knn", "study_head", "simpleshot", "protonet") or
-"lora". ``variant`` is a canonical JSON of the settings that change a result without being part
+``method`` is a probe method (a row of :mod:`embedcyto.probes.registry`) or "lora".
+``variant`` is a canonical JSON of the settings that change a result without being part
 of the grid (probe options, LoRA settings and schedule); the aggregation refuses to average
 records of different variants. The normalisers are pure functions so they can be tested on
 hand-made rows; only :func:`load_probe_records` and :func:`load_lora_records` read files.
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto.errors import ReportError
+from embedcyto.probes.registry import HEADLINE_METRICS
 
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+METRICS = tuple(HEADLINE_METRICS)
 LEVELS = ("level_1", "level_2", "level_3", "average")
 LORA = "lora"
 #: The run folder's file names (the LoRA stage's documented layout; not imported from it so that

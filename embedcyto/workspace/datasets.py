@@ -94,19 +94,15 @@ def select_entries(workspace: Workspace | None, names: Sequence[str] = (), *,
 
 def open_entry(entry: DatasetEntry, workspace: Workspace | None, store_dir, *,
                on_bad_image: str = "skip", verify_size: int | None = None):
-    """Open a dataset with its split saved beside its stores (``<store>/<name>/splits.json``).
-
-    With ``on_bad_image="skip"`` every image is checked first (remembered in the split folder,
-    so later runs only decode new or changed files) and unreadable ones are left out.
+    """Open a dataset with its split saved beside its stores (``<store>/<name>/splits.json``),
+    by :func:`embedcyto.datasets.for_store.open_for_store`.
 
     Returns:
         (dataset, split_dir)
     """
-    from embedcyto.datasets import open_dataset
+    from embedcyto.datasets.for_store import open_for_store
 
-    split_dir = Path(store_dir) / entry.name
-    dataset = open_dataset(entry.layout, entry_root(entry, workspace), name=entry.name,
-                           split_dir=split_dir, seed=entry.split_seed, ratios=entry.ratios,
-                           on_bad_image=on_bad_image, verify_images=on_bad_image == "skip",
-                           verify_size=verify_size, **dict(entry.options))
-    return dataset, split_dir
+    return open_for_store(entry.layout, entry_root(entry, workspace), store_dir=store_dir,
+                          name=entry.name, split_seed=entry.split_seed, ratios=entry.ratios,
+                          on_bad_image=on_bad_image, options=dict(entry.options),
+                          verify_size=verify_size)
