@@ -16,7 +16,7 @@ from embedcyto.cli.main import cli
 from embedcyto.datasets.fixtures import make_fixture
 from embedcyto.errors import StoreError
 from embedcyto.extract import ExtractConfig, extract_features
-from embedcyto.probes.runner import run_probe_grid
+from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
 from embedcyto.store import export_store, load_features
 from embedcyto.store.importer import import_features
 from embedcyto.workspace import DatasetEntry, load_workspace, save_workspace
@@ -61,8 +61,10 @@ def _exported(ws, tmp_path):
 
 
 def _probe(ws, model):
-    rows = run_probe_grid(ws.folder("store"), ["cells"], [model], ("linear", "knn", "simpleshot"),
-                          (1, 2), (1, 2), 30, 1, ws.folder("results") / "probe")
+    rows = run_probe_grid(ProbeGridConfig(
+        store_dir=ws.folder("store"), datasets=("cells",), models=(model,),
+        methods=("linear", "knn", "simpleshot"), shots=(1, 2), seeds=(1, 2), episodes=30,
+        n_jobs=1, results_dir=ws.folder("results") / "probe"))
     return {(r["method"], r["shots"], r["seed"]): r["metrics"] for r in rows}
 
 

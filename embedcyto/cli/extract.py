@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from embedcyto.cli._common import (
-    parse_options,
-    parse_ratios,
     runtime_options,
     split_options,
     store_option,
@@ -52,8 +50,8 @@ def extract(models, datasets, layout, root, save, store, weights, weights_dir, r
     from embedcyto.workspace.preflight import check_inputs
 
     job = resolve_job(models, datasets, layout=layout, root=root, save=save, store=store,
-                      weights_dir=weights_dir, options=tuple(parse_options(options).items()),
-                      split_seed=split_seed, ratios=parse_ratios(ratios))
+                      weights_dir=weights_dir, options=tuple(options.items()),
+                      split_seed=split_seed, ratios=ratios)
     if weights and len(job.models) > 1:
         raise click.UsageError("--weights names one model's file: use it with one --model")
     env = RankEnv.from_env()

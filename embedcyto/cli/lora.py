@@ -5,8 +5,6 @@ from __future__ import annotations
 import click
 
 from embedcyto.cli._common import (
-    parse_options,
-    parse_ratios,
     runtime_options,
     split_options,
     store_option,
@@ -192,8 +190,8 @@ def lora(ctx, models, datasets, layout, root, save, plans, dry_run, shots, fract
         runs = _plan_runs(ws, runs_dir, plans, models, datasets, shots, fractions, runtime)
     else:
         job = resolve_job(models, datasets, layout=layout, root=root, save=save, store=store,
-                          weights_dir=weights_dir, options=tuple(parse_options(options).items()),
-                          split_seed=split_seed, ratios=parse_ratios(ratios))
+                          weights_dir=weights_dir, options=tuple(options.items()),
+                          split_seed=split_seed, ratios=ratios)
         settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets,
                                 rslora=scaling == "rslora")
         runs = _adhoc_runs(job, _amounts(shots, fractions, all_data), seeds, settings,
