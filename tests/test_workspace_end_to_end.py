@@ -131,3 +131,11 @@ def test_adhoc_dataset_without_workspace_and_save(folder):
     saved = (folder / "embedcyto.toml").read_text()
     assert "[datasets.sipakmed]" in saved and 'layout = "sipakmed"' in saved
     assert "cache hit" in run("extract", "--model", "tiny-clip", "--dataset", "sipakmed")
+
+
+def test_probe_of_an_unknown_dataset_lists_the_known_ones(folder):
+    run("init")
+    run("datasets", "add", "cells", "--layout", "folder", "--root", "images/cells")
+    result = CliRunner().invoke(cli, ["probe", "--dataset", "cels"])
+    assert result.exit_code == 1
+    assert "did you mean 'cells'" in result.output and "it has: cells" in result.output

@@ -134,15 +134,15 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
     from embedcyto.store import default_store_dir
     from embedcyto.workspace.current import current_workspace
-    from embedcyto.workspace.run import probe_datasets, probe_results_dir
+    from embedcyto.workspace.run import probe_datasets
 
     ws = current_workspace()
     store = default_store_dir(store)
     options = {"simpleshot": {"centre": centre}} if centre else {}
-    config = ProbeGridConfig(store_dir=store, datasets=datasets or probe_datasets(ws, store),
+    config = ProbeGridConfig(store_dir=store, datasets=probe_datasets(ws, store, datasets),
                              models=models or None, methods=methods, shots=shots, seeds=seeds,
                              episodes=episodes, n_jobs=n_jobs,
-                             results_dir=probe_results_dir(ws, results_dir), rerun=rerun,
+                             results_dir=results_dir, rerun=rerun,
                              options=options, backend=backend, scheduler=scheduler)
     rows = run_probe_grid(config)
     click.echo(format_table(rows))

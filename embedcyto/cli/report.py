@@ -31,15 +31,9 @@ def report(results_dir, runs_dir, out_dir) -> None:
     few-shot tables per dataset; LoRA on data fractions. Figures: accuracy vs shots per dataset
     with each model's linear-probe line; accuracy vs HiCervix fraction per level.
     """
-    from embedcyto.lora.runs import default_runs_dir
     from embedcyto.report import build_report
-    from embedcyto.workspace.current import current_workspace
-    from embedcyto.workspace.run import probe_results_dir
 
-    ws = current_workspace()
-    if out_dir is None:
-        out_dir = ws.folder("report") if ws is not None else "report"
-    result = build_report(probe_results_dir(ws, results_dir), default_runs_dir(runs_dir),
-                          out_dir)
+    # unset folders: the workspace's (docs/workspace.md), else ./results/probe, ./runs, ./report
+    result = build_report(results_dir, runs_dir, out_dir)
     for line in summary_lines(result):
         click.echo(line)

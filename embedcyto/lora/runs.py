@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 from embedcyto.errors import LoraError
-from embedcyto.folders import DEFAULT_RUNS_DIR
 from embedcyto.lora.config import LoraRunConfig
 
 COMPLETE = "COMPLETE"
@@ -48,11 +47,9 @@ _TMP, _OLD = ".tmp-", ".old-"
 
 def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
     """The explicit ``runs`` folder, else the workspace's ``runs`` folder, else ``./runs``."""
-    if runs not in (None, ""):
-        return Path(runs).expanduser()
-    from embedcyto.workspace.current import workspace_folder
+    from embedcyto.folders import output_folder
 
-    return workspace_folder("runs") or Path(DEFAULT_RUNS_DIR)
+    return output_folder("runs", runs)
 
 
 def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:

@@ -103,34 +103,37 @@ def extract_table(lines: Sequence[ExtractLine]) -> list[str]:
     return out
 
 
-def probe_datasets(workspace: Workspace | None, store_dir) -> list[str] | None:
-    """The datasets ``probe`` runs on: the workspace's that have a complete store (None: every
-    dataset of the store folder, as without a workspace)."""
+def probe_datasets(workspace: Workspace | None, store_dir, names: Sequence[str] = ()):
+    """The datasets ``probe`` runs on: ``names``, else the workspace's that have a complete store
+    (None without a workspace: every dataset of the store folder).
+
+    Raises:
+        EmbedcytoError: a name that is neither a workspace dataset nor in the store folder (the
+            known ones are listed), or a workspace none of whose datasets has a store yet.
+    """
     from embedcyto.store import list_stores
 
-    if workspace is None:
-        return None
     have = {i.dataset for i in list_stores(store_dir) if i.state == "complete"} \
         if Path(store_dir).is_dir() else set()
-    names = [n for n in workspace.dataset_names if n in have]
-    if not names:
+    if names:
+        for name in names:
+            if name not in have and workspace is not None:
+                workspace.dataset(name)  # not in the workspace either: lists its datasets
+            if name not in have:
+                raise EmbedcytoError(
+                    f"no complete store of dataset {name!r} in {store_dir} (stores there: "
+                    f"{', '.join(sorted(have)) or 'none'}); run `embedcyto extract --dataset "
+                    f"{name}` first")
+        return list(names)
+    if workspace is None:
+        return None
+    found = [n for n in workspace.dataset_names if n in have]
+    if not found:
         raise EmbedcytoError(f"no complete store of the workspace's datasets "
                              f"({', '.join(workspace.dataset_names) or 'none'}) in {store_dir}: "
                              "run `embedcyto extract` first (`embedcyto status` shows what "
                              "there is)")
-    return names
-
-
-def probe_results_dir(workspace: Workspace | None, results_dir=None) -> Path:
-    """Where probe rows go: the explicit folder, else the workspace's ``results/probe``, else
-    ``./results/probe``."""
-    from embedcyto.probes.runner import DEFAULT_RESULTS_DIR
-
-    if results_dir is not None:
-        return Path(results_dir)
-    if workspace is not None:
-        return workspace.folder("results") / "probe"
-    return Path(DEFAULT_RESULTS_DIR)
+    return found
 
 
 def lora_plan_lines(runs, runs_dir) -> list[str]:
