@@ -1,247 +1,224 @@
-"""Benchmark: the default probe run of one model on the four datasets, against a naive version.
+"""Benchmark: the default probe run of one model on the four datasets, stage by stage.
 
-Synthetic embeddings of the real sizes (HiCervix 28,160 / 4,018 / 8,051 rows with its 26 classes
-and three levels; SIPaKMeD 4,049, MLCC 963 and BCFC 693 rows split 70/10/20), 1,024-d, built as
-class means + isotropic noise + a strong low-rank nuisance + a common offset (as CLIP-style
-embeddings have). Both versions run the same protocol side by side:
+Synthetic 1,024-d float32 embeddings of the real sizes (``probe_features.py``: class overlap,
+sub-modes, a decaying noise spectrum, per-class noise scales), run through the library path of
+``embedcyto probe`` (``evaluate_full`` / ``evaluate_episodes``):
 
 * linear probe, C chosen on validation over the default grid (ties by validation log-loss);
 * cosine kNN, k chosen on validation from (1, 3, 5, 10, 20, 50);
 * SimpleShot, 600 episodes for each of 1, 2, 4, 8, 16 shots (one seed), HiCervix per level.
 
-The naive version is the protocol written the obvious way: a fresh ``LogisticRegression`` per
-grid point (cold start; same tolerance and iteration cap so that both converge to the same
-optimum), one scikit-learn ``KNeighborsClassifier`` per k, and a Python loop over episodes that
-draws each support set with :func:`support_indices`, re-normalises the test split, and scores
-with the scalar metric functions. Both read the features as float32, as stores hold them. The
-script checks both choose the same C and k and give the same linear-probe test accuracy and
-episode accuracies (to 2e-3: float32 rounding can flip a near-tie), then prints times and ratios.
+Printed per dataset and stage: the time, a lower bound from the stage's arithmetic (its matrix
+products' FLOPs divided by this machine's fp32 matrix-product rate, measured first and printed),
+and the ratio. The linear probe's FLOPs are those of the loss evaluations it made (4·n·p·K each),
+so its ratio says how close each evaluation runs to the machine's rate; the evaluation count is
+printed beside it. Next to the linear probe, scikit-learn's ``LogisticRegression`` runs the same
+protocol (``probe_references.sklearn_linear``: same standardisation, grid, warm starts,
+tolerance, early stop); the ratio of the two times is printed with the chosen C and test
+accuracy of both.
 
-Usage: ``python benchmarks/bench_probe.py [--quick] [--no-naive | --naive-linear-only]
-[--datasets hicervix,sipakmed,mlcc,bcfc]`` (``--quick``: small sizes, 20 episodes;
-``--naive-linear-only``: the naive reference for the linear probe alone, for HiCervix, whose
-naive kNN and episode loop take over 15 minutes).
+Identity with an earlier version: ``--save-reference FILE`` writes the chosen C and k, the linear
+probe's test accuracy and every episode's accuracy; ``--reference FILE`` checks a run against
+it (same C and k, episode accuracies equal to float32 rounding: at most ``1/n_test`` apart, a
+near-tie flipped) and exits 1 otherwise. ``--naive`` also checks k and the episode accuracies
+against the naive loops (small datasets only: HiCervix's take over 15 minutes).
+
+Scaling: ``--scale 2`` (or 4) repeats HiCervix's rows; the time per row and the peak resident
+memory are printed (run each scale in its own process for an honest peak).
+
+Usage: ``python benchmarks/bench_probe.py [--quick] [--datasets hicervix,sipakmed,mlcc,bcfc]
+[--scale S] [--no-sklearn] [--naive] [--save-reference F | --reference F]``
+(``--quick``: small sizes, 64-d, 20 episodes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import time
-from types import SimpleNamespace
 
 import numpy as np
+from probe_features import DATASETS, make_features
+from probe_references import naive_episodes, naive_knn, sklearn_linear
 
-SIZES = {"sipakmed": (4049, (813, 825, 793, 787, 831)), "mlcc": (963, (613, 163, 113, 74)),
-         "bcfc": (693, (160, 533))}
-
-
-def _hicervix_rows(scale: float, rng):
-    """Labels, splits and levels of the real HiCervix CSVs (bundled), optionally subsampled."""
-    from embedcyto.datasets.hicervix_labels import read_hicervix_labels
-
-    ds = read_hicervix_labels()
-    keep = ds.records
-    if scale < 1:  # per (class, split): a share of the rows, but enough for 16 shots
-        cells: dict = {}
-        for r in ds.records:
-            cells.setdefault((r.label, r.split), []).append(r)
-        keep = [r for rows in cells.values()
-                for r in rows[: max(int(scale * len(rows)), min(len(rows), 20))]]
-    labels = np.array([r.label for r in keep])
-    splits = np.array([r.split for r in keep])
-    levels = np.array([r.levels for r in keep])
-    meta = {"classes": ds.classes, "level_names": ds.level_names,
-            "level_maps": {k: tuple(v) for k, v in ds.level_maps.items()},
-            "label_spaces": {k: v.classes for k, v in ds.label_spaces.items()}}
-    return labels, splits, levels, meta
+SHOTS = (1, 2, 4, 8, 16)
 
 
-def _stratified_split(labels, rng):
-    splits = np.empty(labels.size, dtype=object)
-    for c in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == c))
-        n_tr, n_va = int(round(0.7 * rows.size)), int(round(0.1 * rows.size))
-        splits[rows[:n_tr]], splits[rows[n_tr:n_tr + n_va]], splits[rows[n_tr + n_va:]] = \
-            "train", "val", "test"
-    return splits.astype(str)
+def matmul_rate(seconds: float = 0.5) -> float:
+    """This machine's fp32 matrix-product rate (FLOP/s) through torch, at its default threads."""
+    import torch
+
+    a, b = torch.randn(2048, 1024), torch.randn(1024, 2048)
+    a @ b
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 2048 * 1024 * 2048 / (time.perf_counter() - start)
 
 
-def make_features(name: str, dim: int, scale: float, seed: int = 0):
-    """A Features-like object with synthetic embeddings of one dataset."""
-    rng = np.random.default_rng(seed)
-    if name == "hicervix":
-        labels, splits, levels, meta = _hicervix_rows(scale, rng)
-    else:
-        counts = [max(int(c * scale), 25) for c in SIZES[name][1]]
-        labels = np.repeat(np.arange(len(counts)), counts)
-        splits, levels = _stratified_split(labels, rng), None
-        meta = {"classes": tuple(f"class_{i}" for i in range(len(counts))), "level_names": (),
-                "level_maps": {}, "label_spaces": {}}
-    k = len(meta["classes"])
-    # Class separation independent of the width: mean gaps of about 3 noise standard deviations.
-    means = rng.normal(size=(k, dim)).astype(np.float32) * (2.2 / np.sqrt(dim))
-    nuisance = rng.normal(size=(16, dim)).astype(np.float32) * 0.5
-    offset = rng.normal(size=dim).astype(np.float32) * 2.0
-    X = (means[labels] + rng.normal(size=(labels.size, dim)).astype(np.float32)
-         + rng.normal(size=(labels.size, 16)).astype(np.float32) @ nuisance + offset)
-    X = X.astype(np.float32)  # as stores hold them (the library reads them as float32)
-    ids = np.array([f"{name}/{i:06d}.png" for i in range(labels.size)])
-    return SimpleNamespace(X=X, labels=labels, ids=ids, splits=splits, levels=levels,
-                           groups=np.full(labels.size, ""), hierarchy={}, provenance={}, **meta)
+class _EvalCounter:
+    """Counts the linear probe's loss evaluations (wraps ``LinearProbe.fit``)."""
+
+    def __init__(self):
+        from embedcyto.probes.linear import LinearProbe
+
+        self.last = None
+        fit = LinearProbe.fit
+
+        def counted(est, *args, **kwargs):
+            out = fit(est, *args, **kwargs)
+            self.last = getattr(est, "n_evaluations_", None)
+            return out
+        LinearProbe.fit = counted
 
 
-def run_fast(feats, shots, episodes):
-    """The library path used by ``embedcyto probe`` (runner's per-unit evaluation)."""
+def run_fast(feats, shots, episodes, counter) -> dict:
+    """The library path used by ``embedcyto probe`` (the runner's per-unit evaluation)."""
     from embedcyto.probes.evaluate import evaluate_episodes, evaluate_full
 
-    out = {"linear": evaluate_full(feats, "linear", None, {}),
-           "knn": evaluate_full(feats, "knn", None, {})}
+    out = {"linear": evaluate_full(feats, "linear", None, {})}
+    out["linear"]["evaluations"] = counter.last
+    out["knn"] = evaluate_full(feats, "knn", None, {})
     for k in shots:
         out[k] = evaluate_episodes(feats, "simpleshot", k, 1, episodes, {})
     return out
 
 
-def _split(feats, name):
-    m = feats.splits == name
-    return feats.X[m], feats.labels[m], feats.ids[m], (None if feats.levels is None
-                                                        else feats.levels[m])
+def stage_flops(feats, fast, shots, episodes) -> dict:
+    n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
+    p, k = feats.X.shape[1], len(feats.classes)
+    evals = fast["linear"]["evaluations"]
+    reached = sum(v is not None for v in fast["linear"]["chosen"]["val_accuracy"])
+    linear = None if evals is None else (
+        4.0 * evals * n["train"] * p * k + 2.0 * p * k * (reached * n["val"] + n["test"]))
+    return {"linear": linear, "knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
+            "episodes": 2.0 * len(shots) * episodes * k * n["test"] * p}
 
 
-def naive_linear(feats):
-    from sklearn.linear_model import LogisticRegression
-
-    from embedcyto.probes.linear import DEFAULT_CS
-
-    (Xtr, ytr, _, _), (Xva, yva, _, _), (Xte, yte, _, _) = (
-        _split(feats, s) for s in ("train", "val", "test"))
-    mu, sd = Xtr.mean(0), Xtr.std(0)
-    best = None
-    for c in DEFAULT_CS:
-        model = LogisticRegression(C=c, max_iter=1000, tol=1e-6).fit((Xtr - mu) / sd, ytr)
-        p = model.predict_proba((Xva - mu) / sd)
-        score = (np.mean(p.argmax(1) == yva), np.mean(np.log(p[np.arange(yva.size), yva])))
-        if best is None or score > best[0]:
-            best, since = (score, c, model), 0
-        else:
-            since += 1
-            if since >= 3:  # the same early stop as LinearProbe(patience=3)
-                break
-    return best[1], float(np.mean(best[2].predict((Xte - mu) / sd) == yte))
+def _stage_line(name, seconds, flops, rate) -> str:
+    if flops is None:
+        return f"{name} {seconds:.2f}s"
+    bound = flops / rate
+    return f"{name} {seconds:.2f}s (bound {bound:.2f}s, x{seconds / bound:.1f})"
 
 
-def naive_knn(feats):
-    from sklearn.neighbors import KNeighborsClassifier
-
-    (Xtr, ytr, _, _), (Xva, yva, _, _) = (_split(feats, s) for s in ("train", "val"))
-    mu = Xtr.mean(0)
-
-    def norm(a):
-        a = a - mu
-        return a / np.linalg.norm(a, axis=1, keepdims=True)
-
-    ks = [k for k in (1, 3, 5, 10, 20, 50) if k <= ytr.size]
-    scores = [KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(norm(Xtr), ytr)
-              .score(norm(Xva), yva) for k in ks]
-    return ks[int(np.argmax(scores))]
-
-
-def naive_episodes(feats, shots, episodes):
-    from embedcyto.metrics import hierarchical_metrics
-    from embedcyto.probes import support_indices
-
-    (Xtr, ytr, ids, _), (Xte, yte, _, lte) = (_split(feats, s) for s in ("train", "test"))
-    out = {}
-    for k in shots:
-        accs = []
-        for e in range(episodes):
-            idx = support_indices(ids, ytr, k, 1, e)
-            mu = Xtr[idx].mean(0)  # the default centring: the episode's support mean
-            s = (Xtr[idx] - mu) / np.linalg.norm(Xtr[idx] - mu, axis=1, keepdims=True)
-            q = (Xte - mu) / np.linalg.norm(Xte - mu, axis=1, keepdims=True)
-            protos = np.stack([s[ytr[idx] == c].mean(0) for c in range(len(feats.classes))])
-            d = ((q[:, None, :] - protos[None]) ** 2).sum(-1) if q.shape[0] < 2000 else \
-                (q ** 2).sum(1)[:, None] - 2 * q @ protos.T + (protos ** 2).sum(1)
-            accs.append(np.mean(d.argmin(1) == yte))
-            if lte is not None:
-                p = np.exp(-(d - d.min(1, keepdims=True)) / 0.1)
-                hierarchical_metrics(p / p.sum(1, keepdims=True), lte, feats.level_maps,
-                                     feats.level_names)
-        out[k] = np.array(accs)
-    return out
-
-
-def _compare_naive(feats, fast, t_fast, shots, episodes, linear_only: bool
-                   ) -> tuple[float, bool]:
-    """Run the naive version, print its times and whether it agrees; return (seconds, same).
-
-    Agreement: the same C and k, test accuracy of the linear probe within 2e-3 (or one test row)
-    and episode accuracies within 2e-3 (float32 rounding can flip a near-tie or two).
-    """
-    t0 = time.perf_counter()
-    c, acc = naive_linear(feats)
-    t_lin = time.perf_counter() - t0
+def report(name, feats, fast, shots, episodes, rate) -> float:
+    """Print one dataset's stages; return its total seconds."""
+    n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
+    flops = stage_flops(feats, fast, shots, episodes)
+    t = {"linear": fast["linear"]["seconds"], "knn": fast["knn"]["seconds"],
+         "episodes": sum(fast[k]["seconds"] for k in shots)}
     lin = fast["linear"]
-    acc_diff = abs(acc - lin["metrics"]["accuracy"])
-    same = c == lin["chosen"]["C"] and acc_diff <= max(2e-3, 1.01 / lin["n_test"])
-    if linear_only:
-        print(f"{'':<9} naive linear {t_lin:6.1f}s  ratio {t_lin / lin['seconds']:4.1f}x  "
-              f"same C: {c == lin['chosen']['C']} (C={c:.3g})  test accuracy diff {acc_diff:.1e}",
-              flush=True)
-        return t_lin, same
+    print(f"{name:<9} {n['train']}/{n['val']}/{n['test']} rows  total {sum(t.values()):.1f}s  "
+          + "  ".join(_stage_line(s, t[s], flops[s], rate) for s in t)
+          + f"  | C={lin['chosen']['C']:.3g} ({lin['evaluations']} evaluations) "
+          f"k={fast['knn']['chosen']['k']} acc {lin['metrics']['accuracy']:.4f} "
+          f"balanced {lin['metrics']['balanced_accuracy']:.4f}", flush=True)
+    return sum(t.values())
+
+
+def reference_of(fast, shots) -> dict:
+    return {"C": fast["linear"]["chosen"]["C"], "k": fast["knn"]["chosen"]["k"],
+            "accuracy": fast["linear"]["metrics"]["accuracy"],
+            "episodes": {str(s): fast[s]["episode_accuracy"] for s in shots}}
+
+
+def compare_reference(name, ref, fast, shots) -> bool:
+    """Same C and k; every episode accuracy within 1/n_test (float32 rounding of a near-tie)."""
+    now = reference_of(fast, shots)
+    tol = 1.0 / fast[shots[0]]["n_test"] + 1e-6
+    diffs = [np.abs(np.array(now["episodes"][str(s)]) - np.array(ref["episodes"][str(s)]))
+             for s in shots]
+    worst, changed = max(float(d.max()) for d in diffs), sum(int((d > 1e-6).sum()) for d in diffs)
+    same = now["C"] == ref["C"] and now["k"] == ref["k"] and worst <= tol
+    print(f"{'':<9} reference: same C {now['C'] == ref['C']}, same k {now['k'] == ref['k']}, "
+          f"test accuracy {ref['accuracy']:.4f} -> {now['accuracy']:.4f}, episodes changed "
+          f"{changed}/{sum(d.size for d in diffs)} (max diff {worst:.1e}, allowed {tol:.1e}): "
+          f"{'identical' if same else 'DIFFERENT'}", flush=True)
+    return same
+
+
+def compare_sklearn(feats, fast) -> tuple[float, bool]:
+    sk, lin = sklearn_linear(feats), fast["linear"]
+    acc = lin["metrics"]["accuracy"]
+    same = sk["C"] == lin["chosen"]["C"] and abs(sk["accuracy"] - acc) <= 1.01 / lin["n_test"]
+    print(f"{'':<9} scikit-learn same protocol: {sk['seconds']:.1f}s ({sk['iterations']} "
+          f"iterations), linear probe {lin['seconds']:.1f}s: ratio "
+          f"{sk['seconds'] / lin['seconds']:.1f}x  C {sk['C']:.3g} vs {lin['chosen']['C']:.3g}, "
+          f"test accuracy {sk['accuracy']:.4f} vs {acc:.4f}: {'same' if same else 'DIFFERENT'}",
+          flush=True)
+    return sk["seconds"], same
+
+
+def compare_naive(feats, fast, shots, episodes) -> bool:
     k = naive_knn(feats)
-    t_knn = time.perf_counter() - t0 - t_lin
     eps = naive_episodes(feats, shots, episodes)
-    t_naive = time.perf_counter() - t0
-    diffs = max(np.max(np.abs(np.array(fast[s]["episode_accuracy"]) - eps[s])) for s in shots)
-    same = same and k == fast["knn"]["chosen"]["k"] and diffs <= 2e-3
-    print(f"{'':<9} naive {t_naive:6.1f}s (linear {t_lin:.1f}s, knn {t_knn:.1f}s, "
-          f"episodes {t_naive - t_lin - t_knn:.1f}s)  ratio {t_naive / t_fast:4.1f}x "
-          f"(linear {t_lin / lin['seconds']:.1f}x)  same C/k: {c == lin['chosen']['C']}/"
-          f"{k == fast['knn']['chosen']['k']}  test accuracy diff {acc_diff:.1e}  "
-          f"max episode diff {diffs:.1e}", flush=True)
-    return t_naive, same
+    diff = max(np.max(np.abs(np.array(fast[s]["episode_accuracy"]) - eps[s])) for s in shots)
+    same = k == fast["knn"]["chosen"]["k"] and diff <= 1.0 / fast[shots[0]]["n_test"] + 1e-6
+    print(f"{'':<9} naive kNN k={k}, naive episodes max diff {diff:.1e}: "
+          f"{'same' if same else 'DIFFERENT'}", flush=True)
+    return same
+
+
+def _args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 64-d, 20 episodes")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--scale", type=float, default=None,
+                        help="rows relative to the real sizes (2, 4: HiCervix repeated)")
+    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--separation", type=float, default=6.0,
+                        help="class-mean separation of the synthetic features (lower: harder)")
+    parser.add_argument("--no-sklearn", action="store_true",
+                        help="skip scikit-learn's run of the linear protocol")
+    parser.add_argument("--naive", action="store_true", help="check k and episodes naively")
+    parser.add_argument("--save-reference", metavar="FILE")
+    parser.add_argument("--reference", metavar="FILE")
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 20 episodes")
-    parser.add_argument("--no-naive", action="store_true", help="time the library path only")
-    parser.add_argument("--naive-linear-only", action="store_true",
-                        help="naive reference for the linear probe only (HiCervix's naive "
-                             "episodes take over 15 minutes)")
-    parser.add_argument("--datasets", default="hicervix,sipakmed,mlcc,bcfc",
-                        help="comma-separated subset of the four datasets")
-    args = parser.parse_args(argv)
+    args = _args(argv)
     scale, episodes, dim = (0.05, 20, 64) if args.quick else (1.0, 600, 1024)
-    shots = (1, 2, 4, 8, 16)
-    print(f"cores: {os.cpu_count()}  dim: {dim}  episodes: {episodes}  shots: {shots}")
-    total_fast = total_naive = total_compared = 0.0
-    ok = True
+    scale = args.scale or scale
+    episodes = args.episodes or episodes
+    rate = matmul_rate()
+    load = os.getloadavg()
+    print(f"cores: {os.cpu_count()}  load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  "
+          f"fp32 matmul: {rate / 1e9:.0f} GFLOP/s  dim: {dim}  episodes: {episodes}  "
+          f"shots: {SHOTS}  scale: {scale}", flush=True)
+    counter, saved = _EvalCounter(), {}
+    ref = json.load(open(args.reference)) if args.reference else None
+    total = sk_total = lin_total = 0.0
+    rows, ok = 0, True
     for name in args.datasets.split(","):
-        feats = make_features(name, dim, scale)
-        n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
-        t0 = time.perf_counter()
-        fast = run_fast(feats, shots, episodes)
-        t_fast = time.perf_counter() - t0
-        total_fast += t_fast
-        line = (f"{name:<9} train/val/test {n['train']}/{n['val']}/{n['test']}  "
-                f"fast {t_fast:6.1f}s (linear {fast['linear']['seconds']:.1f}s, "
-                f"knn {fast['knn']['seconds']:.1f}s, "
-                f"episodes {sum(fast[k]['seconds'] for k in shots):.1f}s, "
-                f"C={fast['linear']['chosen']['C']:.3g}, k={fast['knn']['chosen']['k']}, "
-                f"acc {fast['linear']['metrics']['accuracy']:.3f})")
-        print(line, flush=True)
-        if not args.no_naive:
-            t_naive, same = _compare_naive(feats, fast, t_fast, shots, episodes,
-                                            args.naive_linear_only)
-            total_naive += t_naive
-            total_compared += t_fast if not args.naive_linear_only else fast["linear"]["seconds"]
-            ok &= same
-    what = "linear only" if args.naive_linear_only else "whole run"
-    print(f"total fast {total_fast:.1f}s" + ("" if args.no_naive else
-          f"  naive ({what}) {total_naive:.1f}s against {total_compared:.1f}s: ratio "
-          f"{total_naive / total_compared:.1f}x  results identical: {ok}"))
+        feats = make_features(name, dim, scale, separation=args.separation)
+        fast = run_fast(feats, SHOTS, episodes, counter)
+        total += report(name, feats, fast, SHOTS, episodes, rate)
+        rows += feats.labels.size
+        saved[name] = reference_of(fast, SHOTS)
+        if ref is not None:
+            ok &= compare_reference(name, ref[name], fast, SHOTS)
+        if not args.no_sklearn:
+            t_sk, same = compare_sklearn(feats, fast)
+            sk_total, lin_total, ok = sk_total + t_sk, lin_total + fast["linear"]["seconds"], \
+                ok and same
+        if args.naive:
+            ok &= compare_naive(feats, fast, SHOTS, episodes)
+    if args.save_reference:
+        with open(args.save_reference, "w", encoding="utf-8") as handle:
+            json.dump(saved, handle)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    load = os.getloadavg()
+    print(f"total {total:.1f}s for {rows} rows ({1e6 * total / rows:.0f} us/row)  peak RSS "
+          f"{peak:.0f} MiB  load average {load[0]:.2f}"
+          + ("" if args.no_sklearn else f"  linear vs scikit-learn: {lin_total:.1f}s against "
+             f"{sk_total:.1f}s, ratio {sk_total / lin_total:.1f}x")
+          + ("" if ref is None and args.no_sklearn and not args.naive
+             else f"  results identical: {ok}"))
     return 0 if ok else 1
 
 

@@ -95,11 +95,12 @@ def _features(card, weights_path, root: Path, paths: list[str], device, batch_si
               jpeg_draft: bool) -> np.ndarray:
     import torch
 
-    from embedcyto.backbones import make_transform, resolve_device
-    from embedcyto.extract import RowImages, _build
+    from embedcyto.backbones import build_backbone, make_transform, resolve_device
+    from embedcyto.extract import RowImages
 
     device = resolve_device(device)
-    backbone = _build(card, weights_path, weights_path is None, device, torch.float32)
+    backbone = build_backbone(card, weights=weights_path, random_init=weights_path is None,
+                              device=device, dtype=torch.float32)
     images = RowImages(root, paths, np.arange(len(paths)), make_transform(card),
                        card.input_size, jpeg_draft=jpeg_draft)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
@@ -114,7 +115,7 @@ def predict_with_probe(probe_dir, source, *, weights=None, weights_dir=None, dev
                        batch_size: int = 32, calibrated: bool = False) -> PredictResult:
     """Features of every readable image through the probe's backbone, then the probe."""
     from embedcyto.backbones import get_card, preprocess_spec
-    from embedcyto.extract import resolve_model_weights
+    from embedcyto.backbones.weights import resolve_model_weights
     from embedcyto.saved_probe import load_probe
 
     probe = load_probe(probe_dir)

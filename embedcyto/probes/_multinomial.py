@@ -22,6 +22,7 @@ the same vector. Everything touching the data runs in the input's precision, as 
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -38,13 +39,15 @@ BACKENDS = ("auto", "torch", "numpy")
 @dataclass(frozen=True)
 class MultinomialFit:
     """One L-BFGS solution: ``coef`` (n_classes, n_features) and ``intercept`` in the data's
-    dtype (as scikit-learn stores them), the iteration count, and scipy's verdict."""
+    dtype (as scikit-learn stores them), the iteration and loss-evaluation counts, and scipy's
+    verdict."""
 
     coef: np.ndarray
     intercept: np.ndarray
     n_iter: int
     converged: bool
     message: str
+    n_evaluations: int = 0
 
 
 def class_sample_weight(y: np.ndarray, n_classes: int, class_weight) -> np.ndarray | None:
@@ -72,11 +75,16 @@ class _OneBlasThread:
         self._lock = threading.Lock()
         self._depth = 0
         self._limits = None
+        self._torch_threads = None
 
     def __enter__(self):
         with self._lock:
             if self._depth == 0:
                 self._limits = threadpool_limits(1, user_api="blas")
+                torch = _loaded_torch()
+                if torch is not None:
+                    self._torch_threads = torch.get_num_threads()
+                    torch.set_num_threads(1)
             self._depth += 1
         return self
 
@@ -86,22 +94,32 @@ class _OneBlasThread:
             if self._depth == 0:
                 self._limits.restore_original_limits()
                 self._limits = None
+                if self._torch_threads is not None:
+                    _loaded_torch().set_num_threads(self._torch_threads)
+                    self._torch_threads = None
 
 
 _ONE_BLAS_THREAD = _OneBlasThread()
 
 
 def single_blas_thread() -> _OneBlasThread:
-    """Limit numpy's and scipy's OpenBLAS to one thread while an L-BFGS fit runs.
+    """Limit OpenBLAS (numpy's, scipy's) and torch's intra-op pool to one thread while a fit runs.
 
     L-BFGS-B's own vector work goes through scipy's OpenBLAS. Left multi-threaded, its idle
     threads (and numpy's) spin on the cores that the next loss evaluation needs: on two cores
     that makes each torch evaluation about 4x slower and a small scikit-learn fit 10x slower.
     One BLAS thread costs little: L-BFGS-B's vectors are short, and the big products run in
-    torch (or, in the numpy fallback, lose less than the spinning costs). The previous limits
-    are restored when the last concurrent fit leaves.
+    torch (or, in the numpy fallback, lose less than the spinning costs). torch's own threads
+    are limited too (when torch is loaded): on the shared 2-core machine, two torch threads
+    waiting on each other made small fits 5-40x slower. The previous limits are restored when
+    the last concurrent fit leaves.
     """
     return _ONE_BLAS_THREAD
+
+
+def _loaded_torch():
+    """torch if this process already imported it (limiting its threads never imports it)."""
+    return sys.modules.get("torch")
 
 
 def _import_torch():
@@ -227,4 +245,5 @@ class MultinomialObjective:
         return MultinomialFit(coef=np.ascontiguousarray(params[:-1].T, dtype=self.dtype),
                               intercept=params[-1].astype(self.dtype),
                               n_iter=int(min(result.nit, max_iter)),
-                              converged=result.status == 0, message=str(result.message))
+                              converged=result.status == 0, message=str(result.message),
+                              n_evaluations=int(result.nfev))

@@ -23,7 +23,6 @@ from embedcyto.errors import ProbeError
 from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
 from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
-from embedcyto.probes._sk import softmax
 
 
 def _plain_scorer(T: np.ndarray, Q: np.ndarray):
@@ -34,7 +33,7 @@ def _plain_scorer(T: np.ndarray, Q: np.ndarray):
         protos = T[idx].mean(axis=2)  # (E, C, d)
         flat = protos.reshape(-1, protos.shape[-1])
         d2 = q_sq - 2.0 * (Q @ flat.T) + (flat * flat).sum(axis=1)[None, :]
-        return d2.reshape(Q.shape[0], idx.shape[0], idx.shape[1]).transpose(1, 0, 2)
+        return d2.reshape(Q.shape[0], idx.shape[0], idx.shape[1])  # (n, E, C)
     return score
 
 
@@ -75,7 +74,7 @@ def simpleshot_distances(X_train: np.ndarray, X_test: np.ndarray, *, centre: str
         dot -= np.einsum("ecd,ed->ec", protos, mean)[None]  # (q - m)·p
         d2 = ((norm * inv) ** 2)[:, :, None] - 2.0 * dot * inv[:, :, None] \
             + (protos * protos).sum(axis=2)[None]
-        return d2.transpose(1, 0, 2)  # (E, n, C)
+        return d2  # (n, E, C)
     return score
 
 
@@ -95,6 +94,56 @@ def _level_setup(levels_test, level_maps, level_names):
         k = int(max(m.max(initial=-1), lv[:, i].max(initial=-1))) + 1
         out.append((name, m, k, rows, lv[rows, i]))
     return out
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def score_batch(d2: np.ndarray, y_test: np.ndarray, n_classes: int, levels, temperature: float
+                ) -> dict[str, np.ndarray]:
+    """Metrics of a batch of episodes from their query-prototype distances.
+
+    ``d2`` is ``(n_queries, E, C)``, as the distance product lays it out: every reduction runs
+    over its last, contiguous axis (an argmin over the classes of a transposed ``(E, n, C)``
+    view was the slowest step of the episodes). The level predictions take the argmax of the
+    unnormalised softmax ``exp(-(d - min d) / T)`` summed up the tree: dividing every class of a
+    row by the same positive sum cannot change a row's argmax, so the division is skipped;
+    one matrix product sums the fine classes into every level at once.
+    """
+    torch = _torch()
+    if torch is not None:
+        d = torch.from_numpy(np.ascontiguousarray(d2))
+        pred = d.argmin(dim=2).numpy().T
+    else:
+        pred = d2.argmin(axis=2).T
+    part = metrics_from_confusion(batch_confusion(y_test, pred, n_classes))
+    if not levels:
+        return part
+    maps = np.concatenate([_level_onehot(m, kl) for _, m, kl, _, _ in levels], axis=1)
+    if torch is not None:
+        e = torch.exp(d.amin(dim=2, keepdim=True).sub(d).div_(temperature))
+        sums = (e.reshape(-1, n_classes) @ torch.from_numpy(maps.astype(d2.dtype))).numpy()
+    else:
+        e = np.exp((d2.min(axis=2, keepdims=True) - d2) / temperature)
+        sums = e.reshape(-1, n_classes) @ maps.astype(d2.dtype)
+    sums = sums.reshape(d2.shape[0], d2.shape[1], -1)
+    first = 0
+    for name, _, kl, rows, truth in levels:
+        level_pred = sums[rows, :, first:first + kl].argmax(axis=2).T
+        first += kl
+        for key, val in metrics_from_confusion(batch_confusion(truth, level_pred, kl)).items():
+            part[f"{name}/{key}"] = val
+    return part
+
+
+def _level_onehot(level_map, n_level_classes: int) -> np.ndarray:
+    """``(n_fine, n_level)`` 0/1 matrix summing fine classes into a level (as ``coarse_proba``)."""
+    return coarse_proba(np.eye(len(level_map)), level_map, n_level_classes)
 
 
 def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_episodes: int,
@@ -146,15 +195,8 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
     parts: list[dict] = []
     step = _batch_size(X_test.shape[0], k, int(shots), X_test.shape[1], budget)
     for start in range(0, support.shape[0], step):
-        d2 = score(support[start:start + step])  # (E, n, C)
-        part = metrics_from_confusion(batch_confusion(y_test, d2.argmin(axis=2), k))
-        if levels:
-            proba = softmax(-d2 / temp, axis=2)
-            for name, m, kl, rows, truth in levels:
-                pred = coarse_proba(proba[:, rows], m, kl).argmax(axis=2)
-                for key, val in metrics_from_confusion(batch_confusion(truth, pred, kl)).items():
-                    part[f"{name}/{key}"] = val
-        parts.append(part)
+        d2 = score(support[start:start + step])  # (n_queries, E, C)
+        parts.append(score_batch(d2, y_test, k, levels, temp))
     out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     if levels:
         out["levels"] = {name: {m: out.pop(f"{name}/{m}") for m in registry.HEADLINE_METRICS}

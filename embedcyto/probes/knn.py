@@ -31,19 +31,50 @@ def neighbours(queries: np.ndarray, bank: np.ndarray, k: int,
     """Indices and similarities of the ``k`` most similar bank rows per query, most similar first.
 
     Both inputs must already be normalised; memory stays at ``chunk_size × len(bank)`` floats.
+    Equal similarities are ordered by bank row (the lower index first), also where the tie
+    straddles the k-th place, so the neighbour list is a pure function of the inputs. The
+    similarities are numpy's matrix product; the selection is ``torch.topk`` when torch is
+    importable (several times faster than ``np.argpartition`` over 28,000 columns), with the
+    same result as the numpy selection.
     """
     k = min(k, bank.shape[0])
     idx = np.empty((queries.shape[0], k), dtype=np.int64)
     sim = np.empty((queries.shape[0], k), dtype=bank.dtype)
     for start in range(0, queries.shape[0], chunk_size):
         s = queries[start:start + chunk_size] @ bank.T
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k] if k < s.shape[1] else \
-            np.broadcast_to(np.arange(s.shape[1]), s.shape).copy()
-        top_sim = np.take_along_axis(s, top, axis=1)
-        order = np.argsort(-top_sim, axis=1, kind="stable")
-        idx[start:start + s.shape[0]] = np.take_along_axis(top, order, axis=1)
-        sim[start:start + s.shape[0]] = np.take_along_axis(top_sim, order, axis=1)
+        top, top_sim = _top_k(s, k)
+        idx[start:start + s.shape[0]], sim[start:start + s.shape[0]] = top, top_sim
     return idx, sim
+
+
+def _top_k(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the k largest entries of each row of ``s``, in the order
+    (value descending, column ascending)."""
+    n = s.shape[1]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or k >= n or not np.all(np.isfinite(s)):
+        return _top_k_exact(s, k)
+    values, top = torch.topk(torch.from_numpy(np.ascontiguousarray(s)), k + 1, dim=1)
+    values, top = values.numpy(), top.numpy()
+    # Where the k-th and (k+1)-th values are equal, which tied columns make the cut is
+    # unspecified: redo those rows exactly (rare with real-valued similarities).
+    clean = values[:, k - 1] != values[:, k]
+    order = np.lexsort((top[:, :k], -values[:, :k]), axis=1)
+    top = np.take_along_axis(top[:, :k], order, axis=1)
+    values = np.take_along_axis(values[:, :k], order, axis=1)
+    if not clean.all():
+        rows = np.flatnonzero(~clean)
+        top[rows], values[rows] = _top_k_exact(s[rows], k)
+    return top, values
+
+
+def _top_k_exact(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference selection: a full sort of each row by (value descending, column)."""
+    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(s, order, axis=1)
 
 
 def vote_scores(nb_labels: np.ndarray, nb_sim: np.ndarray, ks, n_classes: int,

@@ -65,6 +65,15 @@ class _Solution:
     coef: np.ndarray
     intercept: np.ndarray
     n_iter: int
+    n_evaluations: int = 0
+
+
+def _validation_key(solution: _Solution, Xv: np.ndarray, yv: np.ndarray) -> tuple[float, float]:
+    """(validation accuracy, minus validation log-loss): larger is better."""
+    proba = _proba(Xv @ solution.coef.T + solution.intercept)
+    score = float(np.mean(np.argmax(proba, axis=1) == yv))
+    log_loss = -float(np.mean(np.log(np.maximum(proba[np.arange(yv.size), yv], 1e-300))))
+    return score, -log_loss
 
 
 def _proba(scores: np.ndarray) -> np.ndarray:
@@ -99,6 +108,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         coef_, intercept_: the fitted linear model on normalised features.
         mean_, scale_: normalisation statistics (None where unused).
         selection_: "validation", "holdout" or "fixed" — how C was chosen.
+        n_evaluations_: loss-and-gradient evaluations of the whole C path (multiclass fits; 0
+            for binary problems, fitted by scikit-learn).
     """
 
     def __init__(self, Cs=None, normalisation="standard", class_weight=None, max_iter=1000,
@@ -128,6 +139,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.mean_, self.scale_ = fit_normaliser(X, self.normalisation)
         Xn = apply_normaliser(X, self.normalisation, self.mean_, self.scale_)
         grid = self._grid()
+        self.n_evaluations_ = 0
         if grid.size == 1:
             self.selection_ = "fixed"
             self.val_scores_ = np.full(1, np.nan)
@@ -162,7 +174,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                                     *((start.coef, start.intercept) if start else ()))
                 if not fit.converged:
                     self._warn_convergence(C, fit.n_iter, fit.message)
-                return _Solution(C, fit.coef, fit.intercept, fit.n_iter)
+                self.n_evaluations_ += fit.n_evaluations
+                return _Solution(C, fit.coef, fit.intercept, fit.n_iter, fit.n_evaluations)
             return solve
 
         def solve_binary(C: float, start: _Solution | None) -> _Solution:
@@ -218,12 +231,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         best_key, best, current, since_best = (-1.0, -np.inf), None, None, 0
         for i, c in enumerate(grid):
             current = solve(float(c), current)
-            proba = _proba(Xv @ current.coef.T + current.intercept)
-            score = float(np.mean(np.argmax(proba, axis=1) == yv))
-            log_loss = -float(np.mean(np.log(np.maximum(proba[np.arange(yv.size), yv], 1e-300))))
-            self.val_scores_[i] = score
-            if (score, -log_loss) > best_key:
-                best_key, best, since_best = (score, -log_loss), current, 0
+            key = _validation_key(current, Xv, yv)
+            self.val_scores_[i] = key[0]
+            if key > best_key:
+                best_key, best, since_best = key, current, 0
             else:
                 since_best += 1
                 if self.patience is not None and since_best >= self.patience:

@@ -51,7 +51,8 @@ class ProbeMethod:
         seeded: the estimator takes ``random_state`` (the task's seed).
         default: part of ``embedcyto probe``'s default method list.
         scorer: episodic methods only: ``"module:function"`` computing squared distances of a
-            batch of episodes (see :func:`embedcyto.probes.episodes.run_episodes`).
+            batch of episodes, laid out ``(n_queries, episodes, classes)`` (see
+            :func:`embedcyto.probes.episodes.run_episodes`).
         chosen: result-row key -> estimator attribute recorded under ``"chosen"`` (what the
             method selected, e.g. its C or k and the validation scores).
         defaults: options always recorded in the row's ``options`` (so a row says which

@@ -1,0 +1,105 @@
+"""Reference implementations that ``bench_probe.py`` times and checks the library against.
+
+* :func:`sklearn_linear`: scikit-learn's ``LogisticRegression`` used well, on the *same protocol*
+  as :class:`embedcyto.probes.LinearProbe`: the same standardisation (train mean and std, a
+  constant feature's scale set to 1), the same 13-value C grid walked from strong to weak
+  regularisation with warm starts (``warm_start=True``), the same tolerance (1e-6) and
+  iteration cap, the same choice (validation accuracy, ties by validation log-loss) and the same
+  early stop (3 grid values without improvement), under the same one-BLAS-thread limit.
+* :func:`naive_knn` and :func:`naive_episodes`: the protocol written the obvious way (one
+  scikit-learn ``KNeighborsClassifier`` per k; a Python loop over episodes that re-normalises
+  the test split), for the small datasets (HiCervix's take over 15 minutes).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+
+def split(feats, name):
+    m = feats.splits == name
+    return feats.X[m], feats.labels[m], feats.ids[m], (None if feats.levels is None
+                                                        else feats.levels[m])
+
+
+def _standardise(Xtr, *others):
+    mu, sd = Xtr.mean(0), Xtr.std(0)
+    sd[sd < 1e-12] = 1.0
+    return [(X - mu) / sd for X in (Xtr, *others)]
+
+
+def sklearn_linear(feats) -> dict:
+    """The linear probe's protocol with scikit-learn's solver: chosen C, test accuracy, time."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from embedcyto.probes._multinomial import single_blas_thread
+    from embedcyto.probes.linear import DEFAULT_CS
+
+    start = time.perf_counter()
+    (Xtr, ytr, _, _), (Xva, yva, _, _), (Xte, yte, _, _) = (
+        split(feats, s) for s in ("train", "val", "test"))
+    Xtr, Xva, Xte = _standardise(Xtr, Xva, Xte)
+    model = LogisticRegression(max_iter=1000, tol=1e-6, warm_start=True)
+    best, since, iters = None, 0, 0
+    with single_blas_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in DEFAULT_CS:
+            model.set_params(C=c).fit(Xtr, ytr)
+            iters += int(np.max(model.n_iter_))
+            p = model.predict_proba(Xva)
+            key = (np.mean(p.argmax(1) == yva),
+                   np.mean(np.log(np.maximum(p[np.arange(yva.size), yva], 1e-300))))
+            if best is None or key > best[0]:
+                best, since = (key, c, model.coef_.copy(), model.intercept_.copy()), 0
+            else:
+                since += 1
+                if since >= 3:
+                    break
+    _, c, coef, intercept = best
+    scores = Xte @ coef.T + intercept
+    pred = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
+    acc = float(np.mean(pred == yte))
+    return {"C": c, "accuracy": acc, "iterations": iters,
+            "seconds": time.perf_counter() - start}
+
+
+def naive_knn(feats) -> int:
+    """k chosen by one scikit-learn brute-force kNN per k of the grid."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    (Xtr, ytr, _, _), (Xva, yva, _, _) = (split(feats, s) for s in ("train", "val"))
+    mu = Xtr.mean(0)
+
+    def norm(a):
+        a = a - mu
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    ks = [k for k in (1, 3, 5, 10, 20, 50) if k <= ytr.size]
+    scores = [KNeighborsClassifier(n_neighbors=k, algorithm="brute").fit(norm(Xtr), ytr)
+              .score(norm(Xva), yva) for k in ks]
+    return ks[int(np.argmax(scores))]
+
+
+def naive_episodes(feats, shots, episodes) -> dict:
+    """SimpleShot accuracy of every episode, one episode at a time (centred on the episode's
+    support mean, embedcyto's default)."""
+    from embedcyto.probes import support_indices
+
+    (Xtr, ytr, ids, _), (Xte, yte, _, _) = (split(feats, s) for s in ("train", "test"))
+    out = {}
+    for k in shots:
+        accs = []
+        for e in range(episodes):
+            idx = support_indices(ids, ytr, k, 1, e)
+            mu = Xtr[idx].mean(0)
+            s = (Xtr[idx] - mu) / np.linalg.norm(Xtr[idx] - mu, axis=1, keepdims=True)
+            q = (Xte - mu) / np.linalg.norm(Xte - mu, axis=1, keepdims=True)
+            protos = np.stack([s[ytr[idx] == c].mean(0) for c in range(len(feats.classes))])
+            d = (q ** 2).sum(1)[:, None] - 2 * q @ protos.T + (protos ** 2).sum(1)
+            accs.append(np.mean(d.argmin(1) == yte))
+        out[k] = np.array(accs)
+    return out

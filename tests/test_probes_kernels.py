@@ -1,0 +1,125 @@
+"""The probes' fast numerical kernels give the results of their plain reference versions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
+from embedcyto.probes._sk import softmax
+from embedcyto.probes.episodes import score_batch
+from embedcyto.probes.knn import _top_k, _top_k_exact, neighbours
+
+
+def _argpartition_top_k(s, k):
+    """The selection before torch.topk: argpartition, then a stable sort of the k kept."""
+    top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    top_sim = np.take_along_axis(s, top, axis=1)
+    order = np.argsort(-top_sim, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sim, order, axis=1)
+
+
+def test_top_k_equals_the_argpartition_selection_without_ties():
+    s = np.random.default_rng(0).normal(size=(300, 2000)).astype(np.float32)
+    for k in (1, 5, 51):
+        idx, val = _top_k(s, k)
+        ref_idx, ref_val = _argpartition_top_k(s, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(val, ref_val)
+
+
+@pytest.mark.parametrize("levels", [2, 5])
+def test_top_k_orders_ties_by_bank_row_even_across_the_cut(levels):
+    # Few distinct values: most rows have ties inside the top k and at the k-th place.
+    s = np.random.default_rng(1).integers(0, levels, size=(200, 300)).astype(np.float32)
+    for k in (1, 3, 10, 50):
+        idx, val = _top_k(s, k)
+        ref_idx, ref_val = _top_k_exact(s, k)
+        np.testing.assert_array_equal(idx, ref_idx)
+        np.testing.assert_array_equal(val, ref_val)
+        lexsorted = np.lexsort((np.arange(300)[None].repeat(200, 0), -s), axis=1)[:, :k]
+        np.testing.assert_array_equal(idx, lexsorted)
+
+
+def test_neighbours_with_duplicate_training_rows_is_deterministic_and_chunk_free():
+    rng = np.random.default_rng(2)
+    bank = rng.normal(size=(40, 8)).astype(np.float32)
+    bank = np.concatenate([bank, bank[:10]])  # duplicates: exactly tied similarities
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = bank[rng.integers(0, 50, size=30)]
+    a_idx, a_sim = neighbours(queries, bank, 7, chunk_size=4)
+    b_idx, b_sim = neighbours(queries, bank, 7, chunk_size=1000)
+    np.testing.assert_array_equal(a_idx, b_idx)
+    np.testing.assert_array_equal(a_sim, b_sim)
+    ref_idx, _ = _top_k_exact(queries @ bank.T, 7)
+    np.testing.assert_array_equal(a_idx, ref_idx)
+    assert all(a_idx[i, 0] <= a_idx[i, 1] for i in range(30) if a_sim[i, 0] == a_sim[i, 1])
+
+
+def test_top_k_of_the_whole_bank_is_a_full_sort():
+    s = np.random.default_rng(3).normal(size=(5, 6))
+    idx, val = _top_k(s, 6)
+    np.testing.assert_array_equal(idx, np.argsort(-s, axis=1, kind="stable"))
+
+
+def _reference_batch(d2_nec, y, k, levels, temperature):
+    """The episode scoring before the kernel: (E, n, C) views, softmax, coarse_proba."""
+    d2 = d2_nec.transpose(1, 0, 2)
+    part = metrics_from_confusion(batch_confusion(y, d2.argmin(axis=2), k))
+    proba = softmax(-d2 / temperature, axis=2)
+    for name, m, kl, rows, truth in levels:
+        pred = coarse_proba(proba[:, rows], m, kl).argmax(axis=2)
+        for key, val in metrics_from_confusion(batch_confusion(truth, pred, kl)).items():
+            part[f"{name}/{key}"] = val
+    return part
+
+
+@pytest.mark.parametrize("with_torch", [True, False])
+def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
+    import embedcyto.probes.episodes as episodes
+
+    if not with_torch:
+        monkeypatch.setattr(episodes, "_torch", lambda: None)
+    rng = np.random.default_rng(4)
+    n, e, k = 120, 7, 6
+    d2 = rng.uniform(0, 4, size=(n, e, k)).astype(np.float32)
+    y = rng.integers(0, k, size=n)
+    maps = {"l1": np.array([0, 0, 1, 1, 1, 2]), "l2": np.array([0, 1, 2, -1, 3, 3])}
+    levels = []
+    for name, m in maps.items():
+        truth_all = np.where(m[y] >= 0, m[y], -1)
+        rows = np.flatnonzero(truth_all >= 0)
+        levels.append((name, m, int(m.max()) + 1, rows, truth_all[rows]))
+    got = score_batch(d2, y, k, levels, 0.1)
+    want = _reference_batch(d2, y, k, levels, 0.1)
+    assert got.keys() == want.keys()
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+
+
+def test_one_thread_section_limits_torch_too_and_restores_it():
+    import torch
+
+    from embedcyto.probes._multinomial import single_blas_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_blas_thread():
+            with single_blas_thread():
+                assert torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_linear_probe_counts_its_loss_evaluations():
+    from embedcyto.probes import LinearProbe
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(90, 5)).astype(np.float32)
+    y = np.arange(90) % 3
+    X[np.arange(90), y] += 1.5
+    probe = LinearProbe(Cs=[0.1, 1.0]).fit(X[:60], y[:60], X[60:], y[60:])
+    assert probe.n_evaluations_ >= probe.n_iter_ > 0
