@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -97,3 +99,12 @@ def test_workspace_option_and_environment_name_another_file(here, monkeypatch):
     assert load_workspace(other / "embedcyto.toml").models == ("tiny-vit", "tiny-clip")
     wrong = run("--workspace", str(here / "typo.toml"), "status")
     assert wrong.exit_code == 1 and "does not exist" in wrong.output
+
+
+def test_the_workspace_option_lasts_one_invocation(here):
+    from embedcyto.store import default_store_dir
+
+    other = here / "elsewhere"
+    run("init", str(other))
+    assert run("--workspace", str(other), "status").exit_code == 0
+    assert default_store_dir() == Path("cache")

@@ -90,5 +90,7 @@ def cli(verbose: int, workspace) -> None:
     from embedcyto.workspace.current import use_workspace
 
     use_workspace(workspace)
+    # A later library call in the same process (tests, notebooks) goes back to discovery.
+    click.get_current_context().call_on_close(lambda: use_workspace(None))
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
