@@ -139,3 +139,12 @@ def test_probe_of_an_unknown_dataset_lists_the_known_ones(folder):
     result = CliRunner().invoke(cli, ["probe", "--dataset", "cels"])
     assert result.exit_code == 1
     assert "did you mean 'cells'" in result.output and "it has: cells" in result.output
+
+
+def test_compare_reads_the_workspace_folders(folder):
+    run("init")
+    (folder / "embedcyto.toml").write_text(
+        (folder / "embedcyto.toml").read_text().replace('results = "results"',
+                                                        'results = "out/res"'))
+    result = CliRunner().invoke(cli, ["compare", "--dataset", "cells"])
+    assert result.exit_code == 1 and "out/res/probe" in result.output, result.output
