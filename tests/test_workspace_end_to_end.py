@@ -148,3 +148,12 @@ def test_compare_reads_the_workspace_folders(folder):
                                                         'results = "out/res"'))
     result = CliRunner().invoke(cli, ["compare", "--dataset", "cells"])
     assert result.exit_code == 1 and "out/res/probe" in result.output, result.output
+
+
+def test_lora_without_a_plan_says_how_to_add_one(folder):
+    run("init")
+    run("datasets", "add", "cells", "--layout", "folder", "--root", "images/cells")
+    result = CliRunner().invoke(cli, ["lora", "--model", "tiny-clip"])
+    assert result.exit_code == 2 and "[lora.NAME]" in result.output
+    trained_nothing = not (folder / "runs").exists()
+    assert trained_nothing

@@ -192,6 +192,10 @@ def lora(ctx, models, datasets, layout, root, save, plans, dry_run, shots, fract
         job = resolve_job(models, datasets, layout=layout, root=root, save=save, store=store,
                           weights_dir=weights_dir, options=tuple(options.items()),
                           split_seed=split_seed, ratios=ratios)
+        if ws is not None and not (shots or fractions or all_data):
+            raise click.UsageError("the workspace has no [lora.NAME] plan: add one (models, "
+                                   "shots or fractions, seeds; docs/workspace.md), or give "
+                                   "--shots K, --fraction P or --all")
         settings = LoraSettings(rank=rank, alpha=alpha, dropout=dropout, targets=targets,
                                 rslora=scaling == "rslora")
         runs = _adhoc_runs(job, _amounts(shots, fractions, all_data), seeds, settings,
