@@ -21,6 +21,9 @@ from embedcyto.errors import EmbedcytoError
 
 CONFIG = Path(__file__).with_name("study.json")
 SMOKE_MARKER = ".embedcyto-smoke-data"
+#: ``--precision authors``: the precision the study's authors ran in (see :func:`precision_for`).
+AUTHORS = "authors"
+PRECISIONS = (AUTHORS, "auto", "fp32", "bf16", "fp16")
 
 
 class MissingInputsError(EmbedcytoError):
@@ -47,6 +50,7 @@ class Settings:
     include_all: bool
     episodes: int
     device: str
+    precision: str
     n_jobs: int
     download: bool
     dry_run: bool
@@ -104,6 +108,10 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
                    "the whole training split (default from config).")
     p.add_argument("--episodes", type=int, help="Few-shot episodes per (shots, seed).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument("--precision", choices=PRECISIONS, default=AUTHORS,
+                   help="Frozen backbone precision for extraction and LoRA (default: the "
+                        "authors': fp32, fp16 for CLIP models on a GPU; 'auto' is embedcyto's "
+                        "own default, bf16 where the hardware has it).")
     p.add_argument("--n-jobs", type=int, default=1, help="Probe workers (joblib).")
     p.add_argument("--download", action="store_true", help="Let missing weights be fetched "
                    "from the Hugging Face hub (otherwise only local files are used).")
@@ -136,8 +144,25 @@ def settings_from_args(name: str, args: argparse.Namespace, *, default_models=No
         models=models, seeds=args.seeds or tuple(smoke.get("seeds", cfg["seeds"])),
         shots=tuple(shots), include_all=include_all,
         episodes=args.episodes or smoke.get("episodes", cfg["episodes"]),
-        device=args.device, n_jobs=args.n_jobs, download=args.download, dry_run=args.dry_run,
+        device=args.device, precision=args.precision, n_jobs=args.n_jobs, download=args.download, dry_run=args.dry_run,
         probe_options=_hashable(smoke.get("probe_options", cfg.get("probe_options", {}))))
+
+
+def precision_for(settings: Settings, model: str) -> str:
+    """The precision of one model's extraction and LoRA runs.
+
+    ``authors`` (the recipes' default) is the study's: fp32, except the CLIP models (open_clip
+    cards), which its code ran under fp16 autocast on the GPU; embedcyto holds their frozen
+    weights in fp16 there (its nearest setting; LayerNorm and softmax then run in fp16 too,
+    where autocast keeps them in fp32). On a CPU, where fp16 is not offered, every model runs
+    in fp32. Any other value is passed on as is.
+    """
+    if settings.precision != AUTHORS:
+        return settings.precision
+    from embedcyto.backbones import get_card, resolve_device
+
+    on_gpu = resolve_device(settings.device).type == "cuda"
+    return "fp16" if on_gpu and get_card(model).family == "open_clip" else "fp32"
 
 
 def _hashable(options: dict) -> dict:

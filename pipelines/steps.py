@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from pipelines.common import Settings, say, workspace_of
+from pipelines.common import Settings, precision_for, say, workspace_of
 
 
 def store_states(settings: Settings, datasets: Iterable[str],
@@ -31,45 +31,51 @@ def store_states(settings: Settings, datasets: Iterable[str],
     return states
 
 
-def lora_plan(name: str, settings: Settings, models: Sequence[str], *,
-              shots: Sequence[int] = (), fractions: Sequence[float] = (),
-              seeds: Sequence[int] | None = None, overrides: dict | None = None):
-    """A grid of LoRA runs as a workspace plan (``[lora.NAME]``): the data a recipe runs."""
+def lora_plans(name: str, settings: Settings, models: Sequence[str], *,
+               shots: Sequence[int] = (), fractions: Sequence[float] = (),
+               seeds: Sequence[int] | None = None, overrides: dict | None = None,
+               smoke_key: str = "lora") -> list:
+    """The recipe's LoRA grid as workspace plans (``[lora.NAME]``), one per precision the
+    models run in (:func:`precision_for`), so the saved workspace names exactly these runs."""
     from embedcyto.workspace import LoraPlan
 
     extra = dict(overrides or {})
     extra = {**extra.pop("settings", {}), **extra}
     if settings.smoke:
-        extra = {**extra, **settings.config["smoke"].get("lora", {})}
-    return LoraPlan(name=name, models=tuple(models), datasets=tuple(settings.datasets),
-                    shots=tuple(k for k in shots if k is not None),
-                    fractions=tuple(int(f) for f in fractions), seeds=tuple(seeds or settings.seeds),
-                    settings=tuple(extra.items()))
+        extra = {**extra, **settings.config["smoke"].get(smoke_key, {})}
+    groups: dict[str, list[str]] = {}
+    for model in models:
+        groups.setdefault(precision_for(settings, model), []).append(model)
+    shots = tuple(k for k in shots if k is not None)
+    if not shots and not fractions:
+        return []
+    return [LoraPlan(name=name if len(groups) == 1 else f"{name}-{precision}",
+                     models=tuple(group), datasets=tuple(settings.datasets), shots=shots,
+                     fractions=tuple(fractions),
+                     seeds=tuple(seeds or settings.seeds),
+                     settings=tuple({**extra, "precision": precision}.items()))
+            for precision, group in groups.items()]
 
 
 def lora_configs(settings: Settings, datasets: Sequence[str], models: Sequence[str], *,
                  shots: Sequence[int | None] = (), fractions: Sequence[float] = (),
-                 seeds: Sequence[int] | None = None, overrides: dict | None = None) -> list:
+                 seeds: Sequence[int] | None = None, overrides: dict | None = None,
+                 smoke_key: str = "lora") -> list:
     """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds).
 
-    Shots and fractions go through a workspace plan, as ``embedcyto lora`` runs them; a
-    ``None`` shot (the recipe's "all": the whole training split) has no plan form and is added
-    with the plan's settings.
+    ``overrides`` are the experiment's settings; a smoke run lays the configuration's
+    ``smoke[smoke_key]`` settings (short runs) over them.
     """
-    from dataclasses import replace
+    from embedcyto.lora.config import LoraRunConfig
 
-    from embedcyto.workspace.lora_plan import plan_configs
-
-    plan = lora_plan("recipe", settings, models, shots=shots, fractions=fractions, seeds=seeds,
-                     overrides=overrides) if [k for k in shots if k is not None] or fractions \
-        else None
-    configs = plan_configs(plan, datasets, device=settings.device) if plan else []
-    if None in shots:
-        template = plan_configs(lora_plan("all", settings, models, shots=(1,), seeds=seeds,
-                                          overrides=overrides), datasets,
-                                device=settings.device)
-        configs += [replace(c, shots=None) for c in template]
-    return configs
+    extra = dict(overrides or {})
+    if settings.smoke:
+        extra = {**extra, **settings.config["smoke"].get(smoke_key, {})}
+    amounts = [{"shots": k} for k in shots] + [{"fraction": f} for f in fractions]
+    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device,
+                          precision=precision_for(settings, m), **a, **extra)
+            for d in datasets for m in models for a in amounts
+            for s in (seeds or settings.seeds)]
 
 
 def lora_done(settings: Settings, config) -> bool:
@@ -119,15 +125,16 @@ def extract_all(settings: Settings, opened: dict, models: Sequence[str]) -> None
     from embedcyto.extract import ExtractConfig
     from embedcyto.workspace.run import extract_stores
 
-    config = ExtractConfig(device=settings.device, progress=not settings.smoke,
-                           num_workers=0 if settings.smoke else None)
-
     def echo(line) -> None:
         state = "cache hit" if line.cached else f"{line.computed} rows in {line.seconds:.1f} s"
         say(f"extract {line.dataset}/{line.model}: {state}")
 
-    extract_stores(opened, [get_card(m) for m in models], store_dir=settings.store,
-                   config=config, weights_dir=settings.weights_dir, on_line=echo)
+    for model in models:  # one precision per model (precision_for)
+        config = ExtractConfig(device=settings.device, progress=not settings.smoke,
+                               num_workers=0 if settings.smoke else None,
+                               precision=precision_for(settings, model))
+        extract_stores(opened, [get_card(model)], store_dir=settings.store, config=config,
+                       weights_dir=settings.weights_dir, on_line=echo)
 
 
 def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -109,6 +110,14 @@ def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_di
     assert set(rows) == {"fraction", "50 %", "100 %", "HierSwin (published)"}
     assert rows["fraction"][1:4] == ["level_1_mean", "level_1_std", "level_1_n"]
     assert rows["HierSwin (published)"][1] == "92.080"
+    # seeds 1-3 in every cell, and the study's 25-class accuracy beside the official levels
+    assert rows["fraction"][-3:] == ["study25_mean", "study25_std", "study25_n"]
+    assert rows["50 %"][3] == "3" and rows["100 %"][-1] == "3"
+    # the authors' 100 epochs, scaled down to 2 for the smoke run
+    config = json.loads((smoke_dir / "runs" / "lora" / "hicervix" / "tiny-clip" / "frac-50"
+                         / "seed-3" / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["config"]["settings"]["rank"] == 16
+    assert config["config"]["precision"] == "fp32"  # the authors' precision on a CPU
     legend = legend_of(report / "figures" / "fractions_hicervix.png")
     assert legend == ["tiny-clip LoRA", "HierSwin (published)"]
 
@@ -150,3 +159,20 @@ def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
     assert code == 2
     assert "did not generate" in capsys.readouterr().err
     assert [p.name for p in real.iterdir()] == ["benign"]
+
+
+def test_recipes_default_to_the_authors_precision(recipes, monkeypatch):
+    import torch
+
+    import embedcyto.backbones
+    from pipelines.common import make_parser, precision_for, settings_from_args
+
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--smoke", "--device", "cpu"])
+    s = settings_from_args("exp3_hicervix_fractions", args)
+    assert s.precision == "authors"
+    assert precision_for(s, "tiny-clip") == "fp32" and precision_for(s, "tiny-vit") == "fp32"
+    monkeypatch.setattr(embedcyto.backbones, "resolve_device", lambda d: torch.device("cuda"))
+    assert precision_for(s, "clip-l14") == "fp16"  # CLIP: fp16 on a GPU, as the authors ran it
+    assert precision_for(s, "uni") == "fp32"
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--precision", "auto"])
+    assert precision_for(settings_from_args("exp3_hicervix_fractions", args), "clip") == "auto"

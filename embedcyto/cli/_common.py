@@ -43,15 +43,6 @@ def parse_ratios(text: str) -> tuple[float, ...]:
                                  param_hint="--ratios") from None
 
 
-def parse_int_list(text: str, name: str) -> tuple[int, ...]:
-    """``"1,2,4"`` → ``(1, 2, 4)``."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
-                                 param_hint=name) from None
-
-
 def split_options(func):
     """--seed / --ratios / --on-bad-image / -o: how a dataset root is read and split."""
     decorators = [

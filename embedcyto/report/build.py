@@ -52,6 +52,7 @@ class ReportResult:
     n_probe_rows: int = 0
     n_lora_runs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
 
 
@@ -119,7 +120,7 @@ def _random_models(records: list[dict]) -> list[str]:
     found = []
     for model in agg.model_order({r["model"] for r in records}):
         try:
-            if get_card(model.split("+", 1)[0]).random:
+            if get_card(model.split(agg.VARIANT_MARK, 1)[0].split("+", 1)[0]).random:
                 found.append(model)
         except BackboneError:
             continue
@@ -135,6 +136,8 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
     if random:
         lines += [(f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
                    "about any real model.**"), ""]
+    if result.notes:
+        lines += [f"- {note}" for note in result.notes] + [""]
     if result.skipped:
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
     maps = [f for f in result.figures if f.path.name.startswith("embedding_")]
@@ -165,9 +168,11 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
         out_dir: where the report goes (created; files of the same name are replaced; default
             :data:`embedcyto.folders.DEFAULT_REPORT_DIR`).
 
+    Results of one model and method made with different settings are separate rows, named by
+    the settings that differ (``report.md`` says so).
+
     Raises:
-        ReportError: no results at all, an unreadable file, or results that cannot be
-            averaged honestly (two settings or a repeated seed in one cell).
+        ReportError: no results at all, an unreadable file, or a seed repeated in one cell.
     """
     from embedcyto.folders import output_folder
 
@@ -176,14 +181,15 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
     out_dir = output_folder("report", out_dir)
     probe = load_probe_records(results_dir)
     lora = load_lora_records(runs_dir)
-    records = probe.records + lora.records
+    records, notes = agg.split_variants(probe.records + lora.records)
     if not records:
         raise ReportError(f"no results found: no probe rows in {results_dir} and no finished "
                           f"LoRA run in {runs_dir}; run `embedcyto probe` or `embedcyto lora` "
                           "first, or point --results / --runs at their folders")
     out = Path(out_dir)
     result = ReportResult(out, out / "report.md", n_probe_rows=len(probe.records),
-                          n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)
+                          n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped,
+                          notes=notes)
     result.tables = plan_tables(records)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, table in result.tables.items():

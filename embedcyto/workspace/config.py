@@ -144,7 +144,7 @@ class LoraPlan:
     models: tuple[str, ...]
     datasets: tuple[str, ...] = ()
     shots: tuple[int, ...] = ()
-    fractions: tuple[int, ...] = ()
+    fractions: tuple[float, ...] = ()
     seeds: tuple[int, ...] = (1, 2, 3)
     settings: tuple[tuple[str, Any], ...] = ()
 
@@ -188,7 +188,7 @@ class LoraPlan:
             name=name, models=_tuple(table.get("models", ()), str, f"{where} models"),
             datasets=_tuple(table.get("datasets", ()), str, f"{where} datasets"),
             shots=_tuple(table.get("shots", ()), int, f"{where} shots"),
-            fractions=_tuple(table.get("fractions", ()), int, f"{where} fractions"),
+            fractions=_tuple(table.get("fractions", ()), (int, float), f"{where} fractions"),
             seeds=_tuple(table.get("seeds", (1, 2, 3)), int, f"{where} seeds"),
             settings=tuple(sorted((str(k), _frozen(v)) for k, v in settings.items())))
 

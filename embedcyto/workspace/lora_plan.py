@@ -127,7 +127,8 @@ def estimate_seconds(runs: Sequence[PlannedRun], rates: dict[str, float]) -> tup
         if run.done:
             continue
         config = run.config
-        steps = config.iterations or (50 + 50 * config.shots if config.shots else None)
+        steps = config.iterations or (50 + 50 * config.shots if config.shots
+                                      and getattr(config, "epochs", None) is None else None)
         rate = rates.get(config.model, fallback)
         if steps is None or rate is None:
             unknown += 1
