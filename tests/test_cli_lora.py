@@ -141,7 +141,8 @@ def test_a_sweep_with_other_settings_lists_every_clash_by_its_differing_keys_fir
 
 def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
     code = ("import sys; from click.testing import CliRunner; from embedcyto.cli.main import cli; "
-            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'folder', "
+            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'toy', "
+            "'--layout', 'folder', "
             f"'--root', {str(tmp_path)!r}, '--shots', '1', '--rank', '0']); "
             "print(r.output); print('exit', r.exit_code); "
             "print('heavy', sorted(m for m in ('torch', 'sklearn', 'open_clip', 'h5py') "

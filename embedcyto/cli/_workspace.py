@@ -39,15 +39,22 @@ class Job:
     workspace: object  # Workspace | None
     entries: tuple
     models: tuple[str, ...]
-    store_dir: Path
+    store: str | None
     weights_dir: str | None
+
+    @property
+    def store_dir(self) -> Path:
+        """``--store``, else ``$EMBEDCYTO_STORE``, the workspace's, ``./cache`` (resolved when
+        needed: the store package imports h5py, and bad arguments are refused before that)."""
+        from embedcyto.store import default_store_dir
+
+        return default_store_dir(self.store)
 
 
 def resolve_job(models, datasets, *, layout=None, root=None, save=False, store=None,
                 weights_dir=None, options=(), split_seed=0, ratios=(0.7, 0.1, 0.2),
                 need_models=True) -> Job:
     """The datasets, models and folders of a command, from its options and the workspace."""
-    from embedcyto.store import default_store_dir
     from embedcyto.workspace import WORKSPACE_FILE, WorkspaceError, save_workspace
     from embedcyto.workspace.current import current_workspace
     from embedcyto.workspace.datasets import select_entries
@@ -75,5 +82,4 @@ def resolve_job(models, datasets, *, layout=None, root=None, save=False, store=N
     if weights_dir is None and ws is not None and ws.weights_dir:
         weights_dir = str(ws.resolve(ws.weights_dir))
     # An ad-hoc dataset keeps its root as given, but its store still follows the workspace.
-    return Job(ws if root is None else None, tuple(entries), tuple(models),
-               default_store_dir(store), weights_dir)
+    return Job(ws if root is None else None, tuple(entries), tuple(models), store, weights_dir)
