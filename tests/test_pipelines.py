@@ -147,6 +147,11 @@ def test_weights_missing_alone_are_listed(recipes, tmp_path, capsys):
     assert "1 input(s) missing" in err and "weights of clip-l14" in err
     assert "dataset hicervix" not in err
     assert not (tmp_path / "store").exists()
+    looked = err.split("Looked in:\n", 1)[1].split("To get them:")[0]
+    places = [line.strip() for line in looked.splitlines() if line.strip().startswith("- ")]
+    assert any("weights folder" in p for p in places) and any("Hugging Face cache" in p
+                                                            for p in places)
+    assert "--weights PATH" not in err and "--weights: not given" not in err
 
 
 def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
