@@ -157,3 +157,16 @@ def test_lora_without_a_plan_says_how_to_add_one(folder):
     assert result.exit_code == 2 and "[lora.NAME]" in result.output
     trained_nothing = not (folder / "runs").exists()
     assert trained_nothing
+
+
+def test_status_lists_missing_weights_and_planned_runs(folder):
+    run("init")
+    run("datasets", "add", "cells", "--layout", "folder", "--root", "images/cells")
+    run("models", "add", "clip", "tiny-clip")
+    with open(folder / "embedcyto.toml", "a", encoding="utf-8") as handle:
+        handle.write(PLAN)
+    out = run("status")
+    assert "cells    clip       missing" in out
+    assert "cells    tiny-clip  missing  0           0/4" in out
+    assert "missing weights:" in out and "weights of clip" in out
+    assert "weights of tiny-clip" not in out

@@ -55,8 +55,9 @@ def missing_weights(models: Sequence[str], weights_dir=None, *, weights=None,
         except BackboneError as err:
             wdir = weights_dir or default_weights_dir()
             steps = "\n".join(f"      - {s}" for s in weights_instructions(card, wdir))
+            head = str(err).splitlines()[0].removesuffix(" Looked in:")
             out.append(f"weights of {model} ({card.license}{', gated' if card.gated else ''}): "
-                       f"{str(err).splitlines()[0]}\n{steps}")
+                       f"{head}\n{steps}")
     return out
 
 
@@ -64,9 +65,13 @@ def check_inputs(what: str, entries: Sequence[DatasetEntry], workspace: Workspac
                  models: Sequence[str], weights_dir=None, *, weights=None,
                  allow_download: bool = False) -> None:
     """Raise one :class:`MissingInputsError` listing every missing root and weights file."""
-    missing = missing_roots(entries, workspace) + missing_weights(
-        models, weights_dir, weights=weights, allow_download=allow_download)
+    weights_missing = missing_weights(models, weights_dir, weights=weights,
+                                      allow_download=allow_download)
+    missing = missing_roots(entries, workspace) + weights_missing
     if missing:
         lines = [f"{what}: cannot start, {len(missing)} input(s) missing (nothing was run):"]
         lines += [f"  {i}. {m}" for i, m in enumerate(missing, 1)]
+        if weights_missing and workspace is not None:
+            lines.append("A weights folder can also be set once in the workspace: "
+                         "weights_dir = \"PATH\" under [workspace] (docs/workspace.md).")
         raise MissingInputsError("\n".join(lines))
