@@ -59,7 +59,10 @@ def test_the_documented_workflow_runs_with_no_other_options(folder):
     assert "2 stores: 2 cached, 0 (re)computed, 0 images embedded" in again
 
     # literally; shots 8 and 16 exceed these tiny classes and are skipped with a warning
-    run("probe", "--episodes", "600")
+    first_probe = run("probe", "--episodes", "600")
+    assert "30 result rows" in first_probe and "30 computed now, 0 already there" in first_probe
+    again = run("probe", "--episodes", "600")  # only what is missing: nothing
+    assert "0 computed now, 30 already there" in again
     for name in ("cells", "pap"):
         rows = [json.loads(x) for x in (folder / "results" / "probe" / f"{name}.jsonl")
                 .read_text().splitlines()]
