@@ -173,3 +173,16 @@ def test_status_lists_missing_weights_and_planned_runs(folder):
     assert "cells    tiny-clip  missing  0           0/4" in out
     assert "missing weights:" in out and "weights of clip" in out
     assert "weights of tiny-clip" not in out
+
+
+def test_the_workspace_weights_dir_is_where_weights_are_looked_for(folder):
+    run("init")
+    run("datasets", "add", "cells", "--layout", "folder", "--root", "images/cells")
+    run("models", "add", "clip")
+    assert "weights of clip" in run("status")
+    (folder / "w" / "clip").mkdir(parents=True)
+    (folder / "w" / "clip" / "open_clip_model.safetensors").write_bytes(b"placeholder")
+    text = (folder / "embedcyto.toml").read_text().replace("[workspace]\n",
+                                                           '[workspace]\nweights_dir = "w"\n')
+    (folder / "embedcyto.toml").write_text(text)
+    assert "missing weights" not in run("status")  # found relative to the workspace folder
