@@ -177,6 +177,26 @@ def dataset_root(settings: Settings, dataset: str) -> Path | None:
     return settings.data_root / entry["folder"] if settings.data_root else None
 
 
+def workspace_of(settings: Settings, plans=()):
+    """The recipe as a workspace: its datasets (under ``--data-root``), models, folders and LoRA
+    plans. The stages run it through the same library calls as ``embedcyto extract``, ``probe``
+    and ``lora``; it is saved beside the report, so the command line can carry on from it
+    (``embedcyto --workspace REPORT/embedcyto.toml status``).
+    """
+    from embedcyto.workspace import DatasetEntry, Workspace
+
+    entries = tuple(
+        DatasetEntry(name=name, layout=settings.config["datasets"][name]["adapter"],
+                     root=str(dataset_root(settings, name).resolve()
+                              if settings.data_root else Path(name).resolve()))
+        for name in settings.datasets if name in settings.config["datasets"])
+    return Workspace(base=Path.cwd().resolve(), store=str(settings.store.resolve()),
+                     results=str(settings.results.resolve()), runs=str(settings.runs.resolve()),
+                     report=str(settings.report.resolve()),
+                     weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
+                     models=tuple(settings.models), datasets=entries, lora=tuple(plans))
+
+
 def make_smoke_data(settings: Settings) -> None:
     """Generate the smoke datasets (once: a marker file says a folder is complete).
 
@@ -225,6 +245,7 @@ def _missing_datasets(settings: Settings) -> list[str]:
 def _missing_weights(settings: Settings, models) -> list[str]:
     from embedcyto.backbones import get_card
     from embedcyto.backbones.weights import (
+        NOT_GIVEN,
         default_weights_dir,
         resolve_weights,
         weights_instructions,
@@ -241,10 +262,15 @@ def _missing_weights(settings: Settings, models) -> list[str]:
                             allow_download=settings.download)
         except BackboneError as err:
             wdir = settings.weights_dir or default_weights_dir()
-            steps = "\n".join(f"      - {s}" for s in weights_instructions(card, wdir))
-            first = str(err).splitlines()[0]
+            looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
+                               if place != NOT_GIVEN)  # the recipes take no weights path
+            steps = "\n".join(f"      - {s}" for s in
+                              weights_instructions(card, wdir, offer_weights_path=False))
+            head = str(err).splitlines()[0].removesuffix(" Looked in:")
+            where = f" Looked in:\n{looked}" if looked else ""
             out.append(f"weights of {model} ({card.license}"
-                       f"{', gated' if card.gated else ''}): {first}\n{steps}")
+                       f"{', gated' if card.gated else ''}): {head}{where}\n"
+                       f"    To get them:\n{steps}")
     return out
 
 

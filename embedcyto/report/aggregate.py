@@ -28,7 +28,7 @@ from embedcyto.report.variants import VARIANT_MARK, split_variants
 
 DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
 DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
-METRIC_LABELS = registry.HEADLINE_METRICS
+METRIC_LABELS = {**registry.HEADLINE_METRICS, "val_accuracy": "validation accuracy"}
 LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
                 "average": "average", STUDY25: "study 25-class (flat)"}
 STUDY25_NOTE = ("'study 25-class (flat)': the Dausort et al. accuracy on their 25 classes "
@@ -105,6 +105,7 @@ class Reference:
     model: str | None
     value: float
     std: float | None = None
+    published: bool = False  # a number from a paper, drawn apart from the user's own
 
 
 def make_cell(values: Iterable[tuple[int | None, float]]) -> Cell:

@@ -31,6 +31,7 @@ from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, R
 from embedcyto.probes.registry import HEADLINE_METRICS
 
 METRICS = tuple(HEADLINE_METRICS)
+VAL_ACCURACY = "val_accuracy"  # full-data probes: the kept model's accuracy on validation
 LEVELS = ("level_1", "level_2", "level_3", "average")
 #: The study's flat 25-class HiCervix accuracy, kept beside the official levels of a record.
 STUDY25 = "study25"
@@ -87,12 +88,15 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
                   "seed": row.get("seed")}
     except (KeyError, TypeError) as err:
         raise ReportError(f"{where}: not a probe results row (missing {err}); delete the line "
-                          "or point --results at embedcyto probe's output folder") from err
+                          "or point `results_dir=` at embedcyto probe's output folder") from err
     for name in METRICS:
         if name not in metrics:
             raise ReportError(f"{where}: no {name} in its metrics")
         record[name] = _number(metrics[name], f"{where} {name}")
     record["levels"] = _levels(row.get("levels"), where)
+    val = row.get("val_metrics") or {}
+    record[VAL_ACCURACY] = _number(val["accuracy"], f"{where} val_metrics") if "accuracy" in val \
+        else None
     record["variant"] = _canonical(row.get("options") or {})
     record["source"] = source
     return record
@@ -122,6 +126,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     if record["levels"] is not None and isinstance(metrics.get(STUDY25), Mapping):
         record["levels"][STUDY25] = _number(metrics[STUDY25].get("accuracy"),
                                             f"{where} {STUDY25}.accuracy")
+    record[VAL_ACCURACY] = None
     record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
     return record
