@@ -20,8 +20,9 @@ def load_features(store=None, dataset=None, model=None, *, split=None, store_dir
 
     Args:
         store: a ``.h5`` store file, or a store folder (then ``dataset`` and ``model`` are
-            required). None: ``store_dir`` or the default folder (``EMBEDCYTO_STORE`` or
-            ``./cache``).
+            required). None: ``store_dir`` or the default folder (``EMBEDCYTO_STORE``, the
+            workspace's store folder, else ``./cache``). ``load_features("pap", "quilt")`` - a
+            dataset and a model name - reads that store from the default folder.
         dataset: dataset name (or a ``Dataset``).
         model: model name.
         split: keep only this split's rows.
@@ -31,6 +32,12 @@ def load_features(store=None, dataset=None, model=None, *, split=None, store_dir
     Returns:
         :class:`embedcyto.store.Features`.
     """
+    from pathlib import Path
+
     from embedcyto.store import load_features as _load
 
+    if (isinstance(store, str) and isinstance(dataset, str) and model is None
+            and store_dir is None and not store.endswith(".h5")
+            and not Path(store).expanduser().exists()):
+        store, dataset, model = None, store, dataset  # load_features("pap", "quilt")
     return _load(store, dataset, model, split=split, store_dir=store_dir, mmap=mmap)

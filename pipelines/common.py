@@ -177,6 +177,26 @@ def dataset_root(settings: Settings, dataset: str) -> Path | None:
     return settings.data_root / entry["folder"] if settings.data_root else None
 
 
+def workspace_of(settings: Settings, plans=()):
+    """The recipe as a workspace: its datasets (under ``--data-root``), models, folders and LoRA
+    plans. The stages run it through the same library calls as ``embedcyto extract``, ``probe``
+    and ``lora``; it is saved beside the report, so the command line can carry on from it
+    (``embedcyto --workspace REPORT/embedcyto.toml status``).
+    """
+    from embedcyto.workspace import DatasetEntry, Workspace
+
+    entries = tuple(
+        DatasetEntry(name=name, layout=settings.config["datasets"][name]["adapter"],
+                     root=str(dataset_root(settings, name).resolve()
+                              if settings.data_root else Path(name).resolve()))
+        for name in settings.datasets if name in settings.config["datasets"])
+    return Workspace(base=Path.cwd().resolve(), store=str(settings.store.resolve()),
+                     results=str(settings.results.resolve()), runs=str(settings.runs.resolve()),
+                     report=str(settings.report.resolve()),
+                     weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
+                     models=tuple(settings.models), datasets=entries, lora=tuple(plans))
+
+
 def make_smoke_data(settings: Settings) -> None:
     """Generate the smoke datasets (once: a marker file says a folder is complete).
 

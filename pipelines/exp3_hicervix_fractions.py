@@ -72,7 +72,11 @@ def _body(argv) -> None:
     steps.extract_all(s, opened, s.models)
     steps.probe_all(s, s.datasets, s.models, ["linear"], ())
     steps.lora_all(s, opened, configs)
-    steps.write_report(s)
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    steps.write_report(s, steps.lora_plans("fractions", s, s.models, fractions=fractions,
+                                           seeds=seeds, overrides=overrides,
+                                           smoke_key="exp3_lora"))
 
 
 def main(argv=None) -> int:

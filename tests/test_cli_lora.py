@@ -43,7 +43,8 @@ def trained(tmp_path_factory):
     """A frozen tiny-clip store and one LoRA run (8 shots, seed 1) with exported features."""
     base = tmp_path_factory.mktemp("cli_lora")
     root = make_fixture("folder", base / "toy", per_class=40, seed=3)
-    common = ["--dataset", "folder", "--root", root, "--store", base / "cache"]
+    common = ["--dataset", "toy", "--layout", "folder", "--root", root, "--store",
+              base / "cache"]
     with torch_threads(1):  # module fixtures run before the per-test one
         out = _invoke("extract", "--model", "tiny-clip", *common, "--device", "cpu",
                       "--precision", "fp32", "--workers", "0", "--quiet")
@@ -140,7 +141,8 @@ def test_a_sweep_with_other_settings_lists_every_clash_by_its_differing_keys_fir
 
 def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
     code = ("import sys; from click.testing import CliRunner; from embedcyto.cli.main import cli; "
-            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'folder', "
+            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'toy', "
+            "'--layout', 'folder', "
             f"'--root', {str(tmp_path)!r}, '--shots', '1', '--rank', '0']); "
             "print(r.output); print('exit', r.exit_code); "
             "print('heavy', sorted(m for m in ('torch', 'sklearn', 'open_clip', 'h5py') "

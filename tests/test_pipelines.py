@@ -89,6 +89,17 @@ def test_exp2_smoke_adds_lora_lines_beside_the_linear_probe(recipes, smoke_dir, 
     assert recipes["exp2_lora_fewshot"].main(
         ["--smoke", "--smoke-dir", str(smoke_dir), "--dry-run"]) == 0
     assert "lora: 16 runs, 16 done, 0 to run" in capsys.readouterr().out
+    # the recipe is a workspace: the command line sees the same runs, all done
+    from click.testing import CliRunner
+
+    from embedcyto.cli.main import cli
+
+    saved = report / "embedcyto.toml"
+    plan = CliRunner().invoke(cli, ["--workspace", str(saved), "lora", "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert "lora: 16 runs, 16 done, 0 to run" in plan.output
+    status = CliRunner().invoke(cli, ["--workspace", str(saved), "status"])
+    assert status.exit_code == 0 and status.output.count("complete") == 8, status.output
 
 
 def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_dir):

@@ -97,7 +97,7 @@ def runtime_options(func):
     return func
 
 
-STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
+STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else the workspace's, else ./cache)."
 
 
 def store_option(func=None, *, dest: str = "store"):
@@ -109,7 +109,8 @@ def store_option(func=None, *, dest: str = "store"):
 
 def _folder_option(flag: str, dest: str, default: Path, help_text: str):
     return click.option(flag, dest, type=click.Path(file_okay=False, path_type=Path),
-                        default=None, help=f"{help_text} (default: ./{default.as_posix()}).")
+                        default=None,
+                        help=f"{help_text} (default: the workspace's, else ./{default.as_posix()}).")
 
 
 #: --results: the probe results folder (<dataset>.jsonl files).

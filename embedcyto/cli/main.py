@@ -29,6 +29,8 @@ COMMANDS = {
     "compare": "embedcyto.cli.compare:compare",
     "predict": "embedcyto.cli.predict:predict",
     "demo": "embedcyto.cli.demo:demo",
+    "init": "embedcyto.cli.workspace:init",
+    "status": "embedcyto.cli.workspace:status",
 }
 
 # What an interrupted command has kept, and how to carry on (printed instead of "Aborted!").
@@ -143,11 +145,20 @@ def _with_clean_errors(command: click.Command) -> click.Command:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="embedcyto")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--workspace", type=click.Path(), default=None, envvar="EMBEDCYTO_WORKSPACE",
+              help="Workspace file or folder (default: $EMBEDCYTO_WORKSPACE, else embedcyto.toml "
+                   "in this folder or the nearest folder above).")
+def cli(verbose: int, workspace) -> None:
     """Pick the vision foundation model for a cytology task, and see whether LoRA pays off.
 
-    Typical use: `embedcyto extract --model quilt --dataset sipakmed --root DIR`, then
-    `embedcyto probe --dataset sipakmed --episodes 600`.
+    Typical use, in a workspace folder (`embedcyto init`, then `embedcyto datasets add NAME
+    --layout LAYOUT --root DIR`): `embedcyto extract --model quilt`, `embedcyto probe
+    --episodes 600`, `embedcyto lora`, `embedcyto status`, `embedcyto report`.
     """
+    from embedcyto.workspace.current import use_workspace
+
+    use_workspace(workspace)
+    # A later library call in the same process (tests, notebooks) goes back to discovery.
+    click.get_current_context().call_on_close(lambda: use_workspace(None))
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -90,8 +90,20 @@ def format_table(rows: list[dict]) -> str:
         for line in lines)
 
 
+def _existing_keys(folder) -> set[str]:
+    """Keys of the rows already in the results folder (to say what this run computed)."""
+    from pathlib import Path
+
+    from embedcyto.probes.results import read_results, row_key
+
+    return {row_key(r) for path in sorted(Path(folder).glob("*.jsonl"))
+            for r in read_results(path)}
+
+
 @click.command("probe")
-@click.option("--dataset", "datasets", multiple=True, help="Dataset name (repeat; default: all).")
+@click.option("--dataset", "datasets", multiple=True,
+              help="Dataset name (repeat; default: the workspace's datasets with a store, else "
+                   "every dataset of the store folder).")
 @click.option("--model", "models", multiple=True, help="Model name (repeat; default: all).")
 @store_option
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(min=1),
@@ -116,11 +128,18 @@ def format_table(rows: list[dict]) -> str:
               help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
 @results_option
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
+@click.option("--prompts", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of class phrases and prompt templates for the text methods "
+                   "(zeroshot, textlinear, clap, tipadapter, tipadapter_f, lppp); default: "
+                   "the prompts shipped for the dataset (folder/csv datasets: class names).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              help="Where a vision-language model's weights and tokenizer are (text methods; "
+                   "default: $EMBEDCYTO_WEIGHTS).")
 @click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Also fit each full-data probe on the training split and save it under "
                    "DIR/<dataset>/<model>/<method>/ for `embedcyto predict`.")
 def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jobs, backend,
-          scheduler, results_dir, rerun, save_dir):
+          scheduler, results_dir, rerun, save_dir, prompts, weights_dir):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
     Every option and every (dataset, shots) pair is checked before any probe runs. Results go
@@ -130,17 +149,28 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     when there is one seed. A damaged store is left out and named with its fix; the others are
     probed, and the command then exits with status 1.
     """
+    from embedcyto.probes.results import row_key
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
+    from embedcyto.store import default_store_dir
+    from embedcyto.workspace.current import current_workspace
+    from embedcyto.workspace.run import probe_datasets
 
+    ws = current_workspace()
+    store = default_store_dir(store)
     options = {"simpleshot": {"centre": centre}} if centre else {}
-    config = ProbeGridConfig(store_dir=store, datasets=datasets or None, models=models or None,
-                             methods=methods, shots=shots, seeds=seeds, episodes=episodes,
-                             n_jobs=n_jobs, results_dir=results_dir, rerun=rerun,
-                             options=options, backend=backend, scheduler=scheduler)
+    config = ProbeGridConfig(store_dir=store, datasets=probe_datasets(ws, store, datasets),
+                             models=models or None, methods=methods, shots=shots, seeds=seeds,
+                             episodes=episodes, n_jobs=n_jobs,
+                             results_dir=results_dir, rerun=rerun,
+                             options=options, backend=backend, scheduler=scheduler,
+                             prompts=prompts, weights_dir=weights_dir)
+    before = _existing_keys(config.results_folder)
     rows = run_probe_grid(config)
     click.echo(format_table(rows))
+    reused = 0 if rerun else sum(row_key(r) in before for r in rows)
     click.echo(f"\n{len(rows)} result rows in {config.results_folder}/ "
-               f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
+               f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))}): "
+               f"{len(rows) - reused} computed now, {reused} already there")
     if save_dir:
         from embedcyto.saved_probe import SAVABLE, fit_and_save
 

@@ -36,6 +36,7 @@ def report(results_dir, runs_dir, out_dir, splits) -> None:
     """
     from embedcyto.report import build_report
 
+    # unset folders: the workspace's (docs/workspace.md), else ./results/probe, ./runs, ./report
     result = build_report(results_dir, runs_dir, out_dir, splits=("test", *splits))
     for line in summary_lines(result):
         click.echo(line)

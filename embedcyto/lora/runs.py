@@ -33,7 +33,6 @@ import numpy as np
 
 from embedcyto.configs import what_differs
 from embedcyto.errors import LoraError
-from embedcyto.folders import DEFAULT_RUNS_DIR
 from embedcyto.lora.config import LoraRunConfig
 
 #: Run folders live in ``<runs>/lora/``, at ``<dataset>/<model>/<mode>/seed-S`` below it.
@@ -51,8 +50,10 @@ _TMP, _OLD = ".tmp-", ".old-"
 
 
 def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
-    """The explicit ``runs`` folder, else ``./runs``."""
-    return Path(runs).expanduser() if runs not in (None, "") else Path(DEFAULT_RUNS_DIR)
+    """The explicit ``runs`` folder, else the workspace's ``runs`` folder, else ``./runs``."""
+    from embedcyto.folders import output_folder
+
+    return output_folder("runs", runs)
 
 
 def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:

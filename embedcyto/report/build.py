@@ -243,11 +243,11 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None, *,
     Raises:
         ReportError: no results at all, an unreadable file, or a seed repeated in one cell.
     """
-    from embedcyto.folders import DEFAULT_REPORT_DIR, DEFAULT_RESULTS_DIR, DEFAULT_RUNS_DIR
+    from embedcyto.folders import output_folder
 
-    results_dir = DEFAULT_RESULTS_DIR if results_dir is None else results_dir
-    runs_dir = DEFAULT_RUNS_DIR if runs_dir is None else runs_dir
-    out_dir = DEFAULT_REPORT_DIR if out_dir is None else out_dir
+    results_dir = output_folder("results", results_dir)
+    runs_dir = output_folder("runs", runs_dir)
+    out_dir = output_folder("report", out_dir)
     probe = load_probe_records(results_dir)
     lora = load_lora_records(runs_dir)
     records, notes = agg.split_variants(probe.records + lora.records)
