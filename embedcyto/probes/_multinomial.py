@@ -158,10 +158,11 @@ class MultinomialObjective:
         self.n_classes = int(n_classes)
         self.dtype = X.dtype
         self.sw_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
-        torch = _import_torch() if backend in ("auto", "torch") else None
+        torch = _import_torch() if backend == "torch" else None
         if backend == "torch" and torch is None:
             raise ProbeError("backend='torch' needs torch: pip install torch, or use 'numpy'")
         self.backend = "torch" if torch is not None else "numpy"
+        self._rows, self._y = np.arange(X.shape[0]), np.asarray(y, dtype=np.intp)
         onehot = np.zeros((X.shape[0], self.n_classes), dtype=X.dtype)
         onehot[np.arange(X.shape[0]), y] = 1
         sw = None if sample_weight is None else np.asarray(sample_weight, dtype=X.dtype)
@@ -187,16 +188,18 @@ class MultinomialObjective:
         """
         if self.backend == "torch":
             return self._torch_terms(weights_t, intercept)
-        raw = self._X @ weights_t.astype(self.dtype) + intercept.astype(self.dtype)
-        top = raw.max(axis=1, keepdims=True)
-        prob = np.exp(raw - top)
-        norm = prob.sum(axis=1, keepdims=True)
-        prob /= norm
-        loss = (np.log(norm[:, 0]) + top[:, 0] - np.sum(raw * self._onehot, axis=1))
-        resid = prob - self._onehot
+        shifted = self._X @ weights_t.astype(self.dtype)
+        shifted += intercept.astype(self.dtype)
+        shifted -= shifted.max(axis=1, keepdims=True)
+        prob = np.exp(shifted)
+        norm = prob.sum(axis=1)
+        loss = np.log(norm) - shifted[self._rows, self._y]
+        prob /= norm[:, None]
+        prob[self._rows, self._y] -= 1
         if self._sw is not None:
-            loss, resid = loss * self._sw, resid * self._sw[:, None]
-        return loss.sum(), (self._X.T @ resid).T, resid.sum(axis=0)
+            loss *= self._sw
+            prob *= self._sw[:, None]
+        return loss.sum(), (self._X.T @ prob).T, prob.sum(axis=0)
 
     def _torch_terms(self, weights_t, intercept):
         torch = self._torch
@@ -232,10 +235,10 @@ class MultinomialObjective:
 
         ``coef``/``intercept`` (a previous solution) start the search; zeros otherwise.
         """
-        start = np.zeros((self.n_features + 1, self.n_classes))
+        start = np.zeros((self.n_features + 1, self.n_classes), dtype=self.dtype)
         if coef is not None:
-            start[:-1] = np.asarray(coef, dtype=np.float64).T
-            start[-1] = np.asarray(intercept, dtype=np.float64)
+            start[:-1] = np.asarray(coef).T
+            start[-1] = np.asarray(intercept)
         with single_blas_thread():
             result = minimize(self.loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
                               args=(1.0 / (C * self.sw_sum),),
