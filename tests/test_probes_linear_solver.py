@@ -177,3 +177,30 @@ def test_float32_fit_evaluates_at_float32_points_like_sklearn(dim, C):
     fit = objective.fit(C, 1e-6, 1000)
     assert set(seen) == {np.dtype(np.float32)}
     assert fit.converged and fit.n_evaluations <= 2 * fit.n_iter
+
+
+@pytest.mark.parametrize("C", [1e-2, 10.0])
+def test_fewer_rows_than_features_fit_in_the_row_space_is_sklearns_fit(C):
+    """With fewer rows than features the fit runs on an orthonormal basis of the rows (exact):
+    the model, mapped back to the features, is scikit-learn's, warm start included."""
+    (X, y), _, (Xt, _) = _problem(dim=400)
+    X, Xt = _standardise(X, Xt)
+    assert X.shape[0] < X.shape[1]
+    objective = MultinomialObjective(X, y, 5)
+    assert objective._basis is not None and objective._X.shape == (X.shape[0], X.shape[0])
+    sk = LogisticRegression(C=C, tol=1e-6, max_iter=1000).fit(X, y)
+
+    def objective_value(coef, intercept):  # scikit-learn's objective, in float64
+        logits = X @ coef.T + intercept
+        top = logits.max(axis=1)
+        lse = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top
+        return np.mean(lse - logits[np.arange(y.size), y]) + np.sum(coef ** 2) / (2 * C * y.size)
+
+    best = objective_value(sk.coef_, sk.intercept_)
+    warm = objective.fit(C / 10, 1e-6, 1000)
+    for ours in (objective.fit(C, 1e-6, 1000), objective.fit(C, 1e-6, 1000, warm.coef,
+                                                               warm.intercept)):
+        assert ours.converged
+        assert objective_value(ours.coef, ours.intercept) <= best * (1 + 1e-6)  # as low or lower
+        np.testing.assert_array_equal(np.argmax(Xt @ ours.coef.T + ours.intercept, axis=1),
+                                      sk.predict(Xt))

@@ -130,6 +130,24 @@ def _import_torch():
     return torch
 
 
+def _row_space(X: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features in an orthonormal basis of their row space when there are fewer rows than
+    features: ``(X Q, Q)`` with ``X^T = Q R`` (thin QR, float64), else ``(X, None)``.
+
+    Exact, not an approximation: the logits ``X W^T = (X Q)(W Q)^T`` for every ``W`` in the row
+    space, the L2 penalty is rotation-invariant (``||W Q|| = ||W||`` there), the intercept is not
+    penalised, and the minimiser lies in the row space (outside it only the penalty acts). Each
+    evaluation then costs ``n/p`` of the full one: on MLCC-sized training sets (674 rows of
+    1,024 features) the C path took 0.65 s of CPU against 1.05 s, with the same validation
+    accuracy at every C.
+    """
+    n, p = X.shape
+    if n >= p:
+        return X, None
+    basis, upper = np.linalg.qr(X.T.astype(np.float64))
+    return np.ascontiguousarray(upper.T, dtype=X.dtype), basis
+
+
 class MultinomialObjective:
     """The data of one fit (features, labels, weights), ready for repeated loss/gradient calls.
 
@@ -155,6 +173,8 @@ class MultinomialObjective:
         if not X.flags.writeable:  # torch refuses to wrap read-only memory without a warning
             X = X.copy()
         self.n_samples, self.n_features = X.shape
+        X, self._basis = _row_space(X)
+        self._dim = X.shape[1]
         self.n_classes = int(n_classes)
         self.dtype = X.dtype
         self.sw_sum = float(X.shape[0] if sample_weight is None else np.sum(sample_weight))
@@ -199,7 +219,7 @@ class MultinomialObjective:
         if self._sw is not None:
             loss *= self._sw
             prob *= self._sw[:, None]
-        return loss.sum(), (self._X.T @ prob).T, prob.sum(axis=0)
+        return loss.sum(), prob.T @ self._X, prob.sum(axis=0)
 
     def _torch_terms(self, weights_t, intercept):
         torch = self._torch
@@ -220,7 +240,7 @@ class MultinomialObjective:
         ``flat`` is the (p + 1, K) array of [W^T; b] ravelled in C order, which is scikit-learn's
         (K, p + 1) coefficient array ravelled in Fortran order.
         """
-        params = flat.reshape(self.n_features + 1, self.n_classes)
+        params = flat.reshape(self._dim + 1, self.n_classes)
         weights_t, intercept = params[:-1], params[-1]
         loss_sum, grad_w, grad_b = self.data_terms(weights_t, intercept)
         loss = float(loss_sum / self.dtype.type(self.sw_sum))
@@ -235,17 +255,19 @@ class MultinomialObjective:
 
         ``coef``/``intercept`` (a previous solution) start the search; zeros otherwise.
         """
-        start = np.zeros((self.n_features + 1, self.n_classes), dtype=self.dtype)
+        start = np.zeros((self._dim + 1, self.n_classes), dtype=self.dtype)
         if coef is not None:
-            start[:-1] = np.asarray(coef).T
+            coef = np.asarray(coef)
+            start[:-1] = (coef if self._basis is None else coef @ self._basis).T
             start[-1] = np.asarray(intercept)
         with single_blas_thread():
             result = minimize(self.loss_gradient, start.ravel(), method="L-BFGS-B", jac=True,
                               args=(1.0 / (C * self.sw_sum),),
                               options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
                                        "ftol": 64 * np.finfo(float).eps})
-        params = result.x.reshape(self.n_features + 1, self.n_classes)
-        return MultinomialFit(coef=np.ascontiguousarray(params[:-1].T, dtype=self.dtype),
+        params = result.x.reshape(self._dim + 1, self.n_classes)
+        coef = params[:-1].T if self._basis is None else params[:-1].T @ self._basis.T
+        return MultinomialFit(coef=np.ascontiguousarray(coef, dtype=self.dtype),
                               intercept=params[-1].astype(self.dtype),
                               n_iter=int(min(result.nit, max_iter)),
                               converged=result.status == 0, message=str(result.message),
