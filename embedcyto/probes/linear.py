@@ -24,8 +24,9 @@ Protocol (why it is this way):
       seed only matters for the internal holdout.
     * The model is scikit-learn's ``LogisticRegression`` (lbfgs, L2, intercept unpenalised). With
       more than two classes, every size, its objective is minimised by
-      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options, loss and
-      gradient from torch matrix products, about 2–4× faster per evaluation on big inputs).
+      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options and
+      start dtype, the data prepared once per C path, an exact row-space basis when there are
+      fewer rows than features).
       Always using it above two classes, rather than above a size threshold, keeps one solver per
       model type, so a result never changes because a dataset crossed a threshold. Binary
       problems stay on scikit-learn, whose binary model has a single coefficient vector.
