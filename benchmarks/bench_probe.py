@@ -91,9 +91,10 @@ def stage_flops(feats, fast, shots, episodes) -> dict:
     n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
     p, k = feats.X.shape[1], len(feats.classes)
     evals = fast["linear"]["evaluations"]
+    p_fit = min(p, n["train"])  # the solver fits in the row space when rows < features
     reached = sum(v is not None for v in fast["linear"]["chosen"]["val_accuracy"])
     linear = None if evals is None else (
-        4.0 * evals * n["train"] * p * k + 2.0 * p * k * (reached * n["val"] + n["test"]))
+        4.0 * evals * n["train"] * p_fit * k + 2.0 * p * k * (reached * n["val"] + n["test"]))
     return {"linear": linear, "knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
             "episodes": 2.0 * len(shots) * episodes * k * n["test"] * p}
 
@@ -146,7 +147,8 @@ def compare_sklearn(feats, fast) -> tuple[float, bool]:
     acc = lin["metrics"]["accuracy"]
     same = sk["C"] == lin["chosen"]["C"] and abs(sk["accuracy"] - acc) <= 1.01 / lin["n_test"]
     print(f"{'':<9} scikit-learn same protocol: {sk['seconds']:.1f}s ({sk['iterations']} "
-          f"iterations), linear probe {lin['seconds']:.1f}s: ratio "
+          f"iterations, {sk['evaluations']} evaluations), linear probe {lin['seconds']:.1f}s "
+          f"({lin['evaluations']} evaluations): ratio "
           f"{sk['seconds'] / lin['seconds']:.1f}x  C {sk['C']:.3g} vs {lin['chosen']['C']:.3g}, "
           f"test accuracy {sk['accuracy']:.4f} vs {acc:.4f}: {'same' if same else 'DIFFERENT'}",
           flush=True)
