@@ -95,7 +95,7 @@ def stage_flops(feats, fast, shots, episodes) -> dict:
     evals = fast["linear"]["evaluations"]
     p_fit = min(p, n["train"])  # the solver fits in the row space when rows < features
     reached = sum(v is not None for v in fast["linear"]["chosen"]["val_accuracy"])
-    linear = None if evals is None else (
+    linear = None if not evals else (  # binary: scikit-learn itself, no count
         4.0 * evals * n["train"] * p_fit * k + 2.0 * p * k * (reached * n["val"] + n["test"]))
     return {"linear": linear, "knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
             "episodes": 2.0 * len(shots) * episodes * k * n["test"] * p}
