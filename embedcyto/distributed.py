@@ -72,8 +72,8 @@ class RankEnv:
         if requested in ("auto", "cuda") and torch.cuda.is_available():
             return f"cuda:{self.local_rank}"
         if requested == "cuda":
-            raise EmbedcytoError("--device cuda was asked for but CUDA is not available; use "
-                                 "--device cpu (gloo) or run on GPU nodes")
+            raise EmbedcytoError("device 'cuda' was asked for but CUDA is not available; use "
+                                 "`device='cpu'` (gloo) or run on GPU nodes")
         return "cpu" if requested == "auto" else requested
 
 

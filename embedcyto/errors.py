@@ -35,6 +35,10 @@ class BackboneError(EmbedcytoError):
 class WeightsNotFoundError(BackboneError):
     """No weights for a card were found in any of the places looked."""
 
+    def __init__(self, message: str, looked: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.looked = tuple(looked)  # each place searched, with what was (not) found there
+
 
 class StoreError(EmbedcytoError):
     """A feature store is missing, incomplete, stale, locked or malformed."""

@@ -314,9 +314,9 @@ def embed_rows(encoder: Backbone | torch.nn.Module, dataset: Dataset, pending: n
                         dataset.root / dataset.records[row].path,
                         f"{reason}; the rows computed so far are kept in the unfinished store, "
                         "but they were computed for an image list that includes this file, so "
-                        "leaving it out or replacing it needs --force: run again with "
-                        "--on-bad-image skip (the default: every image is checked first) and "
-                        "--force, or replace the file and run again with --force",
+                        "leaving it out or replacing it needs `force=True`: run again with "
+                        "`on_bad_image='skip'` (the default: every image is checked first) and "
+                        "`force=True`, or replace the file and run again with `force=True`",
                     )
                 feats = encoder(images.to(device, non_blocking=True))
                 writer.write(rows.numpy(), feats.float().cpu().numpy())

@@ -16,3 +16,18 @@ DEFAULT_RESULTS_DIR = Path("results") / "probe"
 DEFAULT_RUNS_DIR = Path("runs")
 #: ``embedcyto report`` writes ``report.md``, ``tables/`` and ``figures/`` here.
 DEFAULT_REPORT_DIR = Path("report")
+
+
+def output_folder(kind: str, given=None) -> Path:
+    """The folder a stage writes to: ``given``, else the workspace's (``embedcyto.toml``, see
+    docs/workspace.md), else the default above. ``kind``: "results" (probe rows), "runs" or
+    "report"."""
+    if given is not None and str(given) != "":
+        return Path(given).expanduser()
+    from embedcyto.workspace.current import workspace_folder
+
+    folder = workspace_folder(kind)
+    if folder is not None:
+        return folder / "probe" if kind == "results" else folder
+    return {"results": DEFAULT_RESULTS_DIR, "runs": DEFAULT_RUNS_DIR,
+            "report": DEFAULT_REPORT_DIR}[kind]

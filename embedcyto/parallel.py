@@ -60,7 +60,7 @@ def check_backend(backend: str | None, scheduler: str | None = None) -> None:
                              f"{', '.join(BACKENDS)}")
     if scheduler and backend not in CLUSTER_BACKENDS:
         raise EmbedcytoError(f"a scheduler address applies to the dask and ray backends only, "
-                             f"not {backend or 'the default'}: drop it or choose --backend dask")
+                             f"not {backend or 'the default'}: drop it or choose `backend='dask'`")
 
 
 @contextmanager

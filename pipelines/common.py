@@ -21,6 +21,9 @@ from embedcyto.errors import EmbedcytoError
 
 CONFIG = Path(__file__).with_name("study.json")
 SMOKE_MARKER = ".embedcyto-smoke-data"
+#: ``--precision authors``: the precision the study's authors ran in (see :func:`precision_for`).
+AUTHORS = "authors"
+PRECISIONS = (AUTHORS, "auto", "fp32", "bf16", "fp16")
 
 
 class MissingInputsError(EmbedcytoError):
@@ -47,6 +50,7 @@ class Settings:
     include_all: bool
     episodes: int
     device: str
+    precision: str
     n_jobs: int
     download: bool
     dry_run: bool
@@ -104,6 +108,10 @@ def make_parser(name: str, description: str) -> argparse.ArgumentParser:
                    "the whole training split (default from config).")
     p.add_argument("--episodes", type=int, help="Few-shot episodes per (shots, seed).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument("--precision", choices=PRECISIONS, default=AUTHORS,
+                   help="Frozen backbone precision for extraction and LoRA (default: the "
+                        "authors': fp32, fp16 for CLIP models on a GPU; 'auto' is embedcyto's "
+                        "own default, bf16 where the hardware has it).")
     p.add_argument("--n-jobs", type=int, default=1, help="Probe workers (joblib).")
     p.add_argument("--download", action="store_true", help="Let missing weights be fetched "
                    "from the Hugging Face hub (otherwise only local files are used).")
@@ -136,8 +144,25 @@ def settings_from_args(name: str, args: argparse.Namespace, *, default_models=No
         models=models, seeds=args.seeds or tuple(smoke.get("seeds", cfg["seeds"])),
         shots=tuple(shots), include_all=include_all,
         episodes=args.episodes or smoke.get("episodes", cfg["episodes"]),
-        device=args.device, n_jobs=args.n_jobs, download=args.download, dry_run=args.dry_run,
+        device=args.device, precision=args.precision, n_jobs=args.n_jobs, download=args.download, dry_run=args.dry_run,
         probe_options=_hashable(smoke.get("probe_options", cfg.get("probe_options", {}))))
+
+
+def precision_for(settings: Settings, model: str) -> str:
+    """The precision of one model's extraction and LoRA runs.
+
+    ``authors`` (the recipes' default) is the study's: fp32, except the CLIP models (open_clip
+    cards), which its code ran under fp16 autocast on the GPU; embedcyto holds their frozen
+    weights in fp16 there (its nearest setting; LayerNorm and softmax then run in fp16 too,
+    where autocast keeps them in fp32). On a CPU, where fp16 is not offered, every model runs
+    in fp32. Any other value is passed on as is.
+    """
+    if settings.precision != AUTHORS:
+        return settings.precision
+    from embedcyto.backbones import get_card, resolve_device
+
+    on_gpu = resolve_device(settings.device).type == "cuda"
+    return "fp16" if on_gpu and get_card(model).family == "open_clip" else "fp32"
 
 
 def _hashable(options: dict) -> dict:
@@ -150,6 +175,26 @@ def dataset_root(settings: Settings, dataset: str) -> Path | None:
     """``DATA_ROOT/<folder>`` of a dataset, or None without ``--data-root``."""
     entry = settings.config["datasets"][dataset]
     return settings.data_root / entry["folder"] if settings.data_root else None
+
+
+def workspace_of(settings: Settings, plans=()):
+    """The recipe as a workspace: its datasets (under ``--data-root``), models, folders and LoRA
+    plans. The stages run it through the same library calls as ``embedcyto extract``, ``probe``
+    and ``lora``; it is saved beside the report, so the command line can carry on from it
+    (``embedcyto --workspace REPORT/embedcyto.toml status``).
+    """
+    from embedcyto.workspace import DatasetEntry, Workspace
+
+    entries = tuple(
+        DatasetEntry(name=name, layout=settings.config["datasets"][name]["adapter"],
+                     root=str(dataset_root(settings, name).resolve()
+                              if settings.data_root else Path(name).resolve()))
+        for name in settings.datasets if name in settings.config["datasets"])
+    return Workspace(base=Path.cwd().resolve(), store=str(settings.store.resolve()),
+                     results=str(settings.results.resolve()), runs=str(settings.runs.resolve()),
+                     report=str(settings.report.resolve()),
+                     weights_dir=str(settings.weights_dir) if settings.weights_dir else None,
+                     models=tuple(settings.models), datasets=entries, lora=tuple(plans))
 
 
 def make_smoke_data(settings: Settings) -> None:
@@ -200,6 +245,7 @@ def _missing_datasets(settings: Settings) -> list[str]:
 def _missing_weights(settings: Settings, models) -> list[str]:
     from embedcyto.backbones import get_card
     from embedcyto.backbones.weights import (
+        NOT_GIVEN,
         default_weights_dir,
         resolve_weights,
         weights_instructions,
@@ -216,10 +262,15 @@ def _missing_weights(settings: Settings, models) -> list[str]:
                             allow_download=settings.download)
         except BackboneError as err:
             wdir = settings.weights_dir or default_weights_dir()
-            steps = "\n".join(f"      - {s}" for s in weights_instructions(card, wdir))
-            first = str(err).splitlines()[0]
+            looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
+                               if place != NOT_GIVEN)  # the recipes take no weights path
+            steps = "\n".join(f"      - {s}" for s in
+                              weights_instructions(card, wdir, offer_weights_path=False))
+            head = str(err).splitlines()[0].removesuffix(" Looked in:")
+            where = f" Looked in:\n{looked}" if looked else ""
             out.append(f"weights of {model} ({card.license}"
-                       f"{', gated' if card.gated else ''}): {first}\n{steps}")
+                       f"{', gated' if card.gated else ''}): {head}{where}\n"
+                       f"    To get them:\n{steps}")
     return out
 
 

@@ -41,7 +41,8 @@ def _body(argv) -> None:
     steps.extract_all(s, opened, s.models)
     steps.probe_all(s, s.datasets, s.models, cfg["frozen_methods"], s.shots)
     steps.lora_all(s, opened, configs)
-    steps.write_report(s)
+    steps.write_report(s, steps.lora_plans("fewshot", s, s.models, shots=s.shots,
+                                           seeds=lora_seeds, overrides=cfg.get("lora")))
 
 
 def main(argv=None) -> int:

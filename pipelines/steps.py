@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from embedcyto.errors import EmbedcytoError
-from pipelines.common import Settings, dataset_root, say
+from pipelines.common import Settings, precision_for, say, workspace_of
 
 
 def store_states(settings: Settings, datasets: Iterable[str],
@@ -32,17 +31,49 @@ def store_states(settings: Settings, datasets: Iterable[str],
     return states
 
 
+def lora_plans(name: str, settings: Settings, models: Sequence[str], *,
+               shots: Sequence[int] = (), fractions: Sequence[float] = (),
+               seeds: Sequence[int] | None = None, overrides: dict | None = None,
+               smoke_key: str = "lora") -> list:
+    """The recipe's LoRA grid as workspace plans (``[lora.NAME]``), one per precision the
+    models run in (:func:`precision_for`), so the saved workspace names exactly these runs."""
+    from embedcyto.workspace import LoraPlan
+
+    extra = dict(overrides or {})
+    extra = {**extra.pop("settings", {}), **extra}
+    if settings.smoke:
+        extra = {**extra, **settings.config["smoke"].get(smoke_key, {})}
+    groups: dict[str, list[str]] = {}
+    for model in models:
+        groups.setdefault(precision_for(settings, model), []).append(model)
+    shots = tuple(k for k in shots if k is not None)
+    if not shots and not fractions:
+        return []
+    return [LoraPlan(name=name if len(groups) == 1 else f"{name}-{precision}",
+                     models=tuple(group), datasets=tuple(settings.datasets), shots=shots,
+                     fractions=tuple(fractions),
+                     seeds=tuple(seeds or settings.seeds),
+                     settings=tuple({**extra, "precision": precision}.items()))
+            for precision, group in groups.items()]
+
+
 def lora_configs(settings: Settings, datasets: Sequence[str], models: Sequence[str], *,
                  shots: Sequence[int | None] = (), fractions: Sequence[float] = (),
-                 seeds: Sequence[int] | None = None, overrides: dict | None = None) -> list:
-    """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds)."""
+                 seeds: Sequence[int] | None = None, overrides: dict | None = None,
+                 smoke_key: str = "lora") -> list:
+    """Every LoRA run of a grid, as library configs (shots, or fractions, × seeds).
+
+    ``overrides`` are the experiment's settings; a smoke run lays the configuration's
+    ``smoke[smoke_key]`` settings (short runs) over them.
+    """
     from embedcyto.lora.config import LoraRunConfig
 
     extra = dict(overrides or {})
     if settings.smoke:
-        extra = {**extra, **settings.config["smoke"].get("lora", {})}
+        extra = {**extra, **settings.config["smoke"].get(smoke_key, {})}
     amounts = [{"shots": k} for k in shots] + [{"fraction": f} for f in fractions]
-    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device, **a, **extra)
+    return [LoraRunConfig(model=m, dataset=d, seed=s, device=settings.device,
+                          precision=precision_for(settings, m), **a, **extra)
             for d in datasets for m in models for a in amounts
             for s in (seeds or settings.seeds)]
 
@@ -77,19 +108,10 @@ def open_datasets(settings: Settings, datasets: Sequence[str]) -> dict:
     Raises:
         EmbedcytoError: listing every dataset that could not be read.
     """
-    from embedcyto.datasets.for_store import open_for_store
+    from embedcyto.workspace.run import open_all
 
-    opened, problems = {}, []
-    for name in datasets:
-        entry = settings.config["datasets"][name]
-        try:
-            opened[name] = open_for_store(entry["adapter"], str(dataset_root(settings, name)),
-                                          store_dir=settings.store, name=name)
-        except EmbedcytoError as err:
-            problems.append(f"  {name}: {err}")
-    if problems:
-        raise EmbedcytoError("cannot read these datasets (nothing was extracted):\n"
-                             + "\n".join(problems))
+    ws = workspace_of(settings)
+    opened = open_all([ws.dataset(name) for name in datasets], ws, settings.store)
     for name, (dataset, _) in opened.items():
         if dataset.skipped:
             say(f"{name}: {len(dataset.skipped)} unreadable image(s) left out")
@@ -97,21 +119,22 @@ def open_datasets(settings: Settings, datasets: Sequence[str]) -> dict:
 
 
 def extract_all(settings: Settings, opened: dict, models: Sequence[str]) -> None:
-    """Extract each (dataset, model) store; finished stores are cache hits."""
+    """Extract each (dataset, model) store, as `embedcyto extract` does; finished stores are
+    cache hits."""
     from embedcyto.backbones import get_card
-    from embedcyto.extract import ExtractConfig, extract_features
+    from embedcyto.extract import ExtractConfig
+    from embedcyto.workspace.run import extract_stores
 
-    config = ExtractConfig(device=settings.device, progress=not settings.smoke,
-                           num_workers=0 if settings.smoke else None)
-    for name, (dataset, split_dir) in opened.items():
-        for model in models:
-            card = get_card(model)
-            result = extract_features(dataset, card, store_dir=settings.store,
-                                      split_dir=split_dir, weights_dir=settings.weights_dir,
-                                      random_init=card.random, config=config)
-            state = "cache hit" if result.cache_hit else f"{result.computed} rows in " \
-                f"{result.seconds:.1f} s"
-            say(f"extract {name}/{model}: {state}")
+    def echo(line) -> None:
+        state = "cache hit" if line.cached else f"{line.computed} rows in {line.seconds:.1f} s"
+        say(f"extract {line.dataset}/{line.model}: {state}")
+
+    for model in models:  # one precision per model (precision_for)
+        config = ExtractConfig(device=settings.device, progress=not settings.smoke,
+                               num_workers=0 if settings.smoke else None,
+                               precision=precision_for(settings, model))
+        extract_stores(opened, [get_card(model)], store_dir=settings.store, config=config,
+                       weights_dir=settings.weights_dir, on_line=echo)
 
 
 def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str],
@@ -128,29 +151,36 @@ def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str]
 
 
 def lora_all(settings: Settings, opened: dict, configs: Sequence) -> None:
-    """Train every LoRA run; finished identical runs are skipped by the library."""
-    from embedcyto.backbones import get_card
-    from embedcyto.lora.train import train_lora
+    """Train every LoRA run, as `embedcyto lora` does; finished identical runs are skipped."""
+    from embedcyto.lora.runs import is_complete, run_dir
+    from embedcyto.workspace.lora_plan import PlannedRun
+    from embedcyto.workspace.run import train_runs
 
-    for config in configs:
-        dataset, split_dir = opened[config.dataset]
-        result = train_lora(dataset, config, runs_dir=settings.runs, split_dir=split_dir,
-                            weights_dir=settings.weights_dir,
-                            random_init=get_card(config.model).random,
-                            progress=not settings.smoke)
+    def echo(result) -> None:
+        config = result.config
         accuracy = result.metrics.get("test", {}).get("accuracy")
         state = "done before" if result.skipped else f"{result.seconds:.1f} s"
         shown = "?" if accuracy is None else f"{100 * accuracy:.1f} %"
         say(f"lora {config.dataset}/{config.model}/{config.mode}/seed-{config.seed}: "
             f"test accuracy {shown} ({state})")
 
+    runs = [PlannedRun(settings.name, c, run_dir(settings.runs, c),
+                       is_complete(run_dir(settings.runs, c))) for c in configs]
+    train_runs(runs, opened, runs_dir=settings.runs, weights_dir=settings.weights_dir,
+               progress=not settings.smoke, on_result=echo)
 
-def write_report(settings: Settings) -> None:
-    """Tables and figures of everything found in the results and runs folders."""
+
+def write_report(settings: Settings, plans: Sequence = ()) -> None:
+    """Tables and figures of everything found in the results and runs folders; the recipe's
+    workspace (its datasets, models, folders and LoRA plans) saved beside them."""
     from embedcyto.report import build_report
+    from embedcyto.workspace import WORKSPACE_FILE, save_workspace
 
     result = build_report(settings.probe_results, settings.runs, settings.report)
+    save_workspace(workspace_of(settings, plans), settings.report / WORKSPACE_FILE)
     say(f"report: {result.markdown} ({len(result.tables)} tables, {len(result.figures)} "
         "figures)")
+    say(f"workspace: {settings.report / WORKSPACE_FILE} (carry on from the command line: "
+        f"embedcyto --workspace {settings.report / WORKSPACE_FILE} status)")
     if settings.smoke:
         say("smoke run: generated data and random weights, the numbers mean nothing")

@@ -89,8 +89,9 @@ def test_auto_precision_on_cpu_follows_bf16_units(monkeypatch, units, expected):
 def test_explicit_precisions_and_errors():
     assert runtime.resolve_precision("fp32", "cpu") == torch.float32
     assert runtime.resolve_precision("BF16", "cpu") == torch.bfloat16
-    with pytest.raises(BackboneError, match="fp16 is not supported on the CPU"):
+    with pytest.raises(BackboneError, match="fp16 is not supported on the CPU") as err:
         runtime.resolve_precision("fp16", "cpu")
+    assert "`precision='bf16'`" in str(err.value)  # a parameter, not a CLI flag
     with pytest.raises(BackboneError, match="unknown precision"):
         runtime.resolve_precision("int8", "cpu")
 

@@ -87,14 +87,14 @@ def test_check_errors_are_clean(runner, tmp_path, setup, message):
 def test_check_empty_class_folder(runner, tmp_path):
     root = make_fixture("folder", tmp_path / "f", per_class=2)
     (root / "nothing_here").mkdir()
-    result = runner.invoke(cli, ["datasets", "check", "--dataset", "folder", "--root", str(root)])
+    result = runner.invoke(cli, ["datasets", "check", "--dataset", "mine", "--layout", "folder", "--root", str(root)])
     assert result.exit_code == 1 and "nothing_here contains no images" in result.output
 
 
 def test_check_passes_adapter_options(runner, tmp_path):
     root = make_fixture("csv", tmp_path / "c", per_class=3)
     (root / "labels.csv").rename(root / "table.csv")
-    base = ["datasets", "check", "--dataset", "csv", "--root", str(root)]
+    base = ["datasets", "check", "--dataset", "mine", "--layout", "csv", "--root", str(root)]
     assert runner.invoke(cli, base).exit_code == 1
     result = runner.invoke(cli, base + ["-o", "csv_file=table.csv"])
     assert result.exit_code == 0, result.output
@@ -109,7 +109,7 @@ def test_check_decodes_images_by_default_and_says_so_when_told_not_to(runner, tm
     images = sorted((root / "negative").glob("*.png"))
     images[0].write_bytes(b"\x89PNG\r\n\x1a\n broken")
     images[1].write_bytes(images[1].read_bytes()[:70])  # truncated
-    base = ["datasets", "check", "--dataset", "folder", "--root", str(root)]
+    base = ["datasets", "check", "--dataset", "mine", "--layout", "folder", "--root", str(root)]
     result = runner.invoke(cli, base)
     assert result.exit_code == 0, result.output
     assert "skipped 2 image(s)" in result.output and "no problems found" not in result.output
@@ -122,7 +122,7 @@ def test_check_decodes_images_by_default_and_says_so_when_told_not_to(runner, tm
 
 def test_check_remembers_decoded_images_in_the_split_folder(runner, tmp_path):
     root = make_fixture("folder", tmp_path / "f", per_class=2)
-    args = ["datasets", "check", "--dataset", "folder", "--root", str(root), "--split-dir",
+    args = ["datasets", "check", "--dataset", "mine", "--layout", "folder", "--root", str(root), "--split-dir",
             str(tmp_path / "s")]
     assert runner.invoke(cli, args).exit_code == 0
     assert (tmp_path / "s" / "image_check.json").exists()
@@ -133,3 +133,6 @@ def test_unknown_adapter_suggests_the_close_one(runner, tmp_path):
                                  str(tmp_path)])
     assert result.exit_code == 1 and "Did you mean sipakmed?" in result.output
     assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["datasets", "check", "--dataset", "mine", "--layout", "sipakmd",
+                                 "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "Did you mean sipakmed?" in result.output

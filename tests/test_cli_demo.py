@@ -8,11 +8,17 @@ from PIL import Image
 from embedcyto.cli.main import cli
 
 
-def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(cli, ["demo", "--out", str(out)])
+def test_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default folder is ./embedcyto-demo, kept afterwards
+    (tmp_path / "embedcyto-demo").mkdir()
+    (tmp_path / "embedcyto-demo" / ".embedcyto-demo").write_text("an earlier demo\n")
+    (tmp_path / "embedcyto-demo" / "old.txt").write_text("from the earlier demo")
+    result = CliRunner().invoke(cli, ["demo"])
     assert result.exit_code == 0, result.output
+    out = tmp_path / "embedcyto-demo"
+    assert not (out / "old.txt").exists()  # an earlier demo's folder is replaced
     text = result.output
+    assert "report: embedcyto-demo/report/report.md" in text
     assert text.count("RANDOM-WEIGHT models") == 2  # said at the start and at the end
     assert "embedcyto extract --model clip" in text  # what to run on real data
     report = (out / "report" / "report.md").read_text()
@@ -34,3 +40,19 @@ def test_demo_refuses_too_few_cells(tmp_path):
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path), "--per-class", "3"])
     assert result.exit_code == 2 and "--per-class" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_demo_refuses_a_folder_that_is_not_a_demo_folder(tmp_path):
+    (tmp_path / "thesis.tex").write_text("years of work")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not an embedcyto demo folder" in result.output and "--out" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_demo_refuses_a_file_as_its_folder(tmp_path):
+    target = tmp_path / "report.md"
+    target.write_text("mine")
+    result = CliRunner().invoke(cli, ["demo", "--out", str(target)])
+    assert result.exit_code == 2 and target.read_text() == "mine"

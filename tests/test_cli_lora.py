@@ -43,7 +43,8 @@ def trained(tmp_path_factory):
     """A frozen tiny-clip store and one LoRA run (8 shots, seed 1) with exported features."""
     base = tmp_path_factory.mktemp("cli_lora")
     root = make_fixture("folder", base / "toy", per_class=40, seed=3)
-    common = ["--dataset", "folder", "--root", root, "--store", base / "cache"]
+    common = ["--dataset", "toy", "--layout", "folder", "--root", root, "--store",
+              base / "cache"]
     with torch_threads(1):  # module fixtures run before the per-test one
         out = _invoke("extract", "--model", "tiny-clip", *common, "--device", "cpu",
                       "--precision", "fp32", "--workers", "0", "--quiet")
@@ -128,6 +129,30 @@ def test_a_finished_run_is_skipped_and_other_settings_are_refused(trained):
     assert "Traceback" not in out.output
 
 
+def test_a_sweep_with_other_settings_lists_every_clash_by_its_differing_keys_first(trained):
+    changed = [a if a != "2e-2" else "1e-2" for a in trained["args"]]
+    changed[changed.index("1")] = "1,2"  # seed 2 is new: it must not be trained either
+    out = CliRunner().invoke(cli, [str(a) for a in changed])
+    assert out.exit_code != 0 and "Traceback" not in out.output
+    assert "lr: 0.02 -> 0.01" in out.output and "nothing was trained" in out.output
+    assert "weight_decay" not in out.output and "{" not in out.output  # no whole configs
+    assert not (trained["run"].parent / "seed-2").exists()
+
+
+def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
+    code = ("import sys; from click.testing import CliRunner; from embedcyto.cli.main import cli; "
+            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'toy', "
+            "'--layout', 'folder', "
+            f"'--root', {str(tmp_path)!r}, '--shots', '1', '--rank', '0']); "
+            "print(r.output); print('exit', r.exit_code); "
+            "print('heavy', sorted(m for m in ('torch', 'sklearn', 'open_clip', 'h5py') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert "LoRA rank must be an integer >= 1" in out.stdout, out.stdout + out.stderr
+    assert "exit 1" in out.stdout and "heavy []" in out.stdout
+
+
 def test_rerun_replaces_a_finished_run(tmp_path):
     root = make_fixture("bcfc", tmp_path / "bcfc", per_class=10)
     args = ["lora", "--model", "tiny-vit", "--dataset", "bcfc", "--root", root, "--store",
@@ -207,5 +232,49 @@ def test_hicervix_runs_report_every_level(tmp_path):
     assert metrics["levels"]["level_1"]["n"] == metrics["n_test"]
     assert metrics["levels"]["level_3"]["n"] <= metrics["levels"]["level_2"]["n"]
     assert metrics["n_train"] == 26
-    for name in ("level_1", "level_2", "level_3", "average"):
+    for name in ("level_1", "level_2", "level_3", "average", "study-25"):
         assert name in out.output
+    _check_study25_by_hand(root, run, metrics)
+
+
+def _check_study25_by_hand(root, run, metrics):
+    """The study's 25-class flat accuracy, recomputed from predictions.npz with a plain loop."""
+    from embedcyto.datasets import open_dataset
+    from embedcyto.datasets.hicervix_labels import LEVEL_MAPS, STUDY25, hicervix_study25_labels
+
+    dataset = open_dataset("hicervix", root)
+    truth_of = dict(zip((r.path for r in dataset.records), hicervix_study25_labels(dataset)))
+    saved = np.load(run / runs.PREDICTIONS_FILE)
+    right = total = 0
+    for path, proba in zip(saved["ids"], saved["proba"]):
+        truth = truth_of[str(path)]
+        if truth < 0:
+            continue
+        sums = {}
+        for fine, p in enumerate(proba):
+            target = LEVEL_MAPS[STUDY25][fine]
+            if target >= 0:
+                sums[target] = sums.get(target, 0.0) + float(p)
+        total += 1
+        right += max(sums, key=sums.get) == truth
+    assert metrics["study25"]["n"] == total < len(saved["ids"])  # AGC-only cells left out
+    assert metrics["study25"]["accuracy"] == pytest.approx(right / total, abs=1e-6)
+
+
+def test_hicervix_label_space_is_a_named_choice(tmp_path):
+    root = make_fixture("hicervix", tmp_path / "hicervix", per_class=1)
+    out = _invoke("lora", "--model", "tiny-vit", "--dataset", "hicervix", "--root", root,
+                  "--store", tmp_path / "cache", "--runs", tmp_path / "runs", "--shots", "1",
+                  "--iterations", "4", "--label-space", "level_3", *FAST)
+    assert out.exit_code == 0, out.output
+    run = tmp_path / "runs" / "lora" / "hicervix" / "tiny-vit" / "shots-1" / "seed-1"
+    metrics, info = _json(run / runs.METRICS_FILE), _json(run / runs.CONFIG_FILE)
+    assert len(info["dataset"]["classes"]) == 23 and "AGC" not in info["dataset"]["classes"]
+    assert metrics["n_train"] == 23  # one cell per level-3 class: coarse-only cells left out
+    assert metrics["test"]["n"] < metrics["n_test"] == metrics["levels"]["level_1"]["n"]
+    assert set(metrics["levels"]) == {"level_1", "level_2", "level_3", "average"}
+    bad = CliRunner().invoke(cli, [str(a) for a in [
+        "lora", "--model", "tiny-vit", "--dataset", "hicervix", "--root", root, "--store",
+        tmp_path / "cache", "--runs", tmp_path / "runs2", "--shots", "1", "--label-space",
+        "level_9", *FAST]])
+    assert bad.exit_code != 0 and "level_3_study25" in bad.output

@@ -377,7 +377,8 @@ def _extract(root, store, *extra):
 
     from embedcyto.cli.main import cli
 
-    return CliRunner().invoke(cli, ["extract", "--model", "tiny-vit", "--dataset", "folder",
+    return CliRunner().invoke(cli, ["extract", "--model", "tiny-vit", "--dataset", "data",
+                                    "--layout", "folder",
                                     "--root", str(root), "--store", str(store), "--quiet",
                                     "--workers", "0", "--precision", "fp32", "--device", "cpu",
                                     "--batch-size", "4", *extra])

@@ -23,7 +23,7 @@ from embedcyto.lora.data import (
     support_rows,
     validation_rows,
 )
-from embedcyto.lora.schedule import learning_rate
+from embedcyto.schedule import warmup_cosine as learning_rate
 from embedcyto.probes.episodes import support_ids
 
 
@@ -54,10 +54,10 @@ def _config(dataset, **kwargs) -> LoraRunConfig:
 
 def test_config_defaults_are_the_study_recipe_and_round_trip_through_json():
     config = LoraRunConfig(model="clip", dataset="sipakmed", shots=4, seed=2)
-    assert (config.lr, config.weight_decay, config.warmup, config.min_lr) == (1e-3, 1e-2, 50,
-                                                                               1e-6)
+    assert (config.lr, config.weight_decay, config.min_lr) == (1e-3, 1e-2, 1e-6)
     assert config.batch_size == 32 and config.settings == LoraSettings()
     assert config.resolved_iterations(20) == 50 + 50 * 4
+    assert config.resolved_warmup(config.resolved_iterations(20)) == 50
     again = LoraRunConfig.from_json(config.to_json())
     assert again == config and isinstance(again.settings, LoraSettings)
     assert config.mode == "shots-4" and config.variant == "clip+lora-shots-4-s2"
@@ -73,8 +73,44 @@ def test_default_iterations_without_shots_are_about_ten_epochs():
     assert config.resolved_eval_every(1000) == 100
 
 
+def test_default_warmup_scales_with_short_runs_and_keeps_the_studys_50_steps():
+    # every length the study uses (50 + 50*K for K >= 1 shots, >= 100 steps otherwise) keeps 50
+    for steps in (100, 150, 250, 450, 850, 1000, 40000):
+        assert LoraRunConfig(model="clip", dataset="x", iterations=steps).resolved_warmup(
+            steps) == 50
+    # a 20-step trial no longer needs --warmup: it warms up over its first half
+    short = LoraRunConfig(model="clip", dataset="x", shots=1, iterations=20)
+    assert short.resolved_iterations(4) == 20 and short.resolved_warmup(20) == 10
+    assert LoraRunConfig(model="clip", dataset="x", iterations=1).resolved_warmup(1) == 0
+    # an explicit warm-up is kept, and still refused when not shorter than the run
+    assert LoraRunConfig(model="clip", dataset="x", warmup=7).resolved_warmup(20) == 7
+    with pytest.raises(LoraError, match="lower --warmup"):
+        LoraRunConfig(model="clip", dataset="x", warmup=30, epochs=1).resolved_iterations(64)
+
+
+def test_epochs_set_the_length_of_fraction_runs():
+    config = LoraRunConfig(model="clip", dataset="hicervix", fraction=10, epochs=100,
+                           batch_size=32)
+    assert config.resolved_iterations(320) == 100 * 10
+    assert config.resolved_iterations(10) == 100  # one batch per pass, no floor when explicit
+    assert LoraRunConfig(model="clip", dataset="x", epochs=2).resolved_iterations(64) == 4
+    with pytest.raises(LoraError, match="not both"):
+        LoraRunConfig(model="clip", dataset="x", epochs=2, iterations=5)
+
+
+def test_from_dict_and_unknown_keys_share_one_helper_and_one_message():
+    with pytest.raises(LoraError, match=r"unknown LoRA setting\(s\) \['ranks'\]"):
+        LoraSettings.from_json('{"rank": 2, "ranks": 3}')
+    with pytest.raises(LoraError, match="expected a JSON object"):
+        LoraRunConfig.from_json("[1, 2]")
+    with pytest.raises(LoraError, match="malformed"):
+        LoraRunConfig.from_json("{not json")
+
+
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(shots=2, fraction=10.0), "not both"),
+    (dict(precision="fp8"), "unknown precision"),
+    (dict(label_space=""), "label_space must be"),
     (dict(fraction=0), "(0, 100]"),
     (dict(fraction=150), "(0, 100]"),
     (dict(shots=0), "shots must be an integer >= 1"),
@@ -93,6 +129,20 @@ def test_unknown_fields_in_a_saved_config_are_refused():
     data["colour"] = "blue"
     with pytest.raises(LoraError, match="colour"):
         LoraRunConfig.from_dict(data)
+
+
+def test_the_single_process_team_has_the_distributed_teams_interface():
+    from embedcyto.lora.ddp import DataParallel, SingleProcess, make_team
+
+    public = {n for n in dir(DataParallel) if not n.startswith("_")} - {"ranks", "size"}
+    assert public <= {n for n in dir(SingleProcess) if not n.startswith("_")}
+    team = make_team(None, 8)
+    assert isinstance(team, SingleProcess) and team.from_rank0(lambda: 7) == 7
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 1])
+    loss, value = team.step_loss(logits, labels, lambda: None)
+    assert value == pytest.approx(float(torch.nn.functional.cross_entropy(logits, labels)))
+    with pytest.raises(LoraError, match="bad image"):
+        team.step_loss(logits, labels, lambda: (_ for _ in ()).throw(LoraError("bad image")))
 
 
 # -- schedule ----------------------------------------------------------------------------------

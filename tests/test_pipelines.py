@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -88,6 +89,17 @@ def test_exp2_smoke_adds_lora_lines_beside_the_linear_probe(recipes, smoke_dir, 
     assert recipes["exp2_lora_fewshot"].main(
         ["--smoke", "--smoke-dir", str(smoke_dir), "--dry-run"]) == 0
     assert "lora: 16 runs, 16 done, 0 to run" in capsys.readouterr().out
+    # the recipe is a workspace: the command line sees the same runs, all done
+    from click.testing import CliRunner
+
+    from embedcyto.cli.main import cli
+
+    saved = report / "embedcyto.toml"
+    plan = CliRunner().invoke(cli, ["--workspace", str(saved), "lora", "--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    assert "lora: 16 runs, 16 done, 0 to run" in plan.output
+    status = CliRunner().invoke(cli, ["--workspace", str(saved), "status"])
+    assert status.exit_code == 0 and status.output.count("complete") == 8, status.output
 
 
 def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_dir):
@@ -98,6 +110,14 @@ def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_di
     assert set(rows) == {"fraction", "50 %", "100 %", "HierSwin (published)"}
     assert rows["fraction"][1:4] == ["level_1_mean", "level_1_std", "level_1_n"]
     assert rows["HierSwin (published)"][1] == "92.080"
+    # seeds 1-3 in every cell, and the study's 25-class accuracy beside the official levels
+    assert rows["fraction"][-3:] == ["study25_mean", "study25_std", "study25_n"]
+    assert rows["50 %"][3] == "3" and rows["100 %"][-1] == "3"
+    # the authors' 100 epochs, scaled down to 2 for the smoke run
+    config = json.loads((smoke_dir / "runs" / "lora" / "hicervix" / "tiny-clip" / "frac-50"
+                         / "seed-3" / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["config"]["settings"]["rank"] == 16
+    assert config["config"]["precision"] == "fp32"  # the authors' precision on a CPU
     legend = legend_of(report / "figures" / "fractions_hicervix.png")
     assert legend == ["tiny-clip LoRA", "HierSwin (published)"]
 
@@ -127,6 +147,11 @@ def test_weights_missing_alone_are_listed(recipes, tmp_path, capsys):
     assert "1 input(s) missing" in err and "weights of clip-l14" in err
     assert "dataset hicervix" not in err
     assert not (tmp_path / "store").exists()
+    looked = err.split("Looked in:\n", 1)[1].split("To get them:")[0]
+    places = [line.strip() for line in looked.splitlines() if line.strip().startswith("- ")]
+    assert any("weights folder" in p for p in places) and any("Hugging Face cache" in p
+                                                            for p in places)
+    assert "--weights PATH" not in err and "--weights: not given" not in err
 
 
 def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
@@ -139,3 +164,20 @@ def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):
     assert code == 2
     assert "did not generate" in capsys.readouterr().err
     assert [p.name for p in real.iterdir()] == ["benign"]
+
+
+def test_recipes_default_to_the_authors_precision(recipes, monkeypatch):
+    import torch
+
+    import embedcyto.backbones
+    from pipelines.common import make_parser, precision_for, settings_from_args
+
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--smoke", "--device", "cpu"])
+    s = settings_from_args("exp3_hicervix_fractions", args)
+    assert s.precision == "authors"
+    assert precision_for(s, "tiny-clip") == "fp32" and precision_for(s, "tiny-vit") == "fp32"
+    monkeypatch.setattr(embedcyto.backbones, "resolve_device", lambda d: torch.device("cuda"))
+    assert precision_for(s, "clip-l14") == "fp16"  # CLIP: fp16 on a GPU, as the authors ran it
+    assert precision_for(s, "uni") == "fp32"
+    args = make_parser("exp3_hicervix_fractions", "").parse_args(["--precision", "auto"])
+    assert precision_for(settings_from_args("exp3_hicervix_fractions", args), "clip") == "auto"

@@ -117,7 +117,8 @@ def test_predict_with_a_lora_run_matches_its_test_predictions(tmp_path, _one_thr
 
     root = make_fixture("folder", tmp_path / "toy", per_class=6, seed=3)
     fast = ["--device", "cpu", "--precision", "fp32", "--workers", "0", "--quiet"]
-    out = CliRunner().invoke(cli, ["lora", "--model", "tiny-clip", "--dataset", "folder",
+    out = CliRunner().invoke(cli, ["lora", "--model", "tiny-clip", "--dataset", "toy",
+                                   "--layout", "folder",
                                    "--root", str(root), "--store", str(tmp_path / "cache"),
                                    "--runs", str(tmp_path / "runs"), "--shots", "2", "--seed",
                                    "1", "--iterations", "4", "--warmup", "1", "--batch-size", "4",

@@ -144,7 +144,7 @@ def test_simpleshot_centres_on_unlabelled_rows_when_given():
 
 
 def test_study_head_is_seeded_and_follows_its_schedule():
-    from embedcyto.probes.torch_head import lr_at
+    from embedcyto.schedule import warmup_cosine as lr_at
 
     X, y = _blobs(np.random.default_rng(11), 20, 3, 8, spread=1.0)
     a = StudyLinearHead(epochs=3, random_state=1).fit(X, y)

@@ -94,10 +94,27 @@ def test_other_methods_and_few_shot_rows_stay_out_of_table1(table1_records):
     assert t.cell("clip", "sipakmed").mean == pytest.approx(0.82)
 
 
-def test_mixed_settings_in_one_cell_are_refused(table1_records):
+def test_mixed_settings_in_one_cell_are_refused_by_name_of_the_differing_key(table1_records):
     odd = rec("sipakmed", "clip", "linear", 4, 0.9, variant='{"Cs": [1.0]}')
-    with pytest.raises(ReportError, match="different settings"):
+    with pytest.raises(ReportError, match=r"Cs: \[1.0\] -> <missing>"):
         agg.model_dataset_table(table1_records + [odd], "linear")
+
+
+def test_runs_of_other_settings_become_their_own_named_rows():
+    study = '{"lr": 0.001, "settings": {"rank": 2}, "warmup": null}'
+    faster = '{"lr": 0.02, "settings": {"rank": 2}, "warmup": null}'
+    records = [rec("mlcc", "clip", "lora", s, 0.6 + s / 100, shots=4, variant=study)
+               for s in (1, 2, 3)]
+    records += [rec("mlcc", "clip", "lora", s, 0.3, shots=4, variant=faster) for s in (1, 2)]
+    records += [rec("mlcc", "vit", "lora", 1, 0.5, shots=4, variant=faster)]
+    split, notes = agg.split_variants(records)
+    table = agg.shots_table(split, "mlcc")
+    names = [name for name, _ in table.rows]
+    assert names == ["clip [lr 0.001] · LoRA", "clip [lr 0.02] · LoRA", "vit · LoRA"]
+    assert table.cell("clip [lr 0.001] · LoRA", "4").mean == pytest.approx(0.62)
+    assert table.cell("clip [lr 0.02] · LoRA", "4").n == 2
+    assert len(notes) == 1 and "clip" in notes[0] and "differ in lr" in notes[0]
+    assert agg.split_variants(records[:3]) == (records[:3], [])  # one setting: unchanged
 
 
 def test_levels_table_with_hierswin_reference():

@@ -96,3 +96,23 @@ def test_build_report_writes_tables_figures_and_index(tmp_path):
 def test_build_report_without_results_says_what_to_run(tmp_path):
     with pytest.raises(ReportError, match="embedcyto probe"):
         build_report(tmp_path / "r", tmp_path / "runs", tmp_path / "out")
+
+
+def test_build_report_shows_runs_of_other_settings_as_rows_instead_of_refusing(tmp_path):
+    for seed, lr in ((1, 0.001), (2, 0.001), (3, 0.02)):
+        folder = tmp_path / "runs" / "lora" / "mlcc" / "clip" / "shots-4" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        config = {"model": "clip", "dataset": "mlcc", "shots": 4, "fraction": None,
+                  "seed": seed, "device": "cpu", "lr": lr, "settings": {"rank": 2}}
+        (folder / "config.json").write_text(json.dumps({"config": config}))
+        (folder / "metrics.json").write_text(json.dumps(
+            {"test": {"accuracy": 0.5 + seed / 10, "balanced_accuracy": 0.5,
+                      "macro_f1": 0.5}}))
+        (folder / "COMPLETE").write_text("finished\n")
+    out = build_report(tmp_path / "no-results", tmp_path / "runs", tmp_path / "report")
+    rows = dict(out.tables["fewshot_mlcc"].rows)
+    assert set(rows) == {"clip [lr 0.001] · LoRA", "clip [lr 0.02] · LoRA"}
+    assert rows["clip [lr 0.001] · LoRA"][0].mean == pytest.approx(0.65)
+    assert rows["clip [lr 0.02] · LoRA"][0].n == 1
+    text = out.markdown.read_text()
+    assert "shown as separate rows (they differ in lr)" in text

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from killed_extraction import kill_extraction_after
+from tracebacks import own_frames
 
 from embedcyto import extract as ex
 from embedcyto.backbones import get_card
@@ -263,4 +263,4 @@ def test_torchrun_two_ranks_equal_the_single_process_store(data, tmp_path):
     assert stale.returncode != 0
     errors = [line for line in stale.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 2 and all("precision" in e and "--force" in e for e in errors)
-    assert not re.search(r'File ".*/embedcyto/', stale.stderr)  # only torchrun's own trace
+    assert not own_frames(stale.stderr)  # only torchrun's own trace

@@ -77,7 +77,7 @@ def test_stale_store_is_refused_naming_the_difference(tmp_path):
     path = store_path(tmp_path, "toy", "m")
     write_full(path, ds)
     with pytest.raises(
-        StaleStoreError, match=r'weights_sha256: "abab.*" -> "ffff.*--force.*--store'
+        StaleStoreError, match=r'weights_sha256: "abab.*" -> "ffff.*force=True.*store_dir='
     ):
         _open(path, ds, provenance=provenance(weights_sha256="ff" * 32))
     with pytest.raises(StaleStoreError, match="dtype"):
@@ -95,7 +95,7 @@ def test_partial_with_other_inputs_is_refused_then_discarded_with_force(tmp_path
     path = store_path(tmp_path, "toy", "m")
     with _open(path, ds) as w:
         w.write([0, 1, 2], make_features(10)[:3])
-    with pytest.raises(StaleStoreError, match=r"unfinished extraction.*precision.*--force"):
+    with pytest.raises(StaleStoreError, match=r"unfinished extraction.*precision.*`force=True`"):
         _open(path, ds, provenance=provenance(precision="bf16"))
     with _open(path, ds, provenance=provenance(precision="bf16"), force=True) as w:
         assert w.pending_rows().size == 10

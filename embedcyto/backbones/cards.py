@@ -311,17 +311,10 @@ class Card:
     @classmethod
     def from_dict(cls, data: Mapping) -> "Card":
         """Build a card from a dict, refusing keys it does not know (typos must not pass)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BackboneError(
-                f"card {data.get('name', '?')!r}: unknown field(s) {unknown}; "
-                f"valid fields: {sorted(known)}"
-            )
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise BackboneError(f"card {data.get('name', '?')!r}: {err}") from err
+        from embedcyto.configs import from_dict
+
+        name = data.get("name", "?") if isinstance(data, Mapping) else "?"
+        return from_dict(cls, data, error=BackboneError, what="field", where=f"card {name!r}: ")
 
     @classmethod
     def from_json(cls, text: str) -> "Card":

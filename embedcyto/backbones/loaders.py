@@ -8,7 +8,6 @@ PubMedBERT, whose config would otherwise be needed offline) are never instantiat
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import OrderedDict
 from pathlib import Path
@@ -259,8 +258,3 @@ def build_backbone(
     backbone = Backbone(card, encoder, weights_path=path, weights_sha256=sha)
     backbone.requires_grad_(False)
     return backbone.to(device=device, dtype=dtype).eval()
-
-
-def copy_backbone(backbone: Backbone) -> Backbone:
-    """An independent deep copy (cards are immutable and shared)."""
-    return copy.deepcopy(backbone)

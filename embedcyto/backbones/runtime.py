@@ -60,7 +60,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise BackboneError(
                 f"device {device!r} asked for but torch sees no CUDA GPU "
-                f"(torch {torch.__version__}); use --device cpu or install a CUDA build of torch"
+                f"(torch {torch.__version__}); use `device='cpu'` or install a CUDA build of torch"
             )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise BackboneError(
@@ -95,7 +95,8 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
         )
     dtype = PRECISIONS[name]
     if dtype == torch.float16 and device.type == "cpu":
-        raise BackboneError("fp16 is not supported on the CPU; use --precision bf16 or fp32")
+        raise BackboneError("fp16 is not supported on the CPU; use `precision='bf16'` or "
+                            "`precision='fp32'`")
     return dtype
 
 

@@ -32,6 +32,9 @@ WEIGHTS_ENV = "EMBEDCYTO_WEIGHTS"
 _TRUE = {"1", "true", "yes", "on"}
 
 
+# The first place searched: an explicit weights path (the CLI's --weights), absent.
+NOT_GIVEN = "--weights: not given"
+
 def default_weights_dir() -> Path | None:
     """The local weights directory named by ``EMBEDCYTO_WEIGHTS``, or None when unset."""
     value = os.environ.get(WEIGHTS_ENV, "").strip()
@@ -186,7 +189,7 @@ def resolve_weights(
         raise WeightsNotFoundError(
             f"model {card.name!r} is a random-weight demonstration card: it has no weights to find"
         )
-    looked = ["--weights: not given"]
+    looked = [NOT_GIVEN]
     wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
     if wdir is None:
         looked.append(f"weights folder: none set (use --weights-dir or {WEIGHTS_ENV})")
@@ -211,7 +214,7 @@ def resolve_weights(
             hit = _from_hub(card, cache, looked)
             if hit is not None:
                 return hit
-    raise WeightsNotFoundError(_not_found_message(card, looked, wdir))
+    raise WeightsNotFoundError(_not_found_message(card, looked, wdir), looked=tuple(looked))
 
 
 def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
@@ -227,8 +230,13 @@ def _not_found_message(card: Card, looked: list[str], wdir: Path | None) -> str:
     return "\n".join(lines)
 
 
-def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[str]:
-    """The steps that put a card's weights where :func:`resolve_weights` will find them."""
+def weights_instructions(card: Card, weights_dir: Path | None = None, *,
+                         offer_weights_path: bool = True) -> list[str]:
+    """The steps that put a card's weights where :func:`resolve_weights` will find them.
+
+    ``offer_weights_path=False`` leaves out the "pass --weights PATH" step, for callers (the
+    study's recipes) that have no such option.
+    """
     steps = []
     if card.weights_help:
         steps.append(card.weights_help)
@@ -248,7 +256,8 @@ def weights_instructions(card: Card, weights_dir: Path | None = None) -> list[st
         steps.append(
             f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`"
         )
-    steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
+    if offer_weights_path:
+        steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
     return steps
 
 

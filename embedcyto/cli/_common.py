@@ -43,15 +43,6 @@ def parse_ratios(text: str) -> tuple[float, ...]:
                                  param_hint="--ratios") from None
 
 
-def parse_int_list(text: str, name: str) -> tuple[int, ...]:
-    """``"1,2,4"`` → ``(1, 2, 4)``."""
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers",
-                                 param_hint=name) from None
-
-
 def split_options(func):
     """--seed / --ratios / --on-bad-image / -o: how a dataset root is read and split."""
     decorators = [
@@ -106,7 +97,7 @@ def runtime_options(func):
     return func
 
 
-STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else ./cache)."
+STORE_HELP = "Store folder (default: $EMBEDCYTO_STORE, else the workspace's, else ./cache)."
 
 
 def store_option(func=None, *, dest: str = "store"):
@@ -118,7 +109,8 @@ def store_option(func=None, *, dest: str = "store"):
 
 def _folder_option(flag: str, dest: str, default: Path, help_text: str):
     return click.option(flag, dest, type=click.Path(file_okay=False, path_type=Path),
-                        default=None, help=f"{help_text} (default: ./{default.as_posix()}).")
+                        default=None,
+                        help=f"{help_text} (default: the workspace's, else ./{default.as_posix()}).")
 
 
 #: --results: the probe results folder (<dataset>.jsonl files).

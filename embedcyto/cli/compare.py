@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from embedcyto.cli._common import results_option, runs_option
+
 
 @click.command("compare")
 @click.option("--dataset", required=True, help="Dataset name (as in the results).")
@@ -11,10 +13,8 @@ import click
               help="Only this method (linear, knn, study_head, simpleshot, protonet, lora).")
 @click.option("--shots", default=None, type=click.IntRange(min=1),
               help="Only this number of shots per class.")
-@click.option("--results", "results_dir", type=click.Path(file_okay=False),
-              default="results/probe", show_default=True, help="Folder of probe results.")
-@click.option("--runs", "runs_dir", type=click.Path(file_okay=False), default="runs",
-              show_default=True, help="Root of the LoRA run folders.")
+@results_option
+@runs_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the paired bootstrap.")
 def compare(dataset, method, shots, results_dir, runs_dir, seed) -> None:
     """Rank the models of a dataset and test every pair (paired, Holm-corrected).
@@ -25,6 +25,8 @@ def compare(dataset, method, shots, results_dir, runs_dir, seed) -> None:
     model of the group; '*' marks significant pairs.
     """
     from embedcyto.compare import compare_dataset, format_comparison
+    from embedcyto.folders import output_folder
 
-    for comp in compare_dataset(dataset, results_dir, runs_dir, method, shots, seed):
+    for comp in compare_dataset(dataset, output_folder("results", results_dir),
+                                output_folder("runs", runs_dir), method, shots, seed):
         click.echo(format_comparison(comp) + "\n")

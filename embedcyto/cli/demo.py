@@ -10,11 +10,12 @@ runs, not how any real model performs.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import click
 
+DEFAULT_OUT = "embedcyto-demo"
+MARKER = ".embedcyto-demo"  # written first: only a folder carrying it is ever emptied
 MODELS = ("tiny-clip", "tiny-vit")
 SHOTS = (1, 2, 4)
 SEEDS = (1, 2, 3)
@@ -104,32 +105,49 @@ def _run(out: Path, per_class: int, seed: int) -> None:
         click.echo(line)
 
 
+def prepare_folder(out: Path) -> None:
+    """Make ``out`` an empty demo folder: new, empty, or an earlier demo's (then emptied).
+
+    Any other existing folder is refused, so a mistyped ``--out`` never deletes a user's files.
+    """
+    from embedcyto.fsio import atomic_write_text
+
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file; choose a folder", param_hint="--out")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise click.BadParameter(
+                f"{out} already holds files and is not an embedcyto demo folder; choose a new "
+                "or empty folder (or remove it)", param_hint="--out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / MARKER, "made by `embedcyto demo`; the next demo run here empties "
+                      "this folder\n")
+
+
 @click.command()
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Write the demo's data, store, results and report here (kept).")
-@click.option("--keep", is_flag=True,
-              help="Keep the temporary folder when no --out is given (its path is printed).")
+@click.option("--out", type=click.Path(file_okay=False), default=DEFAULT_OUT,
+              show_default=True,
+              help="Folder for the demo's data, store, results and report (kept). An earlier "
+                   "demo's folder is replaced; any other non-empty folder is refused.")
 @click.option("--per-class", type=click.IntRange(8, 200), default=20, show_default=True,
               help="Generated cells per class (train, validation and test together).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the generated images and of their split.")
-def demo(out, keep, per_class, seed) -> None:
+def demo(out, per_class, seed) -> None:
     """Run every stage on a generated dataset with random-weight models (no download).
 
     Generates a small SIPaKMeD-like dataset, extracts features with tiny-clip and tiny-vit,
     probes them (linear, kNN, few-shot), trains short LoRA runs and writes the report (tables
-    and figures). About a minute on a laptop CPU.
+    and figures) into ./embedcyto-demo/ (or --out). About a minute on a laptop CPU.
     """
+    folder = Path(out)
+    prepare_folder(folder)
     click.echo(f"embedcyto demo. {WARNING}\n")
     from embedcyto.backbones.runtime import torch_threads
 
-    folder = Path(out) if out else Path(tempfile.mkdtemp(prefix="embedcyto-demo-"))
-    try:
-        with torch_threads(1):
-            _run(folder, per_class, seed)
-    finally:
-        if out is None and not keep:
-            shutil.rmtree(folder, ignore_errors=True)
-    where = folder if out or keep else "(temporary folder removed; use --out DIR or --keep)"
-    click.echo(f"\ndemo files: {where}")
+    with torch_threads(1):
+        _run(folder, per_class, seed)
+    click.echo(f"\nreport: {folder / 'report' / 'report.md'} (figures in "
+               f"{folder / 'report' / 'figures'}); all demo files: {folder}")
     click.echo(f"Reminder: {WARNING}\n\n{NEXT_STEPS}")

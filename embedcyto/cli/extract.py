@@ -5,22 +5,19 @@ from __future__ import annotations
 import click
 
 from embedcyto.cli._common import (
-    open_for_store,
     runtime_options,
     split_options,
     store_option,
     weights_options,
 )
+from embedcyto.cli._workspace import dataset_options, resolve_job
 
 
 @click.command()
-@click.option("--model", "models", multiple=True, required=True,
-              help="Backbone card (repeatable; see `embedcyto models list`).")
-@click.option("--dataset", "adapters", multiple=True, required=True,
-              help="Dataset adapter (repeatable, paired in order with --root).")
-@click.option("--root", "roots", multiple=True, required=True, type=click.Path(),
-              help="Dataset root folder (one per --dataset).")
-@click.option("--name", default=None, help="Dataset name for folder/csv datasets.")
+@click.option("--model", "models", multiple=True,
+              help="Backbone card (repeatable; default: the workspace's models; see "
+                   "`embedcyto models list`).")
+@dataset_options
 @store_option
 @weights_options
 @runtime_options
@@ -34,78 +31,77 @@ from embedcyto.cli._common import (
               help="Compute only shard I of N (0-based) into its own part; join the parts with "
                    "`embedcyto store merge`. Under torchrun each rank takes its shard itself.")
 @split_options
-def extract(models, adapters, roots, name, store, weights, weights_dir, random_weights, device,
-            precision, batch_size, workers, dtype, force, quiet, shard, split_seed, ratios,
-            on_bad_image, options) -> None:
-    """Extract embeddings of each --model over each --dataset/--root pair into the store.
+def extract(models, datasets, layout, root, save, store, weights, weights_dir, random_weights,
+            device, precision, batch_size, workers, dtype, force, quiet, shard, split_seed,
+            ratios, on_bad_image, options) -> None:
+    """Extract embeddings of each --model over each dataset into the store.
 
-    Re-running the same command is a cache hit; an interrupted run resumes where it stopped.
-    Started by torchrun, every rank computes its share of the rows and rank 0 writes the store.
+    In a workspace, `embedcyto extract --model quilt` runs over every dataset of the workspace
+    (--dataset NAME narrows it) and plain `embedcyto extract` over its default models. Without
+    one, or for other images: `--dataset NAME --layout LAYOUT --root PATH` (--save remembers it
+    in the workspace). Missing roots and weights are all listed before any work starts;
+    finished stores are cache hits and an interrupted run resumes where it stopped. Started by
+    torchrun, every rank computes its share of the rows and rank 0 writes the store.
     """
     from embedcyto.backbones import get_card
     from embedcyto.distributed import RankEnv, process_group
     from embedcyto.extract import ExtractConfig
-    from embedcyto.store import default_store_dir
     from embedcyto.store.shards import Shard
+    from embedcyto.workspace.preflight import check_inputs
 
-    if len(adapters) != len(roots):
-        raise click.UsageError(f"{len(adapters)} --dataset but {len(roots)} --root: give one "
-                               "--root per --dataset, in the same order")
-    if weights and len(models) > 1:
+    job = resolve_job(models, datasets, layout=layout, root=root, save=save, store=store,
+                      weights_dir=weights_dir, options=tuple(options.items()),
+                      split_seed=split_seed, ratios=ratios)
+    if weights and len(job.models) > 1:
         raise click.UsageError("--weights names one model's file: use it with one --model")
     env = RankEnv.from_env()
     if env is not None and shard:
         raise click.UsageError("--shard is for separately started processes; under torchrun "
                                "every rank already computes its own shard: drop --shard")
-    job = {"cards": [get_card(m) for m in models], "store_dir": default_store_dir(store),
-           "weights": weights, "weights_dir": weights_dir, "random_init": random_weights,
-           "shard": Shard.parse(shard) if shard else None,
-           "open": {"name": name, "split_seed": split_seed, "ratios": ratios,
-                    "on_bad_image": on_bad_image, "options": options}}
+    check_inputs("extract", job.entries, job.workspace,
+                 () if random_weights else job.models, job.weights_dir, weights=weights)
+    cards = [get_card(m) for m in job.models]
+    run = {"job": job, "cards": cards, "weights": weights, "random": random_weights,
+           "on_bad_image": on_bad_image, "shard": Shard.parse(shard) if shard else None}
     if env is None:
-        config = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device,
-                               precision=precision, store_dtype=dtype, force=force,
-                               progress=not quiet)
-        _extract_all(job, zip(adapters, roots), config, None)
+        run["config"] = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device,
+                                      precision=precision, store_dtype=dtype, force=force,
+                                      progress=not quiet)
+        _extract_all(run, None)
         return
     device = env.device(device)
-    config = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device,
-                           precision=precision, store_dtype=dtype, force=force,
-                           progress=not quiet and env.rank == 0)
+    run["config"] = ExtractConfig(batch_size=batch_size, num_workers=workers, device=device,
+                                  precision=precision, store_dtype=dtype, force=force,
+                                  progress=not quiet and env.rank == 0)
     with process_group(env, device) as ranks:
-        _extract_all(job, zip(adapters, roots), config, ranks)
+        _extract_all(run, ranks)
 
 
-def _extract_all(job: dict, pairs, config, ranks) -> None:
+def _extract_all(run: dict, ranks) -> None:
     """Every (dataset, model) pair: alone, as one --shard, or as this rank's part of a job."""
-    from embedcyto.distributed import extract_sharded
-    from embedcyto.extract import extract_features
+    from embedcyto.workspace.run import extract_stores, extract_table, open_all
 
-    cards, store_dir = job["cards"], job["store_dir"]
+    job, cards = run["job"], run["cards"]
     verbose = ranks is None or ranks.rank == 0
-    verify_size = max(c.input_size for c in cards)
-    for adapter, root in pairs:
-        def opener(adapter=adapter, root=root, verify_size=verify_size):
-            opts = job["open"]
-            return open_for_store(
-                adapter, root, store_dir=store_dir, name=opts["name"],
-                split_seed=opts["split_seed"], ratios=opts["ratios"],
-                on_bad_image=opts["on_bad_image"], options=opts["options"],
-                verify_size=verify_size)
-
-        dataset, split_dir = opener() if ranks is None else ranks.rank0_first(opener)
-        if verbose:
+    opened = open_all(job.entries, job.workspace, job.store_dir,
+                      on_bad_image=run["on_bad_image"],
+                      verify_size=max(c.input_size for c in cards), ranks=ranks)
+    if verbose:
+        for dataset, _ in opened.values():
             _report_skipped(dataset)
-        kwargs = {"store_dir": store_dir, "split_dir": split_dir, "weights": job["weights"],
-                  "weights_dir": job["weights_dir"], "random_init": job["random_init"],
-                  "config": config}
-        for card in cards:
-            if ranks is not None:
-                result = extract_sharded(dataset, card, ranks=ranks, **kwargs)
-            else:
-                result = extract_features(dataset, card, shard=job["shard"], **kwargs)
-            if verbose:
-                click.echo(_summary(dataset.name, card.name, result, ranks))
+
+    def echo(line) -> None:
+        if verbose:
+            click.echo(_summary(line, ranks))
+
+    lines = extract_stores(opened, cards, store_dir=job.store_dir, config=run["config"],
+                           weights=run["weights"], weights_dir=job.weights_dir,
+                           random_init=run["random"], shard=run["shard"], ranks=ranks,
+                           on_line=echo)
+    if verbose and len(lines) > 1:
+        click.echo("")
+        for text in extract_table(lines):
+            click.echo(text)
 
 
 def _report_skipped(dataset) -> None:
@@ -119,18 +115,18 @@ def _report_skipped(dataset) -> None:
                    "skipped_images attribute)", err=True)
 
 
-def _summary(dataset: str, model: str, result, ranks=None) -> str:
-    head = f"{dataset}/{model}: {result.rows} rows"
-    if result.shard:
-        head = f"{dataset}/{model} shard {result.shard}: {result.rows} rows"
+def _summary(line, ranks=None) -> str:
+    head = f"{line.dataset}/{line.model}: {line.rows} rows"
+    if line.shard:
+        head = f"{line.dataset}/{line.model} shard {line.shard}: {line.rows} rows"
     if ranks is not None:
         head += f" ({ranks.world_size} ranks)"
-    if result.cache_hit:
-        return f"{head}, cache hit (nothing computed) -> {result.path}"
-    resumed = f", {result.resumed} resumed" if result.resumed else ""
-    line = (f"{head}, {result.computed} computed{resumed} in {result.seconds:.1f} s "
-            f"({result.images_per_second:.1f} img/s) -> {result.path}")
-    if result.shard:
-        line += (f"\nwhen every shard is done: embedcyto store merge --dataset {dataset} "
-                 f"--model {model} --store {result.path.parent.parent.parent}")
-    return line
+    if line.cached:
+        return f"{head}, cache hit (nothing computed) -> {line.path}"
+    resumed = f", {line.resumed} resumed" if line.resumed else ""
+    text = (f"{head}, {line.computed} computed{resumed} in {line.seconds:.1f} s "
+            f"({line.images_per_second:.1f} img/s) -> {line.path}")
+    if line.shard:
+        text += (f"\nwhen every shard is done: embedcyto store merge --dataset {line.dataset} "
+                 f"--model {line.model} --store {line.path.parent.parent.parent}")
+    return text

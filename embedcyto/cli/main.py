@@ -1,15 +1,19 @@
 """The ``embedcyto`` command group.
 
 Sub-commands are imported lazily, so ``embedcyto --help`` is instant and never imports torch.
-Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click errors.
+Library errors (:class:`embedcyto.errors.EmbedcytoError`) become one-line click errors, with the
+library's parameter suggestions (`force=True`) rewritten as the command's own flags (--force).
+A mistyped command gets a did-you-mean; Ctrl-C says what was kept and how to carry on.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import importlib.util
 import logging
+import re
 
 import click
 
@@ -25,7 +29,28 @@ COMMANDS = {
     "compare": "embedcyto.cli.compare:compare",
     "predict": "embedcyto.cli.predict:predict",
     "demo": "embedcyto.cli.demo:demo",
+    "init": "embedcyto.cli.workspace:init",
+    "status": "embedcyto.cli.workspace:status",
 }
+
+# What an interrupted command has kept, and how to carry on (printed instead of "Aborted!").
+KEPT_ON_INTERRUPT = {
+    "extract": "the rows written so far are kept in the partial store; the same command resumes "
+               "from there",
+    "probe": "result rows already written are kept; the same command skips them and runs the rest",
+    "lora": "finished runs are kept; the same command skips them and retrains the interrupted one "
+            "from its start",
+    "demo": "rerun `embedcyto demo` to start the demo again",
+}
+INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
+
+# Library messages name a parameter to change as `name=value` (Python's spelling, right for a
+# Python caller); the CLI rewrites each into the flag of the command that was run.
+PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
+# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
+STANDS_IN = {"split_dir": ("--name", "another --name NAME (each dataset name has its own split "
+                                     "folder in the store)"),
+             "store_dir": ("--store", "--store DIR")}
 
 
 def _available(target: str) -> bool:
@@ -47,6 +72,48 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         return _with_clean_errors(command)
 
+    def resolve_command(self, ctx, args):
+        """Like click's, plus a did-you-mean for a mistyped command name."""
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=2, cutoff=0.6)
+            if close:
+                options = " or ".join(f"'{c}'" for c in close)
+                ctx.fail(f"No such command '{name}'. Did you mean {options}?")
+        return super().resolve_command(ctx, args)
+
+
+def cli_wording(message: str, command: click.Command) -> str:
+    """Rewrite the library's `name=value` suggestions as this command's flags."""
+    flags = {}
+    for param in command.params:
+        long = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
+        if isinstance(param, click.Option) and long:
+            flags[param.name] = (long[0], param)
+            flags[long[0][2:].replace("-", "_")] = (long[0], param)
+
+    def rewrite(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2).strip("'\"")
+        if name in flags:
+            flag, param = flags[name]
+            if param.is_flag:
+                off = [o for o in param.secondary_opts if o.startswith("--")]
+                return off[0] if value == "False" and off else flag
+            return f"{flag} {value or name.upper()}"
+        stand_in = STANDS_IN.get(name)
+        if stand_in and stand_in[0] in {f for f, _ in flags.values()}:
+            return stand_in[1]
+        return match.group(0)
+
+    return PARAMETER.sub(rewrite, message)
+
+
+def _interrupted(name: str) -> click.exceptions.Exit:
+    kept = KEPT_ON_INTERRUPT.get(name, "work finished before the interruption is kept; run "
+                                       "the same command again to continue")
+    click.echo(f"\nInterrupted: {kept}.", err=True)
+    return click.exceptions.Exit(INTERRUPTED_EXIT_CODE)
+
 
 def _with_clean_errors(command: click.Command) -> click.Command:
     """Wrap a command (and its sub-commands) so library errors print without a traceback."""
@@ -57,6 +124,7 @@ def _with_clean_errors(command: click.Command) -> click.Command:
             _with_clean_errors(sub)
     if command.callback is not None:
         original = command.callback
+        name = command.name
 
         @functools.wraps(original)
         def callback(*args, **kwargs):
@@ -65,7 +133,9 @@ def _with_clean_errors(command: click.Command) -> click.Command:
             try:
                 return original(*args, **kwargs)
             except EmbedcytoError as err:
-                raise click.ClickException(str(err)) from err
+                raise click.ClickException(cli_wording(str(err), command)) from err
+            except KeyboardInterrupt:
+                raise _interrupted(name) from None
 
         command.callback = callback
     command._embedcyto_wrapped = True
@@ -75,11 +145,20 @@ def _with_clean_errors(command: click.Command) -> click.Command:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="embedcyto")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--workspace", type=click.Path(), default=None, envvar="EMBEDCYTO_WORKSPACE",
+              help="Workspace file or folder (default: $EMBEDCYTO_WORKSPACE, else embedcyto.toml "
+                   "in this folder or the nearest folder above).")
+def cli(verbose: int, workspace) -> None:
     """Pick the vision foundation model for a cytology task, and see whether LoRA pays off.
 
-    Typical use: `embedcyto extract --model quilt --dataset sipakmed --root DIR`, then
-    `embedcyto probe --dataset sipakmed --episodes 600`.
+    Typical use, in a workspace folder (`embedcyto init`, then `embedcyto datasets add NAME
+    --layout LAYOUT --root DIR`): `embedcyto extract --model quilt`, `embedcyto probe
+    --episodes 600`, `embedcyto lora`, `embedcyto status`, `embedcyto report`.
     """
+    from embedcyto.workspace.current import use_workspace
+
+    use_workspace(workspace)
+    # A later library call in the same process (tests, notebooks) goes back to discovery.
+    click.get_current_context().call_on_close(lambda: use_workspace(None))
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -144,3 +144,30 @@ def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: boo
         click.echo("found: nothing on this machine. To get them:")
         for step in weights_instructions(card, weights_dir):
             click.echo(f"  - {step}")
+
+
+@models.command("add")
+@click.argument("names", nargs=-1, required=True)
+def add(names) -> None:
+    """Add models to the workspace's default list (what `embedcyto extract` runs)."""
+    from embedcyto.backbones.cards import get_card
+    from embedcyto.workspace import save_workspace
+    from embedcyto.workspace.current import current_workspace
+
+    ws = current_workspace(required=True)
+    for name in names:
+        get_card(name)  # an unknown card is refused with the close names
+    save_workspace(ws.with_models(names))
+    click.echo(f"default models: {', '.join(ws.with_models(names).models)}")
+
+
+@models.command("remove")
+@click.argument("names", nargs=-1, required=True)
+def remove(names) -> None:
+    """Remove models from the workspace's default list (their stores stay)."""
+    from embedcyto.workspace import save_workspace
+    from embedcyto.workspace.current import current_workspace
+
+    ws = current_workspace(required=True).without_models(names)
+    save_workspace(ws)
+    click.echo(f"default models: {', '.join(ws.models) or 'none'}")

@@ -90,8 +90,20 @@ def format_table(rows: list[dict]) -> str:
         for line in lines)
 
 
+def _existing_keys(folder) -> set[str]:
+    """Keys of the rows already in the results folder (to say what this run computed)."""
+    from pathlib import Path
+
+    from embedcyto.probes.results import read_results, row_key
+
+    return {row_key(r) for path in sorted(Path(folder).glob("*.jsonl"))
+            for r in read_results(path)}
+
+
 @click.command("probe")
-@click.option("--dataset", "datasets", multiple=True, help="Dataset name (repeat; default: all).")
+@click.option("--dataset", "datasets", multiple=True,
+              help="Dataset name (repeat; default: the workspace's datasets with a store, else "
+                   "every dataset of the store folder).")
 @click.option("--model", "models", multiple=True, help="Model name (repeat; default: all).")
 @store_option
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(min=1),
@@ -129,17 +141,27 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     below are percent: mean ± std over seeds, or ± the 95 % confidence interval over episodes
     when there is one seed.
     """
+    from embedcyto.probes.results import row_key
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
+    from embedcyto.store import default_store_dir
+    from embedcyto.workspace.current import current_workspace
+    from embedcyto.workspace.run import probe_datasets
 
+    ws = current_workspace()
+    store = default_store_dir(store)
     options = {"simpleshot": {"centre": centre}} if centre else {}
-    config = ProbeGridConfig(store_dir=store, datasets=datasets or None, models=models or None,
-                             methods=methods, shots=shots, seeds=seeds, episodes=episodes,
-                             n_jobs=n_jobs, results_dir=results_dir, rerun=rerun,
+    config = ProbeGridConfig(store_dir=store, datasets=probe_datasets(ws, store, datasets),
+                             models=models or None, methods=methods, shots=shots, seeds=seeds,
+                             episodes=episodes, n_jobs=n_jobs,
+                             results_dir=results_dir, rerun=rerun,
                              options=options, backend=backend, scheduler=scheduler)
+    before = _existing_keys(config.results_folder)
     rows = run_probe_grid(config)
     click.echo(format_table(rows))
+    reused = 0 if rerun else sum(row_key(r) in before for r in rows)
     click.echo(f"\n{len(rows)} result rows in {config.results_folder}/ "
-               f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))})")
+               f"({', '.join(sorted({r['dataset'] + '.jsonl' for r in rows}))}): "
+               f"{len(rows) - reused} computed now, {reused} already there")
     if save_dir:
         from embedcyto.saved_probe import SAVABLE, fit_and_save
 

@@ -23,7 +23,10 @@ def summary_lines(result) -> list[str]:
 @results_option
 @runs_option
 @report_out_option
-def report(results_dir, runs_dir, out_dir) -> None:
+@click.option("--split", "splits", type=click.Choice(["test", "val"]), multiple=True,
+              help="Also show Table 1 on the validation split (the split the study's Table 1 "
+                   "reports): --split val. Test accuracy is always shown and stays the headline.")
+def report(results_dir, runs_dir, out_dir, splits) -> None:
     """Write the study's tables (Markdown and CSV) and figures (PNG) from result files.
 
     Table 1 (models × datasets, accuracy and balanced accuracy, mean ± std over seeds, with
@@ -33,6 +36,7 @@ def report(results_dir, runs_dir, out_dir) -> None:
     """
     from embedcyto.report import build_report
 
-    result = build_report(results_dir, runs_dir, out_dir)
+    # unset folders: the workspace's (docs/workspace.md), else ./results/probe, ./runs, ./report
+    result = build_report(results_dir, runs_dir, out_dir, splits=("test", *splits))
     for line in summary_lines(result):
         click.echo(line)

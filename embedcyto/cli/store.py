@@ -131,25 +131,80 @@ def verify(path, dataset, model, store_dir) -> None:
 
 @store.command("export")
 @_target_options
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output file.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Output file (with --all: output folder, one <dataset>/<model> file each).")
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npz", "csv"]),
+    type=click.Choice(["npz", "csv", "parquet"]),
     default=None,
-    help="Output format (default: from --out's extension, else npz).",
+    help="Output format (default: from --out's extension, else npz; parquet needs pyarrow).",
 )
 @click.option("--split", default=None, help="Export only this split (train, val or test).")
+@click.option("--all", "all_stores", is_flag=True,
+              help="Every complete store of the store folder (or of --dataset).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def export(path, dataset, model, store_dir, out: Path, fmt, split, overwrite: bool) -> None:
-    """Export a store to .npz or .csv (features and row metadata; no HDF5 needed to read)."""
-    from embedcyto.store import export_store
+def export(path, dataset, model, store_dir, out: Path, fmt, split, all_stores,
+           overwrite: bool) -> None:
+    """Export stores to .npz, .csv or .parquet (features and row metadata; no HDF5 needed).
 
+    One store: PATH or --dataset/--model. Every store: --all --out FOLDER.
+    """
+    from embedcyto.store import default_store_dir, export_store
+    from embedcyto.store.bulk import export_all, export_parquet
+
+    if all_stores:
+        if path is not None or model is not None or split is not None:
+            raise click.UsageError("--all exports whole stores of every model: drop PATH, "
+                                   "--model and --split (--dataset narrows it)")
+        written = export_all(default_store_dir(store_dir), out, fmt or "npz",
+                             datasets=[dataset] if dataset else None, overwrite=overwrite)
+        for name, model_name, target in written:
+            click.echo(f"{name}/{model_name} -> {target}")
+        click.echo(f"wrote {len(written)} file(s) to {out}")
+        return
     if fmt is None:
-        fmt = "csv" if out.suffix.lower() == ".csv" else "npz"
+        fmt = {".csv": "csv", ".parquet": "parquet"}.get(out.suffix.lower(), "npz")
     source = _resolve(path, dataset, model, store_dir)
-    written = export_store(source, out, format=fmt, split=split, overwrite=overwrite)
+    if fmt == "parquet":
+        if split is not None or (out.exists() and not overwrite):
+            raise click.UsageError("parquet export writes whole stores to a new file: drop "
+                                   "--split, or add --overwrite")
+        written = export_parquet(source, out)
+    else:
+        written = export_store(source, out, format=fmt, split=split, overwrite=overwrite)
     click.echo(f"wrote {written}")
+
+
+@store.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", required=True, help="The dataset the features describe (its name).")
+@click.option("--model", required=True,
+              help="Name for the imported features (not a model card's name), e.g. ext-dino.")
+@click.option("--layout", default=None, help="With --root: the dataset's layout.")
+@click.option("--root", default=None, type=click.Path(),
+              help="The dataset's images, when it is not a workspace dataset.")
+@_store_option
+@click.option("--force", is_flag=True, help="Replace an imported store made from another file.")
+def import_(source: Path, dataset, model, layout, root, store_dir, force) -> None:
+    """Import features made elsewhere (SOURCE: .npz or .h5 with X, ids, labels, splits).
+
+    The ids, labels and splits must agree with the dataset and its split file, so the features
+    are probed on the same splits and episodes as extracted ones; `embedcyto probe` then treats
+    them like any store. Their provenance records that they were imported, and from which file.
+    """
+    from embedcyto.store import default_store_dir
+    from embedcyto.store.importer import import_features
+    from embedcyto.workspace.current import current_workspace
+    from embedcyto.workspace.datasets import open_entry, select_entries
+
+    ws = current_workspace()
+    entry = select_entries(ws, [dataset], layout=layout, root=root)[0]
+    folder = default_store_dir(store_dir)
+    opened, split_dir = open_entry(entry, ws if root is None else None, folder)
+    written = import_features(source, opened, model=model, store_dir=folder,
+                              split_dir=split_dir, force=force)
+    click.echo(f"imported {source} as {dataset}/{model} -> {written}")
 
 
 @store.command("merge")
@@ -171,3 +226,4 @@ def merge(path, dataset, model, store_dir, count, force: bool) -> None:
         click.echo(f"merged {result.shards} shards into {result.path} ({result.rows} rows)")
     else:
         click.echo(f"{result.path} is already complete ({result.rows} rows); nothing to merge")
+

@@ -61,8 +61,8 @@ class SupportPool:
         if short:
             listing = ", ".join(f"class {name!r} has {n} training images" for name, n in short)
             raise SamplingError(
-                f"{listing}, fewer than shots={shots}: lower --shots to at most "
-                f"{min(n for _, n in short)} or leave those classes out")
+                f"{listing}, fewer than shots={shots}: use at most "
+                f"`shots={min(n for _, n in short)}` or leave those classes out")
         self.digest = _digest_words(ids[order].tolist())
         self.shots = int(shots)
 

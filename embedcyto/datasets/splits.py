@@ -212,8 +212,7 @@ def _check_saved(saved: dict, dataset: Dataset, seed: int, ratios, fingerprint: 
                  path: Path) -> None:
     if saved["adapter"] != dataset.adapter:
         raise SplitError(f"{path} was made for the {saved['adapter']} adapter, not "
-                         f"{dataset.adapter}; give this dataset a name of its own (--name; in "
-                         "Python name=, or another split_dir)")
+                         f"{dataset.adapter}; give this dataset its own split folder, `split_dir=`")
     if saved["seed"] != seed or not np.allclose(saved["ratios"], ratios):
         raise SplitError(
             f"{path} was made with seed {saved['seed']} and ratios {tuple(saved['ratios'])}, but "

@@ -25,7 +25,7 @@ __all__ = [
 
 _LAZY = {
     "unfuse_attention": "embedcyto.lora.unfuse",
-    "LoraSettings": "embedcyto.lora.adapters",
+    "LoraSettings": "embedcyto.lora.config",
     "apply_lora": "embedcyto.lora.adapters",
     "expected_lora_parameters": "embedcyto.lora.adapters",
     "load_adapter": "embedcyto.lora.adapters",

@@ -5,8 +5,9 @@ backbone (see :mod:`embedcyto.lora.unfuse`), then lets peft add the low-rank ada
 base weights and handle saving, loading and merging. B starts at zero, so the adapted model's
 output at initialisation equals the frozen backbone's.
 
-The study's setting (after CLIP-LoRA) is the default: rank 2, alpha 1, dropout 0.25 on the LoRA
-input, on q and v, scaled by alpha / sqrt(rank) (peft's ``use_rslora``). With rank r on
+The study's setting (after CLIP-LoRA; :class:`embedcyto.lora.config.LoraSettings`) is the
+default: rank 2, alpha 1, dropout 0.25 on the LoRA input, on q and v, scaled by
+alpha / sqrt(rank) (peft's ``use_rslora``). With rank r on
 ``n_targets`` square D x D projections in each of L blocks, LoRA trains L * r * 2D * n_targets
 parameters (:func:`expected_lora_parameters`).
 """
@@ -14,83 +15,18 @@ parameters (:func:`expected_lora_parameters`).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
-import math
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
 from embedcyto.backbones.cards import Card
 from embedcyto.errors import LoraError
-from embedcyto.lora.unfuse import TARGETS, target_module_names, unfuse_attention
+from embedcyto.lora.config import TARGETS, LoraSettings
+from embedcyto.lora.unfuse import target_module_names, unfuse_attention
 
 SETTINGS_FILE = "embedcyto_lora.json"
 _PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """Where and how big the adapters are.
-
-    Attributes:
-        rank: LoRA rank r (>= 1).
-        alpha: LoRA alpha; the update is scaled by alpha / sqrt(r) with ``rslora``, else alpha / r.
-        dropout: Dropout on the LoRA input, in [0, 1).
-        targets: Attention projections to adapt, from ``q``, ``k``, ``v``, ``o`` (output).
-        rslora: Use rank-stabilised scaling alpha / sqrt(r), as the study did.
-    """
-
-    rank: int = 2
-    alpha: float = 1.0
-    dropout: float = 0.25
-    targets: tuple[str, ...] = ("q", "v")
-    rslora: bool = True
-
-    def __post_init__(self):
-        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
-        object.__setattr__(self, "targets", targets)
-        unknown = [t for t in targets if t not in TARGETS]
-        if unknown or not targets:
-            raise LoraError(
-                f"unknown LoRA target(s) {unknown or targets}; valid targets: {', '.join(TARGETS)}"
-            )
-        if len(set(targets)) != len(targets):
-            raise LoraError(f"LoRA targets repeat: {targets}")
-        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
-            raise LoraError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise LoraError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
-        if not float(self.alpha) > 0.0:
-            raise LoraError(f"LoRA alpha must be positive, got {self.alpha!r}")
-
-    @property
-    def scaling(self) -> float:
-        """The factor multiplying B @ A."""
-        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "targets": list(self.targets)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "LoraSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LoraError(f"unknown LoRA setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LoraSettings":
-        try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise LoraError(f"malformed LoRA settings: {err}") from err
 
 
 def _peft():

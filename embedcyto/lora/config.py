@@ -9,8 +9,12 @@ setting whose study value is the default. The amount of data is one of:
 - neither: all of the training split.
 
 ``iterations=None`` means the default schedule length (:meth:`LoraRunConfig.resolved_iterations`):
-50 + 50*K steps for K shots, as in the study, and :data:`DEFAULT_EPOCHS` passes over the training
-images otherwise.
+50 + 50*K steps for K shots, as in the study, and ``epochs`` (default :data:`DEFAULT_EPOCHS`)
+passes over the training images otherwise. ``warmup=None`` means the study's 50 steps, cut to
+half of a shorter run (:func:`embedcyto.schedule.scaled_warmup`).
+
+This module imports no torch: the command line builds and validates every run's config before
+any heavy import, so a bad argument is refused at once.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from embedcyto import configs
 from embedcyto.errors import LoraError
-from embedcyto.lora.adapters import LoraSettings
+from embedcyto.schedule import scaled_warmup
 
+#: Attention projections LoRA can adapt: query, key, value and the output projection.
+TARGETS = ("q", "k", "v", "o")
 #: Passes over the training images when training on a fraction or on all data.
 DEFAULT_EPOCHS = 10
 #: Never fewer steps than this by default (the warm-up alone is 50).
@@ -31,6 +38,10 @@ MIN_DEFAULT_ITERATIONS = 100
 #: Settings that say where and how fast a run executes, not what it learns; a finished run is
 #: reused whatever these were.
 RUNTIME_KEYS = ("device", "num_workers")
+#: Precisions of the frozen backbone (:func:`embedcyto.backbones.runtime.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
+#: The training label space meaning "the dataset's own classes" (``Dataset.classes``).
+DATASET_CLASSES = "classes"
 
 
 def _positive_int(name: str, value, *, allow_zero: bool = False) -> None:
@@ -39,9 +50,68 @@ def _positive_int(name: str, value, *, allow_zero: bool = False) -> None:
         raise LoraError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _format_fraction(value: float) -> str:
     """``10.0 -> "10"``, ``2.5 -> "2.5"``: short, stable folder and store names."""
     return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Where and how big the adapters are.
+
+    Attributes:
+        rank: LoRA rank r (>= 1).
+        alpha: LoRA alpha; the update is scaled by alpha / sqrt(r) with ``rslora``, else alpha / r.
+        dropout: Dropout on the LoRA input, in [0, 1).
+        targets: Attention projections to adapt, from ``q``, ``k``, ``v``, ``o`` (output).
+        rslora: Use rank-stabilised scaling alpha / sqrt(r), as the study did.
+    """
+
+    rank: int = 2
+    alpha: float = 1.0
+    dropout: float = 0.25
+    targets: tuple[str, ...] = ("q", "v")
+    rslora: bool = True
+
+    def __post_init__(self):
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        object.__setattr__(self, "targets", targets)
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown or not targets:
+            raise LoraError(
+                f"unknown LoRA target(s) {unknown or targets}; valid targets: {', '.join(TARGETS)}"
+            )
+        if len(set(targets)) != len(targets):
+            raise LoraError(f"LoRA targets repeat: {targets}")
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise LoraError(f"LoRA rank must be an integer >= 1, got {self.rank!r}")
+        if not _number(self.dropout) or not 0.0 <= float(self.dropout) < 1.0:
+            raise LoraError(f"LoRA dropout must be in [0, 1), got {self.dropout!r}")
+        if not _number(self.alpha) or not float(self.alpha) > 0.0:
+            raise LoraError(f"LoRA alpha must be positive, got {self.alpha!r}")
+
+    @property
+    def scaling(self) -> float:
+        """The factor multiplying B @ A."""
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "LoraSettings":
+        return configs.from_dict(cls, data, error=LoraError, what="LoRA setting")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoraSettings":
+        return configs.from_json(cls, text, error=LoraError, what="LoRA setting")
 
 
 @dataclass(frozen=True)
@@ -59,9 +129,17 @@ class LoraRunConfig:
         lr: peak learning rate of AdamW (adapters and head alike).
         weight_decay: AdamW weight decay.
         warmup: linear warm-up steps from 0 to ``lr``; a cosine decay to ``min_lr`` follows.
+            None: the study's 50 steps, at most half the run.
         min_lr: learning rate at the last step.
         batch_size: images per step (fewer when the training set is smaller).
         iterations: optimizer steps; None picks the default (see the module docstring).
+        epochs: passes over the training images, for the run length when ``iterations`` is
+            None; None: 50 + 50*K steps for K shots, else :data:`DEFAULT_EPOCHS` passes (at
+            least :data:`MIN_DEFAULT_ITERATIONS` steps).
+        label_space: the classes the head learns: ``"classes"`` (the dataset's own; HiCervix:
+            the 26 annotated classes, coarse-only cells included) or a label space the dataset
+            defines (HiCervix: ``level_1``, ``level_2``, ``level_3``, ``level_3_study25``);
+            images without a label in that space are left out of training and validation.
         eval_every: validation accuracy every that many steps (0: only at the end); None picks
             about ten evaluations per run.
         best_val: restore the adapters and head with the best validation accuracy before testing.
@@ -81,10 +159,12 @@ class LoraRunConfig:
     settings: LoraSettings = field(default_factory=LoraSettings)
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    warmup: int = 50
+    warmup: int | None = None
     min_lr: float = 1e-6
     batch_size: int = 32
     iterations: int | None = None
+    epochs: int | None = None
+    label_space: str = DATASET_CLASSES
     eval_every: int | None = None
     best_val: bool = False
     grad_checkpointing: bool = False
@@ -97,16 +177,22 @@ class LoraRunConfig:
             object.__setattr__(self, "settings", LoraSettings.from_dict(self.settings))
         if not isinstance(self.settings, LoraSettings):
             raise LoraError(f"settings must be LoraSettings, got {type(self.settings).__name__}")
-        for name in ("model", "dataset"):
+        for name in ("model", "dataset", "label_space"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise LoraError(f"{name} must be a non-empty name, got {value!r}")
         self._check_amount()
         _positive_int("seed", self.seed, allow_zero=True)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("warmup", self.warmup, allow_zero=True)
-        if self.iterations is not None:
-            _positive_int("iterations", self.iterations)
+        for name in ("warmup", "iterations", "epochs"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name), allow_zero=name == "warmup")
+        if self.iterations is not None and self.epochs is not None:
+            raise LoraError("give either iterations or epochs, not both (--iterations or "
+                            "--epochs)")
+        if str(self.precision).strip().lower() not in PRECISIONS:
+            raise LoraError(f"unknown precision {self.precision!r}; use one of "
+                            f"{', '.join(PRECISIONS)}")
         if self.eval_every is not None:
             _positive_int("eval_every", self.eval_every, allow_zero=True)
         if self.num_workers is not None:
@@ -136,7 +222,8 @@ class LoraRunConfig:
             raise LoraError(f"lr must be positive, got {self.lr!r}")
         if self.min_lr > self.lr:
             raise LoraError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
-        if self.iterations is not None and self.warmup >= self.iterations:
+        if self.warmup is not None and self.iterations is not None \
+                and self.warmup >= self.iterations:
             raise LoraError(f"warmup ({self.warmup} steps) must be shorter than iterations "
                             f"({self.iterations}); lower --warmup or raise --iterations")
 
@@ -159,22 +246,30 @@ class LoraRunConfig:
     # -- derived values ------------------------------------------------------------------------
 
     def resolved_iterations(self, n_train: int) -> int:
-        """Steps actually run: ``iterations``, or 50 + 50*K (shots), or about ten epochs.
+        """Steps actually run: ``iterations``, or ``epochs`` passes, or 50 + 50*K (shots), or
+        :data:`DEFAULT_EPOCHS` passes (at least :data:`MIN_DEFAULT_ITERATIONS` steps).
 
         Raises:
-            LoraError: the warm-up would not be shorter than the default schedule.
+            LoraError: an explicit warm-up would not be shorter than the run.
         """
+        per_epoch = math.ceil(max(n_train, 1) / self.batch_size)
         if self.iterations is not None:
-            return self.iterations
-        if self.shots is not None:
+            steps = self.iterations
+        elif self.epochs is not None:
+            steps = self.epochs * per_epoch
+        elif self.shots is not None:
             steps = 50 + 50 * self.shots
         else:
-            per_epoch = math.ceil(max(n_train, 1) / self.batch_size)
             steps = max(MIN_DEFAULT_ITERATIONS, DEFAULT_EPOCHS * per_epoch)
-        if self.warmup >= steps:
-            raise LoraError(f"warmup ({self.warmup} steps) must be shorter than the default "
-                            f"{steps} iterations; lower --warmup or set --iterations")
+        if self.warmup is not None and self.warmup >= steps:
+            raise LoraError(f"warmup ({self.warmup} steps) must be shorter than the run's "
+                            f"{steps} iterations; lower --warmup (or leave it out: the default "
+                            "scales with the run) or raise --iterations")
         return steps
+
+    def resolved_warmup(self, iterations: int) -> int:
+        """Warm-up steps: ``warmup``, or the study's 50 cut to half of a shorter run."""
+        return self.warmup if self.warmup is not None else scaled_warmup(iterations)
 
     def resolved_eval_every(self, iterations: int) -> int:
         """Steps between validation evaluations (0: only at the end)."""
@@ -195,24 +290,25 @@ class LoraRunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "LoraRunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise LoraError(f"unknown LoRA run setting(s) {unknown}; valid: {sorted(known)}")
-        return cls(**data)
+        return configs.from_dict(cls, data, error=LoraError, what="LoRA run setting")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "LoraRunConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise LoraError(f"malformed LoRA run config: {err}") from err
-        if not isinstance(data, dict):
-            raise LoraError("malformed LoRA run config: expected a JSON object")
-        try:
-            return cls.from_dict(data)
-        except TypeError as err:
-            raise LoraError(f"malformed LoRA run config: {err}") from err
+        return configs.from_json(cls, text, error=LoraError, what="LoRA run setting")
+
+
+def default(name: str):
+    """The default of a :class:`LoraRunConfig` or :class:`LoraSettings` field: the one place
+    the recipe's values are written (the command line shows these)."""
+    for cls in (LoraRunConfig, LoraSettings):
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    return f.default
+                if f.default_factory is not dataclasses.MISSING:
+                    return f.default_factory()
+                raise LoraError(f"{cls.__name__}.{name} has no default")
+    raise LoraError(f"no LoRA setting named {name!r}")

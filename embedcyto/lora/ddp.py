@@ -158,3 +158,53 @@ class DataParallel:
         finally:
             for table, name, layer in swapped:
                 table[name] = layer
+
+
+class SingleProcess:
+    """The one-process stand-in for :class:`DataParallel`, with the same interface.
+
+    The training loop is written once, against this interface: here every collective is a
+    plain call, the model is not wrapped, and the loss is the batch's mean cross-entropy (what
+    :meth:`DataParallel.step_loss` gives for one rank).
+    """
+
+    rank = 0
+    world_size = 1
+    is_main = True
+
+    def together(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def from_rank0(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def validate(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model
+
+    def step_loss(self, logits: torch.Tensor, labels: torch.Tensor,
+                  check: Callable[[], None]) -> tuple[torch.Tensor, float]:
+        """Mean cross-entropy of the batch, after ``check`` (read errors) has passed."""
+        check()
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, float(loss.detach())
+
+    @contextmanager
+    def global_dropout(self, model: nn.Module) -> Iterator[int]:
+        """Nothing to swap: one process already draws the whole batch's dropout mask."""
+        yield 0
+
+
+def make_team(ranks, size: int) -> DataParallel | SingleProcess:
+    """This process's part in a run: :class:`DataParallel` under torchrun with two or more
+    ranks, else :class:`SingleProcess`.
+
+    Args:
+        ranks: the job's :class:`embedcyto.distributed.Ranks`, or None outside torchrun.
+        size: images in each global batch.
+    """
+    if ranks is None or ranks.world_size < 2:
+        return SingleProcess()
+    return DataParallel(ranks, size)

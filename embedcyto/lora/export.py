@@ -32,7 +32,7 @@ def adapter_sha256(run_dir) -> str:
     return file_sha256(Path(run_dir) / runs.ADAPTER_DIR / ADAPTER_WEIGHTS)
 
 
-def _provenance(dataset, info, config, sha, dtype, device, split_dir, extract_config, run_dir):
+def _provenance(dataset, info, config, sha, dtype, device, split_dir, extract_config):
     from embedcyto.backbones import get_card
     from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.extract import build_provenance
@@ -87,7 +87,7 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
                                    progress=progress)
     sha = adapter_sha256(run_dir)
     provenance = _provenance(dataset, info, config, sha, dtype, device, split_dir,
-                             extract_config, run_dir)
+                             extract_config)
     path = store_path(store_dir, dataset.name, config.variant)
     result = ExtractResult(path=path, rows=len(dataset.records), skipped=list(dataset.skipped))
     try:

@@ -31,10 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from embedcyto.configs import what_differs
 from embedcyto.errors import LoraError
-from embedcyto.folders import DEFAULT_RUNS_DIR
 from embedcyto.lora.config import LoraRunConfig
 
+#: Run folders live in ``<runs>/lora/``, at ``<dataset>/<model>/<mode>/seed-S`` below it.
+RUNS_SUBDIR = "lora"
+RUN_GLOB = "*/*/*/seed-*"
 COMPLETE = "COMPLETE"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
@@ -47,8 +50,10 @@ _TMP, _OLD = ".tmp-", ".old-"
 
 
 def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
-    """The explicit ``runs`` folder, else ``./runs``."""
-    return Path(runs).expanduser() if runs not in (None, "") else Path(DEFAULT_RUNS_DIR)
+    """The explicit ``runs`` folder, else the workspace's ``runs`` folder, else ``./runs``."""
+    from embedcyto.folders import output_folder
+
+    return output_folder("runs", runs)
 
 
 def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:
@@ -57,7 +62,7 @@ def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:
         if "/" in name or "\\" in name or name.startswith("."):
             raise LoraError(f"{kind} name {name!r} cannot name a folder (no slashes, no "
                             "leading dot)")
-    return (Path(runs_root) / "lora" / config.dataset / config.model / config.mode
+    return (Path(runs_root) / RUNS_SUBDIR / config.dataset / config.model / config.mode
             / f"seed-{config.seed}")
 
 
@@ -92,11 +97,29 @@ def read_run_config(path: str | os.PathLike) -> dict:
     return read_json(path / CONFIG_FILE)
 
 
-def _differences(old: dict, new: dict) -> str:
-    keys = sorted(set(old) | set(new))
-    diffs = [f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
-             for k in keys if old.get(k) != new.get(k)]
-    return "; ".join(diffs)
+def _settings(identity: dict) -> dict:
+    """An identity with the run's settings at the top (``lr``, not ``config.lr``)."""
+    return {**identity.get("config", {}), **{k: v for k, v in identity.items() if k != "config"}}
+
+
+def identity_differences(old: dict, new: dict) -> str:
+    """``key: old -> new`` for each setting or input where two run identities differ."""
+    return what_differs(_settings(old), _settings(new))
+
+
+def conflicts(runs_root: str | os.PathLike, configs: list[LoraRunConfig]) -> list[str]:
+    """Finished runs in the folders of ``configs`` made with other settings, one line each
+    naming the folder and only what differs (a quick check on the settings alone, made before
+    any training; the full identity is checked again when each run starts)."""
+    out = []
+    for config in configs:
+        path = run_dir(runs_root, config)
+        if not is_complete(path):
+            continue
+        old = read_json(path / CONFIG_FILE).get("identity", {}).get("config", {})
+        if old != config.identity():
+            out.append(f"{path}: {what_differs(old, config.identity())}")
+    return out
 
 
 def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
@@ -114,7 +137,7 @@ def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
     if old == identity:
         return True
     raise LoraError(f"{path} holds a finished run made with other inputs "
-                    f"({_differences(old, identity)}); pass --rerun to replace it, or --runs "
+                    f"({identity_differences(old, identity)}); pass --rerun to replace it, or --runs "
                     "DIR to keep both")
 
 
@@ -209,12 +232,13 @@ def _fsync_dir(folder: Path) -> None:
 # -- what a run folder holds ------------------------------------------------------------------
 
 def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_hash,
-                 train_rows) -> dict:
+                 train_ids) -> dict:
     """What decides a run's result; a finished run is reused only when this matches.
 
-    The number of ranks is not part of it: a distributed run gives a single process's result.
+    ``train_ids`` are the training images' paths. The number of ranks is not part of it: a
+    distributed run gives a single process's result.
     """
-    train_ids = sorted(dataset.records[i].path for i in train_rows)
+    train_ids = sorted(train_ids)
     return {"config": config.identity(), "card": card.identity_dict(),
             "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
             "dataset_fingerprint": dataset.fingerprint(),
@@ -236,6 +260,7 @@ def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device,
         "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
                     "classes": list(dataset.classes)},
         "resolved": {"iterations": iterations,
+                     "warmup": config.resolved_warmup(iterations),
                      "eval_every": config.resolved_eval_every(iterations),
                      "device": str(device), "precision": str(dtype).replace("torch.", ""),
                      "grad_checkpointing_module": ckpt_module},

@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +50,16 @@ from embedcyto.lora.data import (
     rank_plan,
     select_rows,
 )
+from embedcyto.lora.labels import has_study25, study25_metrics, training_view
+
+if TYPE_CHECKING:
+    import torch
+
+    from embedcyto.distributed import Ranks
+    from embedcyto.lora.ddp import DataParallel, SingleProcess
+    from embedcyto.lora.model import LoraClassifier
+
+    Team = DataParallel | SingleProcess
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +85,7 @@ class LoraResult:
     export: object = None
 
 
-def _raise_read_errors(errors, dataset: Dataset) -> None:
+def _raise_read_errors(errors: list[str], dataset: Dataset) -> None:
     bad = [e for e in errors if e]
     if bad:
         path, _, reason = bad[0].partition(": ")
@@ -80,7 +93,8 @@ def _raise_read_errors(errors, dataset: Dataset) -> None:
                              "dataset with --on-bad-image skip to leave it out")
 
 
-def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, batch_size: int = 64,
+def predict_proba(model: LoraClassifier, dataset: Dataset, rows: np.ndarray, *,
+                  device: torch.device, batch_size: int = 64,
                   num_workers: int | None = 0) -> np.ndarray:
     """Class probabilities of ``model`` for ``rows`` (evaluation transform, no augmentation)."""
     import torch
@@ -110,19 +124,27 @@ def predict_proba(model, dataset: Dataset, rows: np.ndarray, *, device, batch_si
     return out
 
 
-def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict:
-    """Test metrics: ``{"test": classification_metrics}`` plus ``"levels"`` for HiCervix."""
+def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Test metrics from one set of predictions.
+
+    ``"test"``: the trained classes, on the rows labelled in them (all rows unless the run
+    learned a narrower label space); HiCervix adds ``"levels"``, the official per-level
+    accuracies on every test row, and ``"study25"``, the study's flat 25-class accuracy.
+    """
     from embedcyto.metrics import classification_metrics, hierarchical_metrics
 
     labels = np.array([dataset.records[i].label for i in rows], dtype=np.int64)
-    out = {"test": classification_metrics(labels, proba.argmax(axis=1), proba,
-                                          len(dataset.classes))}
+    keep = labels >= 0
+    out: dict[str, Any] = {"test": classification_metrics(
+        labels[keep], proba[keep].argmax(axis=1), proba[keep], len(dataset.classes))}
     if dataset.level_names:
         levels = np.array([dataset.records[i].levels for i in rows], dtype=np.int64)
         sizes = {n: len(dataset.label_spaces[n].classes) for n in dataset.level_names
                  if n in dataset.label_spaces}
         out["levels"] = hierarchical_metrics(proba, levels, dataset.level_maps,
                                              dataset.level_names, sizes)
+    if has_study25(dataset):
+        out["study25"] = study25_metrics(dataset, rows, proba)
     return out
 
 
@@ -155,62 +177,55 @@ class _Validation:
                 "best_step": self.best_step, "restored_best": self.best_state is not None}
 
 
-def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device, team=None):
+def _loader(dataset, rows, card, config: LoraRunConfig, iterations: int, device, team: Team):
     import torch
 
     from embedcyto.backbones import make_transform
     from embedcyto.backbones.runtime import default_workers
 
     images = AugmentedImages(dataset, rows, make_transform(card, train=True), card.input_size)
-    plan = batch_plan(len(rows), config.batch_size, iterations, config.seed)
-    if team is not None:
-        plan = rank_plan(plan, team.rank, team.world_size)
+    plan = rank_plan(batch_plan(len(rows), config.batch_size, iterations, config.seed),
+                     team.rank, team.world_size)
     workers = default_workers(config.num_workers)
     return torch.utils.data.DataLoader(
         images, batch_sampler=plan, num_workers=workers, pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None, persistent_workers=False)
 
 
-def _step_loss(model, net, images, labels, errors, dataset, device, team):
+def _step_loss(net, images, labels, errors, dataset, device, team: Team):
     """This step's loss to back-propagate and the (global) mean loss to log."""
-    import torch
-
-    if team is None:
-        _raise_read_errors(errors, dataset)
-        logits = model(images.to(device, non_blocking=True))
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
-        return loss, float(loss.detach())
     logits = net(images.to(device, non_blocking=True))
     return team.step_loss(logits, labels.to(device), lambda: _raise_read_errors(errors, dataset))
 
 
 def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, device, dtype,
-         log_path: Path | None, progress: bool, team=None) -> dict:
+         log_path: Path | None, progress: bool, team: Team) -> dict:
     """The training loop; writes one JSON line per step to ``log_path`` (rank 0 only: others
-    pass None). ``team`` is this rank's :class:`embedcyto.lora.ddp.DataParallel` under torchrun.
+    pass None). ``team`` is this process's part: :class:`embedcyto.lora.ddp.SingleProcess`, or
+    a rank's :class:`embedcyto.lora.ddp.DataParallel` under torchrun.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from embedcyto.lora.schedule import lr_lambda
+    from embedcyto.schedule import lr_multiplier
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(iterations, config.lr, config.warmup, config.min_lr))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
+        iterations, config.lr, config.resolved_warmup(iterations), config.min_lr))
     every = config.resolved_eval_every(iterations)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     validate = _Validation(model, dataset, rows.val, device, config.best_val,
                            config.num_workers if config.num_workers is not None else 0)
     loader = _loader(dataset, rows.train, model.encoder.card, config, iterations, device, team)
-    net = model if team is None else team.wrap(model, device)
+    net = team.wrap(model, device)
     losses, start = [], time.perf_counter()
     model.train()
-    with _log_writer(log_path) as write, _dropout(team, model), tqdm(
+    with _log_writer(log_path) as write, team.global_dropout(model), tqdm(
             total=iterations, disable=not progress, unit="step", leave=False) as bar:
         for step, (images, labels, errors) in enumerate(loader, start=1):
             lr_now = optimizer.param_groups[0]["lr"]
-            loss, value = _step_loss(model, net, images, labels, errors, dataset, device, team)
+            loss, value = _step_loss(net, images, labels, errors, dataset, device, team)
             if not np.isfinite(value):
                 raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
                                 "or use --precision fp32")
@@ -221,8 +236,7 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
             scheduler.step()
             entry = {"step": step, "loss": round(value, 6), "lr": lr_now}
             if (every and step % every == 0) or step == iterations:
-                entry["val_accuracy"] = (validate(step) if team is None
-                                         else team.validate(lambda s=step: validate(s)))
+                entry["val_accuracy"] = team.validate(lambda s=step: validate(s))
             write(entry)
             losses.append(value)
             bar.update(1)
@@ -238,7 +252,7 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
 
 
 @contextmanager
-def _log_writer(path: Path | None):
+def _log_writer(path: Path | None) -> Iterator[Callable[[dict], None]]:
     """``write(entry)``: one flushed JSON line per call, or nothing when ``path`` is None."""
     if path is None:
         yield lambda entry: None
@@ -251,13 +265,13 @@ def _log_writer(path: Path | None):
         yield write
 
 
-def _dropout(team, model):
-    return nullcontext() if team is None else team.global_dropout(model)
-
-
-def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_dir=None,
-               weights=None, weights_dir=None, random_init: bool = False, rerun: bool = False,
-               progress: bool = False, ranks=None) -> LoraResult:
+def train_lora(dataset: Dataset, config: LoraRunConfig, *,
+               runs_dir: str | os.PathLike | None = None,
+               split_dir: str | os.PathLike | None = None,
+               weights: str | os.PathLike | None = None,
+               weights_dir: str | os.PathLike | None = None, random_init: bool = False,
+               rerun: bool = False, progress: bool = False,
+               ranks: Ranks | None = None) -> LoraResult:
     """Fine-tune ``config.model`` with LoRA on ``dataset`` and write its run folder.
 
     Args:
@@ -285,51 +299,40 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *, runs_dir=None, split_
     from embedcyto.backbones import get_card, resolve_device, resolve_precision
     from embedcyto.backbones.weights import resolve_model_weights
     from embedcyto.datasets.splits import dataset_split_hash
+    from embedcyto.lora.ddp import make_team
 
     start = time.perf_counter()
     card = get_card(config.model)
     if card.name != config.model or dataset.name != config.dataset:
         raise LoraError(f"config names {config.dataset}/{config.model} but the dataset is "
                         f"{dataset.name} and the card {card.name}")
-    rows = select_rows(dataset, config)
+    view = training_view(dataset, config.label_space)
+    rows = select_rows(view, config)
     iterations = config.resolved_iterations(len(rows.train))
     if config.best_val and len(rows.val) == 0:
         raise LoraError(f"{dataset.name} has no validation images, so --best-val cannot pick a "
                         "step; drop --best-val or re-split with a validation part (--ratios)")
-    team = _team(ranks, config, rows)
+    team = make_team(ranks, min(config.batch_size, len(rows.train)))
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random_init)
     identity = runs.run_identity(dataset, config, card, sha,
-                                 dataset_split_hash(dataset, split_dir), rows.train)
+                                 dataset_split_hash(dataset, split_dir),
+                                 [view.records[i].path for i in rows.train])
     final = runs.run_dir(runs.default_runs_dir(runs_dir), config)
-    done = _finished(final, identity, rerun) if team is None else team.from_rank0(
-        lambda: _finished(final, identity, rerun))
+    done = team.from_rank0(lambda: _finished(final, identity, rerun))
     if done is not None:
         return LoraResult(final, config, done, skipped=True, seconds=time.perf_counter() - start)
-    main = team is None or team.is_main
-    stage = runs.Staging(final) if main else None
-    with stage if main else nullcontext():
+    stage = runs.Staging(final) if team.is_main else None
+    with stage or nullcontext():
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.seed)
-            metrics = _train_and_test(dataset, config, card, rows, iterations, device, dtype,
-                                      wpath, identity, stage.tmp if main else None,
-                                      progress and main, team)
-        if team is None:
-            stage.publish()
-        else:
-            team.from_rank0(lambda: stage.publish())
+            metrics = _train_and_test(view, config, card, rows, iterations, device, dtype,
+                                      wpath, identity, stage.tmp if stage else None,
+                                      progress and team.is_main, team)
+        team.from_rank0(lambda: stage.publish())
     return LoraResult(final, config, metrics, seconds=time.perf_counter() - start)
-
-
-def _team(ranks, config: LoraRunConfig, rows: RunRows):
-    """This rank's :class:`embedcyto.lora.ddp.DataParallel`, or None outside torchrun."""
-    if ranks is None or ranks.world_size < 2:
-        return None
-    from embedcyto.lora.ddp import DataParallel
-
-    return DataParallel(ranks, min(config.batch_size, len(rows.train)))
 
 
 def _finished(final: Path, identity: dict, rerun: bool) -> dict | None:
@@ -342,7 +345,7 @@ def _finished(final: Path, identity: dict, rerun: bool) -> dict | None:
 
 
 def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpath, identity,
-                    folder: Path | None, progress: bool, team=None) -> dict:
+                    folder: Path | None, progress: bool, team: Team) -> dict:
     """Build, train, test and save everything into ``folder`` (the staging folder).
 
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
@@ -358,11 +361,11 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt
 
-    model, ckpt = build() if team is None else team.together(build)
+    model, ckpt = team.together(build)
     if folder is not None:
         info = runs.run_info(dataset, config, card, identity, iterations, device, dtype, wpath,
                              model, ckpt)
-        info["resolved"]["world_size"] = 1 if team is None else team.world_size
+        info["resolved"]["world_size"] = team.world_size
         runs.write_json(folder / runs.CONFIG_FILE, info)
     fit = _fit(model, dataset, rows, config, iterations, device, dtype,
                None if folder is None else folder / runs.LOG_FILE, progress, team)
@@ -381,4 +384,4 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpat
         runs.write_json(folder / runs.METRICS_FILE, metrics)
         return metrics
 
-    return finish() if team is None else team.from_rank0(finish)
+    return team.from_rank0(finish)

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedcyto.errors import LoraError
-
-TARGETS = ("q", "k", "v", "o")
+from embedcyto.lora.config import TARGETS
 
 
 def _linear_like(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

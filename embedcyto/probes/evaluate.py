@@ -113,6 +113,10 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     row = {"metrics": classification_metrics(test["y"], pred, proba, k),
            "chosen": _chosen(spec, est), "n_train": len(train["y"]), "n_val": len(val["y"]),
            "n_test": len(test["y"])}
+    if len(val["y"]):  # the kept model on validation: the split the study's Table 1 reports
+        val_proba = _full_proba(est.predict_proba(val["X"]), est.classes_, k)
+        row["val_metrics"] = classification_metrics(val["y"], np.argmax(val_proba, axis=1),
+                                                    val_proba, k)
     if _has_levels(features):
         row["levels"] = hierarchical_metrics(proba, test["levels"], features.level_maps,
                                              features.level_names, _level_sizes(features))

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto.errors import ProbeError, StoreError
-from embedcyto.folders import DEFAULT_RESULTS_DIR
 from embedcyto.predictions import keep_row_predictions
 from embedcyto.probes import registry
 from embedcyto.probes.checks import StoreCheck, inspect_stores, store_identity, usable_shots
@@ -119,7 +118,9 @@ class ProbeGridConfig:
 
     @property
     def results_folder(self) -> Path:
-        return Path(self.results_dir) if self.results_dir is not None else DEFAULT_RESULTS_DIR
+        from embedcyto.folders import output_folder
+
+        return output_folder("results", self.results_dir)
 
 
 @dataclass(frozen=True)

@@ -23,16 +23,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from embedcyto.errors import ProbeError
 from embedcyto.probes._base import apply_normaliser, check_normalisation, fit_normaliser
 from embedcyto.probes._sk import softmax, validate_fit, validate_predict
-
-
-def lr_at(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float:
-    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then cosine decay."""
-    warmup = min(warmup, max(total - 1, 0))
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    span = max(total - 1 - warmup, 1)
-    progress = min((step - warmup) / span, 1.0)
-    return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+from embedcyto.schedule import warmup_cosine
 
 
 class StudyLinearHead(ClassifierMixin, BaseEstimator):
@@ -95,7 +86,8 @@ class StudyLinearHead(ClassifierMixin, BaseEstimator):
             for start in range(0, n, self.batch_size):
                 idx = order[start:start + self.batch_size]
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, self.lr, self.warmup_steps, self.min_lr)
+                    group["lr"] = warmup_cosine(step, total, self.lr, self.warmup_steps,
+                                                self.min_lr)
                 loss = torch.nn.functional.cross_entropy(Xt[idx] @ weight.T + bias, yt[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

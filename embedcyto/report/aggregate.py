@@ -6,8 +6,10 @@ Pure functions: lists of records (see :mod:`embedcyto.report.records`) in, :clas
 
 Honesty rules:
     * a cell averages the seeds of exactly one (dataset, model, method, shots, fraction) and one
-      variant of settings; records of two variants, or two records of one seed, are an error
-      rather than a silently blended number;
+      variant of settings: results made with different settings become different rows
+      (:func:`embedcyto.report.variants.split_variants`, named by the settings that differ),
+      never one blended number;
+      two records of one seed in a cell are an error;
     * an average over datasets (or models) is given only when every averaged cell exists; its
       std is the std over seeds of the per-seed averages, which needs the same seeds in every
       cell, otherwise the average is shown without a std.
@@ -15,17 +17,23 @@ Honesty rules:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from embedcyto.configs import what_differs
 from embedcyto.probes import registry
-from embedcyto.report.records import LEVELS, LORA, ReportError
+from embedcyto.report.records import LEVELS, LORA, STUDY25, ReportError
+from embedcyto.report.variants import VARIANT_MARK, split_variants
 
 DATASET_ORDER = ("bcfc", "mlcc", "sipakmed", "hicervix")
 DATASET_LABELS = {"bcfc": "BCFC", "mlcc": "MLCC", "sipakmed": "SIPaKMeD", "hicervix": "HiCervix"}
-METRIC_LABELS = registry.HEADLINE_METRICS
+METRIC_LABELS = {**registry.HEADLINE_METRICS, "val_accuracy": "validation accuracy"}
 LEVEL_LABELS = {"level_1": "level 1", "level_2": "level 2", "level_3": "level 3",
-                "average": "average"}
+                "average": "average", STUDY25: "study 25-class (flat)"}
+STUDY25_NOTE = ("'study 25-class (flat)': the Dausort et al. accuracy on their 25 classes "
+                "(level-3 name, else level-2 name; cells labelled only AGC left out), from the "
+                "same predictions; 'average' is the mean of the three official levels.")
 AVERAGE = "average"
 ALL = "all"
 
@@ -95,6 +103,7 @@ class Reference:
     model: str | None
     value: float
     std: float | None = None
+    published: bool = False  # a number from a paper, drawn apart from the user's own
 
 
 def make_cell(values: Iterable[tuple[int | None, float]]) -> Cell:
@@ -136,10 +145,14 @@ def _order(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
 
 
 def model_order(names: Iterable[str]) -> list[str]:
-    """Models in the card list's order (study models first), unknown names after."""
+    """Models in the card list's order (study models first), unknown names after; a row of
+    other settings (``clip [lr 0.02]``, see :func:`split_variants`) right after its model."""
     from embedcyto.backbones.cards import list_cards
 
-    return _order(names, [c.name for c in list_cards()])
+    names = set(names)
+    bases = _order({n.split(VARIANT_MARK, 1)[0] for n in names}, [c.name for c in list_cards()])
+    return [n for base in bases for n in sorted(names)
+            if n.split(VARIANT_MARK, 1)[0] == base]
 
 
 def dataset_order(names: Iterable[str]) -> list[str]:
@@ -156,7 +169,8 @@ def group_seeds(records: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
     """Records grouped by (dataset, model, method, shots, fraction), checked for honesty.
 
     Raises:
-        ReportError: two variants of settings in one group, or one seed twice.
+        ReportError: two variants of settings in one group (:func:`split_variants` separates
+            them), or one seed twice.
     """
     groups: dict[tuple, list[Mapping]] = {}
     for record in records:
@@ -166,8 +180,9 @@ def group_seeds(records: Iterable[Mapping]) -> dict[tuple, list[Mapping]]:
         if len(variants) > 1:
             raise ReportError(
                 f"{'/'.join(str(k) for k in key[:3])} (shots {key[3]}, fraction {key[4]}) has "
-                f"results made with different settings ({' vs '.join(variants)}): keep one set "
-                "of results per folder (separate --results / --runs folders)")
+                "results made with different settings ("
+                f"{what_differs(json.loads(variants[0]), json.loads(variants[1]))}): pass the "
+                "records through split_variants first, which shows each as its own row")
         seeds = [m["seed"] for m in members]
         if len(set(seeds)) != len(seeds):
             raise ReportError(f"{'/'.join(str(k) for k in key[:3])} holds seed(s) twice "
@@ -228,16 +243,24 @@ def levels_table(records: Sequence[Mapping], method: str = "linear",
     chosen = [r for r in records if r["method"] == method and r["dataset"] == dataset
               and r["shots"] is None and r["fraction"] is None and r.get("levels")]
     groups = group_seeds(chosen)
+    columns = _level_columns(chosen)
     rows = [(m, tuple(_cell(groups[(dataset, m, method, None, None)], level=lv)
-                      for lv in LEVELS)) for m in model_order({r["model"] for r in chosen})]
+                      for lv in columns)) for m in model_order({r["model"] for r in chosen})]
     if reference:
         rows.append((reference_name, tuple(
-            reference_cell(reference[lv] / 100) if lv in reference else None for lv in LEVELS)))
+            reference_cell(reference[lv] / 100) if lv in reference else None for lv in columns)))
     title = (f"{DATASET_LABELS.get(dataset, dataset)} accuracy (%) per level, "
              f"{method_label(method)}, mean ± std over seeds")
-    return Table(title, "model", LEVELS, tuple(rows),
-                 note="Official per-level test subsets; coarse levels from fine probabilities "
-                      "summed up the tree.")
+    note = ("Official per-level test subsets; coarse levels from fine probabilities summed up "
+            "the tree.")
+    return Table(title, "model", columns, tuple(rows),
+                 note=note + (" " + STUDY25_NOTE if STUDY25 in columns else ""))
+
+
+def _level_columns(records: Sequence[Mapping]) -> tuple[str, ...]:
+    """The official levels, and the study's 25-class accuracy when a record has it."""
+    extra = any(STUDY25 in (r.get("levels") or {}) for r in records)
+    return LEVELS + ((STUDY25,) if extra else ())
 
 
 def _shot_columns(records: Sequence[Mapping]) -> list:
@@ -285,7 +308,7 @@ def fraction_table(records: Sequence[Mapping], dataset: str, model: str,
     groups = group_seeds(chosen)
     fractions = sorted({r["fraction"] for r in chosen})
     has_levels = any(r.get("levels") for r in chosen)
-    columns = LEVELS if has_levels else ("accuracy",)
+    columns = _level_columns(chosen) if has_levels else ("accuracy",)
     rows = []
     for f in fractions:
         members = groups[(dataset, model, LORA, None, f)]
@@ -296,7 +319,8 @@ def fraction_table(records: Sequence[Mapping], dataset: str, model: str,
             reference_cell(reference[c] / 100) if c in reference else None for c in columns)))
     title = (f"{DATASET_LABELS.get(dataset, dataset)}: {model} with LoRA on a fraction of the "
              "training data, accuracy (%) mean ± std over seeds")
-    return Table(title, "fraction", tuple(columns), tuple(rows))
+    return Table(title, "fraction", tuple(columns), tuple(rows),
+                 note=STUDY25_NOTE if STUDY25 in columns else "")
 
 
 def _curve(groups, keys: Sequence[tuple], xs: Sequence[float], label: str, model: str,

@@ -25,10 +25,12 @@ from embedcyto.report.figures import (
     FigureSummary,
     plot_fraction_curves,
     plot_shot_curves,
+    stamp_warning,
 )
 from embedcyto.report.records import (
     LEVELS,
     LORA,
+    VAL_ACCURACY,
     ReportError,
     load_lora_records,
     load_probe_records,
@@ -38,6 +40,7 @@ from embedcyto.report.diagnostics import diagnostics_section
 from embedcyto.report.which import which_model_section
 
 TABLE_METRICS = ("accuracy", "balanced_accuracy")
+PAPER_METHODS = ("linear", "study_head")  # the probes comparable to the study's classifier
 
 
 @dataclass
@@ -52,19 +55,35 @@ class ReportResult:
     n_probe_rows: int = 0
     n_lora_runs: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
 
 
-def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
-    """Every table the records support, by file stem, in report order (pure)."""
+def plan_tables(records: list[dict], paper_table1=None, splits=("test",)) -> dict[str, agg.Table]:
+    """Every table the records support, by file stem, in report order (pure).
+
+    ``paper_table1`` (model -> dataset -> percent) adds the published Table 1 rows under the
+    accuracy tables of the linear classifiers. ``splits`` including "val" adds Table 1 on the
+    validation split (the split the study reports) after the test tables, the headline.
+    """
     from embedcyto.metrics import HIERSWIN
+    from embedcyto.report.paper import with_paper_rows
 
     tables: dict[str, agg.Table] = {}
     methods = {r["method"] for r in records if r["shots"] is None and r["fraction"] is None}
     full_data = [m for m in registry.method_names(registry.FULL_DATA) if m in methods]
     for method in full_data:
         for metric in TABLE_METRICS:
-            tables[f"table1_{metric}_{method}"] = agg.model_dataset_table(records, method, metric)
+            table = agg.model_dataset_table(records, method, metric)
+            if paper_table1 and metric == "accuracy" and method in PAPER_METHODS:
+                table = with_paper_rows(table, paper_table1)
+            tables[f"table1_{metric}_{method}"] = table
+    if "val" in splits:
+        for method in full_data:
+            table = _val_table(records, method)
+            if paper_table1 and method in PAPER_METHODS:
+                table = with_paper_rows(table, paper_table1)
+            tables[f"table1_val_accuracy_{method}"] = table
     for dataset in agg.dataset_order({r["dataset"] for r in records if r.get("levels")}):
         reference = HIERSWIN if dataset == "hicervix" else None
         for method in full_data:
@@ -83,18 +102,53 @@ def plan_tables(records: list[dict]) -> dict[str, agg.Table]:
     return tables
 
 
-def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
-    """The Experiment 2 figure of every dataset with few-shot results, and the Experiment 3
-    figure of every dataset with fraction runs."""
+def random_weights_warning(records: list[dict]) -> str | None:
+    """The warning every table and figure built from random-weight models carries, or None."""
+    random = _random_models(records)
+    if not random:
+        return None
+    return (f"random-weight models ({', '.join(random)}): their numbers say nothing about any "
+            "real model")
+
+
+def _val_table(records: list[dict], method: str) -> agg.Table:
+    table = agg.model_dataset_table(records, method, VAL_ACCURACY)
+    missing = any(r[VAL_ACCURACY] is None for r in records
+                  if r["method"] == method and r["shots"] is None and r["fraction"] is None)
+    if not missing:
+        return table
+    note = (table.note + " Empty cells: rows written before embedcyto recorded validation "
+            "accuracy; recompute them (the probe stage's rerun option).")
+    return agg.Table(table.title, table.row_header, table.columns, table.rows, note=note)
+
+
+def paper_lines(models, dataset: str, paper_table1) -> list[agg.Reference]:
+    """The study's published Table 1 value of each drawn model on ``dataset``, as lines."""
+    table = paper_table1 or {}
+    return [agg.Reference(f"{m} linear (paper, validation)", m, table[m][dataset] / 100,
+                          published=True)
+            for m in models if dataset in table.get(m, {})]
+
+
+def draw_figures(records: list[dict], figures_dir: Path,
+                 paper_table1=None) -> list[FigureSummary]:
+    """The Experiment 2 figure of every dataset with few-shot results (with the study's
+    published full-data value of each model, where shipped), and the Experiment 3 figure of
+    every dataset with fraction runs; each carries the random-weights warning of the records it
+    draws."""
     from embedcyto.metrics import HIERSWIN
 
     out = []
     few = {r["dataset"] for r in records if r["shots"] is not None and r["fraction"] is None}
     for dataset in agg.dataset_order(few):
         curves, refs = agg.shot_curves(records, dataset)
+        refs = list(refs) + paper_lines(dict.fromkeys(c.model for c in curves), dataset,
+                                        paper_table1)
         label = agg.DATASET_LABELS.get(dataset, dataset)
+        drawn = [r for r in records if r["dataset"] == dataset]
         out.append(plot_shot_curves(curves, refs, f"{label}: accuracy vs shots per class",
-                                    figures_dir / f"fewshot_{dataset}.png"))
+                                    figures_dir / f"fewshot_{dataset}.png",
+                                    warning=random_weights_warning(drawn)))
     fractions = {r["dataset"] for r in records if r["method"] == LORA
                  and r["fraction"] is not None}
     for dataset in agg.dataset_order(fractions):
@@ -108,7 +162,8 @@ def draw_figures(records: list[dict], figures_dir: Path) -> list[FigureSummary]:
         label = agg.DATASET_LABELS.get(dataset, dataset)
         out.append(plot_fraction_curves(by_level, reference,
                                         f"{label}: LoRA accuracy vs training data used",
-                                        figures_dir / f"fractions_{dataset}.png"))
+                                        figures_dir / f"fractions_{dataset}.png",
+                                        warning=random_weights_warning(chosen)))
     return out
 
 
@@ -119,11 +174,22 @@ def _random_models(records: list[dict]) -> list[str]:
     found = []
     for model in agg.model_order({r["model"] for r in records}):
         try:
-            if get_card(model.split("+", 1)[0]).random:
+            if get_card(model.split(agg.VARIANT_MARK, 1)[0].split("+", 1)[0]).random:
                 found.append(model)
         except BackboneError:
             continue
     return found
+
+
+def _sources_line() -> str:
+    from embedcyto.report.paper import load_paper_reference
+
+    paper = load_paper_reference()
+    shipped = "Table 1 rows marked (paper)" if paper.table1 else (
+        "Table 1 of the study is not shipped (no citable copy was available), so no "
+        "(paper) rows appear")
+    return (f"Published values: HierSwin rows from {paper.hierswin_source}. {shipped}. "
+            f"Study: {paper.source}.")
 
 
 def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) -> str:
@@ -131,10 +197,13 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
               f"{result.n_lora_runs} finished LoRA runs in `{runs_dir}`. Numbers are percent, "
               "mean ± std over seeds.")
     lines = ["# embedcyto report", "", source, ""]
+    lines += [_sources_line(), ""]
     random = _random_models(records)
     if random:
         lines += [(f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
                    "about any real model.**"), ""]
+    if result.notes:
+        lines += [f"- {note}" for note in result.notes] + [""]
     if result.skipped:
         lines += ["Left out:", ""] + [f"- `{p}`: {why}" for p, why in result.skipped] + [""]
     maps = [f for f in result.figures if f.path.name.startswith("embedding_")]
@@ -154,7 +223,8 @@ def _images(result: ReportResult, figures) -> list[str]:
             (f"![{fig.title}]({fig.path.relative_to(result.out_dir).as_posix()})", "")]
 
 
-def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
+def build_report(results_dir=None, runs_dir=None, out_dir=None, *,
+                 splits=("test",)) -> ReportResult:
     """Read every probe row and finished LoRA run; write tables, figures and ``report.md``.
 
     Args:
@@ -164,33 +234,44 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
             :data:`embedcyto.folders.DEFAULT_RUNS_DIR`).
         out_dir: where the report goes (created; files of the same name are replaced; default
             :data:`embedcyto.folders.DEFAULT_REPORT_DIR`).
+        splits: "test" (always, the headline); with "val", Table 1 on the validation split
+            too, for comparison with the study's Table 1 (validation accuracy).
+
+    Results of one model and method made with different settings are separate rows, named by
+    the settings that differ (``report.md`` says so).
 
     Raises:
-        ReportError: no results at all, an unreadable file, or results that cannot be
-            averaged honestly (two settings or a repeated seed in one cell).
+        ReportError: no results at all, an unreadable file, or a seed repeated in one cell.
     """
-    from embedcyto.folders import DEFAULT_REPORT_DIR, DEFAULT_RESULTS_DIR, DEFAULT_RUNS_DIR
+    from embedcyto.folders import output_folder
 
-    results_dir = DEFAULT_RESULTS_DIR if results_dir is None else results_dir
-    runs_dir = DEFAULT_RUNS_DIR if runs_dir is None else runs_dir
-    out_dir = DEFAULT_REPORT_DIR if out_dir is None else out_dir
+    results_dir = output_folder("results", results_dir)
+    runs_dir = output_folder("runs", runs_dir)
+    out_dir = output_folder("report", out_dir)
     probe = load_probe_records(results_dir)
     lora = load_lora_records(runs_dir)
-    records = probe.records + lora.records
+    records, notes = agg.split_variants(probe.records + lora.records)
     if not records:
         raise ReportError(f"no results found: no probe rows in {results_dir} and no finished "
                           f"LoRA run in {runs_dir}; run `embedcyto probe` or `embedcyto lora` "
-                          "first, or point --results / --runs at their folders")
+                          "first, or point `results_dir=` / `runs_dir=` at their folders")
     out = Path(out_dir)
     result = ReportResult(out, out / "report.md", n_probe_rows=len(probe.records),
-                          n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped)
-    result.tables = plan_tables(records)
+                          n_lora_runs=len(lora.records), skipped=probe.skipped + lora.skipped,
+                          notes=notes)
+    from embedcyto.report.paper import load_paper_reference
+
+    unknown = set(splits) - {"test", "val"}
+    if unknown:
+        raise ReportError(f"unknown split(s) {sorted(unknown)}: the report shows 'test' and "
+                          "'val'")
+    result.tables = plan_tables(records, load_paper_reference().table1, splits)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     for name, table in result.tables.items():
         path = out / "tables" / f"{name}.csv"
         path.write_text(to_csv(table), encoding="utf-8")
         result.csv_files[name] = path
-    result.figures = draw_figures(records, out / "figures")
+    result.figures = draw_figures(records, out / "figures", load_paper_reference().table1)
     which, written = which_model_section({r["dataset"] for r in records}, results_dir,
                                          runs_dir, out / "tables")
     result.csv_files.update({p.stem: p for p in written})
@@ -198,7 +279,8 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None) -> ReportResult:
     result.sections = ((["## Which model?", ""] + which if which else []) +
                        (["## Per class and calibration", ""] + diagnostics if diagnostics else []))
     result.csv_files.update({p.stem: p for p in written})
-    result.figures += figures
+    warning = random_weights_warning(records)
+    result.figures += [stamp_warning(f, warning) for f in figures] if warning else figures
     result.skipped += skipped
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),
                                encoding="utf-8")

@@ -7,7 +7,8 @@ is normalised here into a *record*, a plain dict with the same keys whatever its
 
     dataset, model, method, shots (int | None), fraction (float | None), seed (int | None),
     accuracy, balanced_accuracy, macro_f1 (fractions in [0, 1]),
-    levels ({"level_1": acc, ..., "average": acc} or None), variant (str), source (str)
+    levels ({"level_1": acc, ..., "average": acc, and "study25": the study's flat 25-class
+        accuracy where it was computed; or None), variant (str), source (str)
 
 ``method`` is a probe method (a row of :mod:`embedcyto.probes.registry`) or "lora".
 ``variant`` is a canonical JSON of the settings that change a result without being part
@@ -25,16 +26,19 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto.errors import ReportError
+from embedcyto.lora.config import RUNTIME_KEYS
+from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, RUNS_SUBDIR
 from embedcyto.probes.registry import HEADLINE_METRICS
 
 METRICS = tuple(HEADLINE_METRICS)
+VAL_ACCURACY = "val_accuracy"  # full-data probes: the kept model's accuracy on validation
 LEVELS = ("level_1", "level_2", "level_3", "average")
+#: The study's flat 25-class HiCervix accuracy, kept beside the official levels of a record.
+STUDY25 = "study25"
 LORA = "lora"
-#: The run folder's file names (the LoRA stage's documented layout; not imported from it so that
-#: reading results never imports torch).
-COMPLETE, CONFIG_FILE, METRICS_FILE = "COMPLETE", "config.json", "metrics.json"
-#: LoRA config fields that say where or how fast a run executed, not what it learned.
-_LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", "device", "num_workers"}
+#: LoRA config fields that place a run in the grid or say where it executed; the others are
+#: the settings that name a variant.
+_LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", *RUNTIME_KEYS}
 
 
 @dataclass
@@ -84,12 +88,15 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
                   "seed": row.get("seed")}
     except (KeyError, TypeError) as err:
         raise ReportError(f"{where}: not a probe results row (missing {err}); delete the line "
-                          "or point --results at embedcyto probe's output folder") from err
+                          "or point `results_dir=` at embedcyto probe's output folder") from err
     for name in METRICS:
         if name not in metrics:
             raise ReportError(f"{where}: no {name} in its metrics")
         record[name] = _number(metrics[name], f"{where} {name}")
     record["levels"] = _levels(row.get("levels"), where)
+    val = row.get("val_metrics") or {}
+    record[VAL_ACCURACY] = _number(val["accuracy"], f"{where} val_metrics") if "accuracy" in val \
+        else None
     record["variant"] = _canonical(row.get("options") or {})
     record["source"] = source
     return record
@@ -116,9 +123,11 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
-    learned = {k: v for k, v in run.items() if k not in _LORA_RUNTIME}
-    learned["iterations"] = metrics.get("iterations", learned.get("iterations"))
-    record["variant"] = _canonical(learned)
+    if record["levels"] is not None and isinstance(metrics.get(STUDY25), Mapping):
+        record["levels"][STUDY25] = _number(metrics[STUDY25].get("accuracy"),
+                                            f"{where} {STUDY25}.accuracy")
+    record[VAL_ACCURACY] = None
+    record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
     return record
 
@@ -165,10 +174,10 @@ def lora_run_folders(runs_dir) -> list[Path]:
     or left by an interrupted process) are not runs.
     """
     root = Path(runs_dir)
-    base = root / "lora" if (root / "lora").is_dir() else root
+    base = root / RUNS_SUBDIR if (root / RUNS_SUBDIR).is_dir() else root
     if not base.is_dir():
         return []
-    return sorted(p for p in base.glob("*/*/*/seed-*") if p.is_dir()
+    return sorted(p for p in base.glob(RUN_GLOB) if p.is_dir()
                   and not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 

@@ -38,7 +38,8 @@ _BLOCK_ROWS = 4096
 
 REBUILD_FIX = (
     "rebuild it with --force (`embedcyto extract --force` with the same options for a frozen "
-    "model, `embedcyto lora export --force` for an adapted one), or delete the file"
+    "model; for an adapted one `embedcyto lora --export-features --rerun` with the same "
+    "options, which trains the run again), or delete the file"
 )
 UNVERIFIED = (
     "unverified: written by an embedcyto without checksums; `embedcyto store verify` checks "

@@ -53,13 +53,13 @@ class PartialFolder:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise StoreError(
-                f"the unfinished extraction in {self.folder} cannot be read ({err}); pass --force "
-                f"to discard it and start again, or delete that folder"
+                f"the unfinished extraction in {self.folder} cannot be read ({err}); pass "
+                f"`force=True` to discard it and start again, or delete that folder"
             ) from err
         if not isinstance(manifest, dict) or manifest.get("format") != PARTIAL_FORMAT:
             raise StoreError(
                 f"{self.folder} is not an embedcyto partial extraction; move it away or pass "
-                f"--force to replace it"
+                f"`force=True` to replace it"
             )
         return manifest
 

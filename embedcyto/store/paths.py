@@ -30,14 +30,17 @@ def default_store_dir(store: str | os.PathLike | None = None) -> Path:
 
     Resolution order: the explicit ``store`` argument (a ``--store`` option), else the
     ``EMBEDCYTO_STORE`` environment variable read now (not at import, so tests and long-lived
-    processes see changes), else ``./cache``.
+    processes see changes), else the workspace's ``store`` folder (docs/workspace.md), else
+    ``./cache``.
     """
     if store is not None and str(store) != "":
         return Path(store).expanduser()
     env = os.environ.get(ENV_STORE, "").strip()
     if env:
         return Path(env).expanduser()
-    return Path(DEFAULT_STORE_DIR)
+    from embedcyto.workspace.current import workspace_folder
+
+    return workspace_folder("store") or Path(DEFAULT_STORE_DIR)
 
 
 def _check_name(kind: str, name: str) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from embedcyto.configs import MISSING as _MISSING
+from embedcyto.configs import describe_differences  # noqa: F401  (one message for every caller)
 from embedcyto.errors import StoreError
 
 # Keys embedcyto itself records that decide what the features are. Listed for documentation
@@ -84,14 +86,6 @@ def identity(provenance: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in provenance.items() if not is_informational(k)}
 
 
-_MISSING = object()
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = "<missing>" if value is _MISSING else json.dumps(value, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """Identity keys whose values differ, as (key, old, new); absent values are ``<missing>``."""
     old_id, new_id = identity(old), identity(new)
@@ -103,11 +97,6 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
         if a != b:
             diffs.append((key, a, b))
     return diffs
-
-
-def describe_differences(diffs: list[tuple[str, Any, Any]]) -> str:
-    """One line per differing key: ``key: old -> new``."""
-    return "; ".join(f"{key}: {_short(a)} -> {_short(b)}" for key, a, b in diffs)
 
 
 def library_versions() -> dict[str, str]:

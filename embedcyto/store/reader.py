@@ -64,6 +64,14 @@ class Features:
     def model(self) -> str:
         return self.provenance.get("model", "")
 
+    def __repr__(self) -> str:
+        """A one-line summary: the arrays can hold millions of numbers."""
+        counts = {s: int(n) for s, n in zip(*np.unique(self.splits, return_counts=True))}
+        dim = self.X.shape[1] if self.X.ndim == 2 else 0
+        return (f"Features(dataset={self.dataset!r}, model={self.model!r}, rows={len(self)}, "
+                f"dim={dim}, classes={len(self.classes)}, splits={counts}, "
+                f"levels={list(self.level_names)}, path={str(self.path)!r})")
+
     def subset(self, split: str) -> Features:
         """The rows of one split (same metadata). An empty known split gives zero rows.
 

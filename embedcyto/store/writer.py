@@ -44,8 +44,8 @@ from embedcyto.store.reader import verify_store
 log = logging.getLogger(__name__)
 
 _FIX = (
-    "pass --force to rebuild it (the old store stays until the new one is complete), or "
-    "write to another store folder with --store"
+    "pass `force=True` to rebuild it (the old store stays until the new one is complete), or "
+    "write to another store folder (`store_dir=`)"
 )
 
 
@@ -187,7 +187,7 @@ class FeatureWriter:
         try:
             return read_store_provenance(self.path)
         except StoreError as err:
-            raise StoreError(f"{err}; pass --force to replace it") from err
+            raise StoreError(f"{err}; pass `force=True` to replace it") from err
 
     def _matching_partial(self) -> dict[str, Any] | None:
         """The manifest of a partial folder started with exactly these inputs, else None."""
@@ -213,8 +213,8 @@ class FeatureWriter:
             if diffs:
                 raise StaleStoreError(
                     f"an unfinished extraction in {partial.folder} was started with other inputs "
-                    f"({prov.describe_differences(diffs)}); pass --force to discard it and start "
-                    f"again, or write to another store folder with --store"
+                    f"({prov.describe_differences(diffs)}); pass `force=True` to discard it and "
+                    f"start again, or write to another store folder (`store_dir=`)"
                 )
             partial.clean_tmp()
             self._done = partial.done_mask(self.n_rows, dim=self.embed_dim, drop_damaged=True)

@@ -1,0 +1,176 @@
+"""Every fix a message suggests can be followed: the options it names exist where it is shown.
+
+Command modules may name their own flags (or those of a command or recipe they name); library
+modules name parameters, written `name=value`, which the CLI rewrites into the flags of the
+command that was run (``embedcyto.cli.main.cli_wording``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+
+import click
+import pytest
+from click.testing import CliRunner
+from source_scan import function_parameters, modules, strings, tree
+
+from embedcyto.cli import main
+
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
+NAMED = re.compile(rf"embedcyto ({'|'.join(main.COMMANDS)})\b|pipelines\.(\w+)|"
+                   r"(hf|huggingface-cli|torchrun) ")
+PARAMETER = main.PARAMETER
+
+# Library modules that still spell CLI flags in their messages. Each must name only flags that
+# a command reaching it has; the list only shrinks (convert a module to `name=value` wording,
+# then remove it here).
+STILL_NAMING_FLAGS = {
+    "embedcyto.backbones.hf", "embedcyto.compare", "embedcyto.predict", "embedcyto.predictions",
+    "embedcyto.saved_probe",
+    "embedcyto.backbones.weights", "embedcyto.datasets._common", "embedcyto.datasets.api",
+    "embedcyto.datasets.check",
+    "embedcyto.datasets.hicervix", "embedcyto.datasets.sipakmed",
+    "embedcyto.datasets.table", "embedcyto.lora.config",
+    "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
+    "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
+    "embedcyto.probes.checks", "embedcyto.probes.evaluate", "embedcyto.lora.labels",
+    "embedcyto.report.records",
+    "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
+    "embedcyto.store.lock",
+    "embedcyto.store.merge", "embedcyto.store.paths",
+    "embedcyto.store.shards",
+}
+
+
+def _flags(command: click.Command) -> set[str]:
+    found = {"--help"}
+    for param in command.params:
+        found.update(o for o in (*getattr(param, "opts", ()), *getattr(param, "secondary_opts", ()))
+                     if o.startswith("--"))
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            found |= _flags(sub)
+    return found
+
+
+def _recipe_flags(name: str) -> set[str]:
+    from pipelines.common import make_parser
+
+    parser: argparse.ArgumentParser = make_parser("x", "x")
+    found = {o for o in parser._option_string_actions if o.startswith("--")}
+    path = modules().get(f"pipelines.{name}")
+    for node in ast.walk(tree(path)) if path else ():
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            found.update(a.value for a in node.args if isinstance(a, ast.Constant))
+    return found
+
+
+COMMAND_FLAGS = {name: _flags(main.cli.get_command(None, name)) for name in main.COMMANDS}
+COMMAND_MODULES = {target.split(":")[0]: name for name, target in main.COMMANDS.items()}
+
+
+def _owner_flags(text: str, at: int, default: set[str]) -> set[str]:
+    """The flags of the command or recipe named last before position ``at`` on its line."""
+    line_start = text.rfind("\n", 0, at) + 1
+    named = list(NAMED.finditer(text, line_start, at))
+    if not named:
+        return default
+    command, recipe, other_tool = named[-1].groups()
+    if other_tool:
+        return None  # another program's options
+    return COMMAND_FLAGS.get(command, set()) if command else _recipe_flags(recipe)
+
+
+def _wrong_flags(module: str, own: set[str]) -> list[str]:
+    wrong = []
+    for line, text in strings(modules()[module]):
+        for match in FLAG.finditer(text):
+            owner = _owner_flags(text, match.start(), own)
+            if owner is not None and match.group(0) not in owner:
+                wrong.append(f"{module}:{line}: {match.group(0)} in {text[:70]!r}")
+    return wrong
+
+
+def test_command_modules_suggest_only_their_own_options():
+    wrong = []
+    for module, command in COMMAND_MODULES.items():
+        wrong += _wrong_flags(module, COMMAND_FLAGS[command])
+    assert not wrong, "\n".join(wrong)
+
+
+def test_recipes_suggest_only_their_own_options():
+    wrong = []
+    for module in (m for m in modules() if m.startswith("pipelines.")):
+        wrong += _wrong_flags(module, _recipe_flags(module.split(".")[1]))
+    assert not wrong, "\n".join(wrong)
+
+
+def _library_modules():
+    return [m for m in modules() if m.startswith("embedcyto.") and not m.startswith("embedcyto.cli")]
+
+
+def test_library_messages_name_parameters_not_flags():
+    naming = {m for m in _library_modules()
+              if any(FLAG.search(text) for _, text in strings(modules()[m]))}
+    assert naming <= STILL_NAMING_FLAGS, f"new CLI flags in library messages: {naming - STILL_NAMING_FLAGS}"
+    assert STILL_NAMING_FLAGS <= naming, ("converted, remove from STILL_NAMING_FLAGS: "
+                                          f"{STILL_NAMING_FLAGS - naming}")
+
+
+def test_flags_left_in_library_messages_exist_on_some_command():
+    # Library modules are shared (adapters are even loaded by name), so which command shows a
+    # message is not static: these must at least be real options; converting them is the fix.
+    offered = set().union(*COMMAND_FLAGS.values())
+    wrong = []
+    for module in sorted(STILL_NAMING_FLAGS):
+        wrong += _wrong_flags(module, offered)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_library_suggestions_name_real_parameters():
+    parameters = set().union(*(function_parameters(modules()[m]) for m in _library_modules()))
+    wrong = []
+    for module in _library_modules():
+        for line, text in strings(modules()[module]):
+            wrong += [f"{module}:{line}: {m.group(0)}" for m in PARAMETER.finditer(text)
+                      if m.group(1) not in parameters]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("command, expected", [
+    ("extract", "another --name NAME"), ("datasets", "--split-dir SPLIT_DIR")])
+def test_the_cli_turns_parameters_into_its_own_flags(command, expected):
+    group = main.cli.get_command(None, command)
+    target = group.commands["check"] if command == "datasets" else group
+    text = main.cli_wording("use `force=True`, or `on_bad_image='skip'`; `split_dir=`", target)
+    assert expected in text
+    if command == "extract":
+        assert "use --force, or --on-bad-image skip" in text
+    else:
+        on_off = main.cli_wording("`verify_images=True` / `verify_images=False`", target)
+        assert on_off == "--verify-images / --no-verify-images"
+
+
+def test_the_split_conflict_in_extract_suggests_an_option_extract_has(tmp_path, monkeypatch):
+    from embedcyto.datasets import open_dataset
+    from embedcyto.datasets.fixtures import make_fixture
+
+    monkeypatch.chdir(tmp_path)
+    root = make_fixture("sipakmed", tmp_path / "data" / "sipakmed", per_class=2)
+    open_dataset("sipakmed", root, split_dir=tmp_path / "cache" / "sipakmed")
+    result = CliRunner().invoke(main.cli, [
+        "extract", "--model", "tiny-vit", "--random-weights", "--dataset", "folder",
+        "--root", str(root), "--name", "sipakmed", "--store", "cache"])
+    assert result.exit_code == 1
+    assert "made for the sipakmed adapter" in result.output
+    assert "--split-dir" not in result.output and "another --name NAME" in result.output
+
+
+def test_a_library_error_reaches_the_command_line_with_its_flags(tmp_path):
+    result = CliRunner().invoke(main.cli, [
+        "probe", "--backend", "threading", "--scheduler", "tcp://head:8786",
+        "--store", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "choose --backend dask" in result.output and "backend=" not in result.output
