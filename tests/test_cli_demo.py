@@ -32,7 +32,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
     with Image.open(figure) as image:
         assert image.format == "PNG"
         legend = image.info["Description"].split("\n")
-    assert len(legend) == 6  # LoRA, SimpleShot and linear-probe line for each model
+    # LoRA, SimpleShot and linear-probe line for each model; LP++ and zero-shot for tiny-clip
+    assert len(legend) == 8 and {"tiny-clip LP++", "tiny-clip zero-shot"} <= set(legend)
+    assert (out / "report" / "tables" / "table1_accuracy_zeroshot.csv").is_file()
+    assert "zero-shot" in text
     assert (out / "report" / "tables" / "table1_accuracy_linear.csv").is_file()
 
 

@@ -179,3 +179,33 @@ def test_fraction_curves_one_per_model():
     curves = agg.fraction_curves(records, "hicervix", "level_2")
     assert [c.model for c in curves] == ["clip", "clip-l14"]
     assert curves[0].x == (10.0, 50.0) and curves[0].mean == (0.8, 0.8)
+
+
+def test_zero_shot_is_shots_zero_in_the_few_shot_table_and_curves():
+    records = [rec("bcfc", "clip", "simpleshot", s, 0.5, shots=k) for k in (1, 2)
+               for s in (1, 2)]
+    records += [rec("bcfc", "clip", "zeroshot", s, 0.3) for s in (1, 2)]
+    records += [rec("bcfc", "clip", "linear", 1, 0.9)]
+    t = agg.shots_table(records, "bcfc")
+    assert t.columns == ("0", "1", "2", "all")
+    assert [n for n, _ in t.rows][0] == "clip · zero-shot"
+    assert t.cell("clip · zero-shot", "0").mean == pytest.approx(0.3)
+    assert t.cell("clip · zero-shot", "1") is None and t.cell("clip · zero-shot", "all") is None
+    assert t.cell("clip · SimpleShot", "0") is None
+    curves, _ = agg.shot_curves(records, "bcfc")
+    zero = next(c for c in curves if c.method == "zeroshot")
+    assert zero.x == (0.0,) and zero.mean == (pytest.approx(0.3),)
+
+
+def test_zero_shot_point_is_drawn_left_of_one_shot(tmp_path):
+    from PIL import Image
+
+    from embedcyto.report.figures import plot_shot_curves
+
+    records = [rec("bcfc", "clip", "simpleshot", 1, 0.5, shots=k) for k in (1, 2)]
+    records += [rec("bcfc", "clip", "zeroshot", 1, 0.3)]
+    curves, refs = agg.shot_curves(records, "bcfc")
+    summary = plot_shot_curves(curves, refs, "t", tmp_path / "f.png")
+    assert "clip zero-shot" in summary.legend
+    with Image.open(tmp_path / "f.png") as image:
+        assert image.format == "PNG"

@@ -192,7 +192,7 @@ def test_force_starts_clean_even_over_an_unreadable_partial_folder(tmp_path):
     with open_writer(path, dataset=ds, provenance=provenance(), embed_dim=8) as w:
         w.write(np.arange(2), make_features(2))
     (partial_dir(path) / "manifest.json").write_text("{ broken")
-    with pytest.raises(StoreError, match="--force"):
+    with pytest.raises(StoreError, match="force=True"):
         open_writer(path, dataset=ds, provenance=provenance(), embed_dim=8)
     with open_writer(path, dataset=ds, provenance=provenance(), embed_dim=8, force=True) as w:
         assert w.pending_rows().size == 6 and w.resumed_rows == 0

@@ -89,10 +89,13 @@ def _run(out: Path, per_class: int, seed: int) -> None:
     click.echo(f"2. features of {', '.join(MODELS)} (random weights) -> {store}")
     _extract(dataset, split_dir, store)
     click.echo(f"3. probes: linear, kNN, SimpleShot ({EPISODES} episodes, shots "
-               f"{', '.join(map(str, shots))}), seeds {', '.join(map(str, SEEDS))}")
+               f"{', '.join(map(str, shots))}), seeds {', '.join(map(str, SEEDS))}; for "
+               "tiny-clip, a vision-language model, also zero-shot from class prompts and LP++ "
+               "(text-initialised few-shot)")
     run_probe_grid(ProbeGridConfig(store, ("sipakmed",), tuple(MODELS),
-                                   ("linear", "knn", "simpleshot"), tuple(shots), tuple(SEEDS),
-                                   EPISODES, results_dir=out / "results" / "probe"))
+                                   ("linear", "knn", "simpleshot", "zeroshot", "lppp"),
+                                   tuple(shots), tuple(SEEDS), EPISODES,
+                                   results_dir=out / "results" / "probe"))
     click.echo(f"4. LoRA ({LORA_STEPS['iterations']} steps per run at lr {LORA_STEPS['lr']:g}, "
                "enough for these tiny models; the study's recipe is lr 1e-3, 50 + 50*K steps)")
     _lora(dataset, split_dir, out / "runs", shots)

@@ -128,11 +128,18 @@ def _existing_keys(folder) -> set[str]:
               help="Dask scheduler (tcp://HOST:8786) or Ray address; default: a local cluster.")
 @results_option
 @click.option("--rerun", is_flag=True, help="Recompute rows that already exist.")
+@click.option("--prompts", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of class phrases and prompt templates for the text methods "
+                   "(zeroshot, textlinear, clap, tipadapter, tipadapter_f, lppp); default: "
+                   "the prompts shipped for the dataset (folder/csv datasets: class names).")
+@click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
+              help="Where a vision-language model's weights and tokenizer are (text methods; "
+                   "default: $EMBEDCYTO_WEIGHTS).")
 @click.option("--save-model", "save_dir", type=click.Path(file_okay=False), default=None,
               help="Also fit each full-data probe on the training split and save it under "
                    "DIR/<dataset>/<model>/<method>/ for `embedcyto predict`.")
 def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jobs, backend,
-          scheduler, results_dir, rerun, save_dir):
+          scheduler, results_dir, rerun, save_dir, prompts, weights_dir):
     """Probe cached features: linear (C on val), kNN (k on val), few-shot episodes.
 
     Every option and every (dataset, shots) pair is checked before any probe runs. Results go
@@ -154,7 +161,8 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
                              models=models or None, methods=methods, shots=shots, seeds=seeds,
                              episodes=episodes, n_jobs=n_jobs,
                              results_dir=results_dir, rerun=rerun,
-                             options=options, backend=backend, scheduler=scheduler)
+                             options=options, backend=backend, scheduler=scheduler,
+                             prompts=prompts, weights_dir=weights_dir)
     before = _existing_keys(config.results_folder)
     rows = run_probe_grid(config)
     click.echo(format_table(rows))

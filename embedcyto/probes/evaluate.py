@@ -197,6 +197,11 @@ def evaluate_unit(features, method: str, runs: Sequence[tuple[int | None, int | 
                   n_episodes: int, options: Mapping[str, Any]) -> list[dict]:
     """All requested (shots, seed) runs of one method on one feature set, in order."""
     spec = registry.get_method(method)
+    if spec.text:
+        from embedcyto.probes.text_inputs import method_options, text_inputs
+
+        options = {**method_options(options),
+                   **text_inputs(features, with_val=spec.needs_validation and spec.episodic)}
     rows = []
     for shots, seed in runs:
         if spec.episodic:

@@ -61,6 +61,9 @@ class ProbeMethod:
         temperature: episodic methods: default softmax temperature over negative squared
             distances (probabilities only: HiCervix level sums; the argmax ignores it).
         marker, linestyle: matplotlib style of its lines in the report's figures.
+        text: needs the class text embeddings of a vision-language model (cached in the
+            store before any probe runs, see docs/text.md); stores of image-only models are
+            skipped for it with a warning.
     """
 
     name: str
@@ -79,6 +82,7 @@ class ProbeMethod:
     temperature: float = 1.0
     marker: str = "o"
     linestyle: str = "-"
+    text: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -135,6 +139,30 @@ PROBE_METHODS: tuple[ProbeMethod, ...] = (
                 help="few-shot nearest raw class mean",
                 scorer="embedcyto.probes.episodes:protonet_distances",
                 marker="^", linestyle="-."),
+    ProbeMethod("zeroshot", FULL_DATA, "embedcyto.probes.textprobes:ZeroShot", "zero-shot",
+                help="vision-language models: cosine to the class prompts' embeddings",
+                deterministic=True, text=True, marker="*", linestyle=":"),
+    ProbeMethod("textlinear", EPISODIC, "embedcyto.probes.textprobes:TextLinear",
+                "text-init. linear", help="few-shot cosine probe started at the text classifier",
+                scorer="embedcyto.probes.text_episodes:textlinear_scorer", text=True,
+                marker="D", linestyle="-"),
+    ProbeMethod("clap", EPISODIC, "embedcyto.probes.textprobes:CLAP", "CLAP",
+                help="textlinear kept near the text classifier (CLAP's class-adaptive penalty)",
+                scorer="embedcyto.probes.text_episodes:clap_scorer", text=True,
+                marker="d", linestyle="--"),
+    ProbeMethod("tipadapter", EPISODIC, "embedcyto.probes.textprobes:TipAdapter",
+                "Tip-Adapter", help="zero-shot + support cache; beta, alpha chosen on val",
+                needs_validation=True, scorer="embedcyto.probes.text_episodes:tipadapter_scorer",
+                text=True, marker="v", linestyle="-"),
+    ProbeMethod("tipadapter_f", EPISODIC, "embedcyto.probes.textprobes:TipAdapterF",
+                "Tip-Adapter-F", help="Tip-Adapter with trained cache keys; beta, alpha on val",
+                needs_validation=True,
+                scorer="embedcyto.probes.text_episodes:tipadapter_f_scorer", text=True,
+                marker="v", linestyle="--"),
+    ProbeMethod("lppp", EPISODIC, "embedcyto.probes.textprobes:LPPP", "LP++",
+                help="linear probe + class-wise multiples of the text logits (LP++)",
+                scorer="embedcyto.probes.text_episodes:lppp_scorer", text=True,
+                marker="P", linestyle="-"),
 )
 
 

@@ -74,6 +74,10 @@ class ProbeGridConfig:
         backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
             :mod:`embedcyto.parallel`); results do not depend on it.
         scheduler: Dask or Ray cluster address; None starts a local cluster.
+        prompts: JSON file of class phrases and templates for the text methods (default: the
+            prompts shipped for the dataset, see docs/text.md).
+        weights_dir: where text towers' weights and tokenizers are looked for (default:
+            ``EMBEDCYTO_WEIGHTS``); the store's own weights file is tried first.
     """
 
     store_dir: str | Path | None = None
@@ -89,6 +93,8 @@ class ProbeGridConfig:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend: str | None = None
     scheduler: str | None = None
+    prompts: str | Path | None = None
+    weights_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("datasets", "models", "methods"):
@@ -265,9 +271,35 @@ def _plan(config: ProbeGridConfig, store_dir: Path) -> tuple[list[ProbeTask], di
     for check in checks:
         for model, info in check.stores.items():
             stores[(check.dataset, model)] = info
-            tasks += plan_tasks(check.dataset, model, config.methods, shots[check.dataset],
-                                config.seeds, config.options)
+            methods, options = prepare_text_methods(info[0], model, config)
+            tasks += plan_tasks(check.dataset, model, methods, shots[check.dataset],
+                                config.seeds, options)
     return tasks, stores
+
+
+def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
+    """The methods to run on one store and their options: text methods are dropped (with a
+    warning) for a model without a text encoder; otherwise the store's class text embeddings
+    are computed or reused now, in this process, and their prompts' digest is added to the
+    methods' options so that changed prompts make earlier rows stale."""
+    text = [m for m in config.methods if registry.get_method(m).text]
+    if not text:
+        return config.methods, config.options
+    from embedcyto.backbones.text import has_text
+
+    if not has_text(model):
+        log.warning("%s has no text encoder: %s skipped for it", model, ", ".join(text))
+        return tuple(m for m in config.methods if m not in text), config.options
+    from embedcyto.probes.text_inputs import PROMPTS_OPTION
+    from embedcyto.store import load_features
+    from embedcyto.textembed import ensure_text_embeddings
+
+    entry = ensure_text_embeddings(load_features(path), prompts_file=config.prompts,
+                                   weights_dir=config.weights_dir)["classes"]
+    options = {m: dict(o) for m, o in config.options.items()}
+    for method in text:
+        options[method] = {**options.get(method, {}), PROMPTS_OPTION: entry.prompts_sha256}
+    return config.methods, options
 
 
 def run_probe_grid(config: ProbeGridConfig) -> list[dict]:

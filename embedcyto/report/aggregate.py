@@ -36,6 +36,8 @@ STUDY25_NOTE = ("'study 25-class (flat)': the Dausort et al. accuracy on their 2
                 "same predictions; 'average' is the mean of the three official levels.")
 AVERAGE = "average"
 ALL = "all"
+#: The zero-shot method: no training image, shown as shots = 0 in few-shot tables and figures.
+ZERO_SHOT = "zeroshot"
 
 
 def method_label(method: str) -> str:
@@ -268,6 +270,13 @@ def _shot_columns(records: Sequence[Mapping]) -> list:
     return shots + [ALL]
 
 
+def _shot_key(method: str, column):
+    """The ``shots`` of a row shown in a few-shot table column (zero-shot rows have none)."""
+    if method == ZERO_SHOT:
+        return None if column == 0 else "-"
+    return None if column == ALL else column
+
+
 def shots_table(records: Sequence[Mapping], dataset: str, metric: str = "accuracy",
                 reference_method: str = "linear") -> Table:
     """Few-shot table of one dataset: for each model, LoRA and frozen few-shot rows over shots.
@@ -275,17 +284,18 @@ def shots_table(records: Sequence[Mapping], dataset: str, metric: str = "accurac
     The "all" column holds LoRA trained on the whole training split and, on its own row, the
     frozen ``reference_method`` (the Experiment 1 line).
     """
-    wanted = (LORA, *few_shot_methods(), reference_method)
+    wanted = (ZERO_SHOT, LORA, *few_shot_methods(), reference_method)
     chosen = [r for r in records if r["dataset"] == dataset and r["fraction"] is None
               and r["method"] in wanted]
     groups = group_seeds(chosen)
     columns = _shot_columns([r for r in chosen if r["method"] in (LORA, *few_shot_methods())])
+    if any(r["method"] == ZERO_SHOT for r in chosen):
+        columns = [0, *columns]  # zero-shot: no training image
     rows = []
     for model in model_order({r["model"] for r in chosen}):
         for method in wanted:
-            cells = tuple(_cell(groups.get((dataset, model, method,
-                                            None if k == ALL else k, None)), metric)
-                          for k in columns)
+            cells = tuple(_cell(groups.get((dataset, model, method, _shot_key(method, k), None)),
+                                metric) for k in columns)
             if any(c is not None for c in cells):
                 rows.append((f"{model} · {method_label(method)}", cells))
     title = (f"{DATASET_LABELS.get(dataset, dataset)}: {METRIC_LABELS.get(metric, metric)} (%) "
@@ -349,6 +359,10 @@ def shot_curves(records: Sequence[Mapping], dataset: str, metric: str = "accurac
                            method, metric)
             if curve is not None:
                 curves.append(curve)
+        zero = _cell(groups.get((dataset, model, ZERO_SHOT, None, None)), metric)
+        if zero is not None:  # one point at shots = 0
+            curves.append(Curve(f"{model} {method_label(ZERO_SHOT)}", model, ZERO_SHOT, (0.0,),
+                                (zero.mean,), (zero.std or 0.0,)))
         ref = _cell(groups.get((dataset, model, reference_method, None, None)), metric)
         if ref is not None:
             refs.append(Reference(f"{model} {method_label(reference_method)} (all data)",

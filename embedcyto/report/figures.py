@@ -14,6 +14,8 @@ each line's points are shifted sideways by a small step and a note under the fig
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +135,10 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     ``warning`` (e.g. random-weight models) is printed under the figure and in its metadata."""
     figure, (ax,) = _new_figure(9.0, 4.8)
     colours = _colours([c.model for c in curves] + [r.model for r in references])
+    positive = sorted({x for c in curves for x in c.x if x > 0})
+    zero_at = (positive[0] if positive else 1.0) / 2  # shots = 0 (zero-shot) on a log axis
+    curves = [dataclasses.replace(c, x=tuple(zero_at if x == 0 else x for x in c.x))
+              for c in curves]
     offsets = shifts(len(curves), _LOG2_STEP)
     for curve, offset in zip(curves, offsets):
         dashes, marker = _style(curve.method)
@@ -144,7 +150,8 @@ def plot_shot_curves(curves: Sequence[Curve], references: Sequence[Reference], t
     shots = sorted({x for c in curves for x in c.x})
     if shots:
         ax.set_xscale("log", base=2)
-        ax.set_xticks(shots, [f"{s:g}" for s in shots])
+        ax.set_xticks(shots, ["0" if s == zero_at and s not in positive else f"{s:g}"
+                              for s in shots])
     xlabel = "shots per class (training images per class)"
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
