@@ -24,8 +24,9 @@ Protocol (why it is this way):
       seed only matters for the internal holdout.
     * The model is scikit-learn's ``LogisticRegression`` (lbfgs, L2, intercept unpenalised). With
       more than two classes, every size, its objective is minimised by
-      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options, loss and
-      gradient from torch matrix products, about 2–4× faster per evaluation on big inputs).
+      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options and
+      start dtype, the data prepared once per C path, an exact row-space basis when there are
+      fewer rows than features).
       Always using it above two classes, rather than above a size threshold, keeps one solver per
       model type, so a result never changes because a dataset crossed a threshold. Binary
       problems stay on scikit-learn, whose binary model has a single coefficient vector.
@@ -140,21 +141,27 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Xn = apply_normaliser(X, self.normalisation, self.mean_, self.scale_)
         grid = self._grid()
         self.n_evaluations_ = 0
-        if grid.size == 1:
-            self.selection_ = "fixed"
-            self.val_scores_ = np.full(1, np.nan)
-            best = self._solver(Xn, y)(float(grid[0]), None)
-        elif X_val is not None:
-            self.selection_ = "validation"
-            Xv = apply_normaliser(X_val, self.normalisation, self.mean_, self.scale_)
-            best = self._search(grid, self._solver(Xn, y), Xv, y_val)
-        else:
-            self.selection_ = "holdout"
-            best = self._fit_with_holdout(grid, Xn, y)
+        # One thread limit for the whole path: setting it costs milliseconds per fit under load,
+        # and the row-space basis (a QR) is computed inside it too.
+        with single_blas_thread():
+            best = self._choose(grid, Xn, y, X_val, y_val)
         self.C_ = best.C
         self.coef_, self.intercept_, self.n_iter_ = best.coef, best.intercept, best.n_iter
         self._report_convergence()
         return self
+
+    def _choose(self, grid, Xn, y, X_val, y_val) -> _Solution:
+        """The solution kept: the single C, or the best one on validation or the holdout."""
+        if grid.size == 1:
+            self.selection_ = "fixed"
+            self.val_scores_ = np.full(1, np.nan)
+            return self._solver(Xn, y)(float(grid[0]), None)
+        if X_val is not None:
+            self.selection_ = "validation"
+            Xv = apply_normaliser(X_val, self.normalisation, self.mean_, self.scale_)
+            return self._search(grid, self._solver(Xn, y), Xv, y_val)
+        self.selection_ = "holdout"
+        return self._fit_with_holdout(grid, Xn, y)
 
     def _solver(self, X, y) -> Callable[[float, _Solution | None], _Solution]:
         """A function ``(C, start) -> solution`` fitting (X, y), warm-started from ``start``.
