@@ -148,6 +148,7 @@ def probe_all(settings: Settings, datasets: Sequence[str], models: Sequence[str]
             tuple(settings.seeds), settings.episodes, settings.n_jobs, settings.probe_results,
             options=settings.probe_options or {}))
         say(f"probe {name}: {len(rows)} rows ({', '.join(methods)})")
+        rows.raise_for_skipped()
 
 
 def lora_all(settings: Settings, opened: dict, configs: Sequence) -> None:

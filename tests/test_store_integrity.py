@@ -4,6 +4,7 @@ refused on the way in and on the way out."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import h5py
@@ -14,7 +15,7 @@ from store_damage import DAMAGES, make_legacy, put_value
 from test_store_fixtures import make_dataset, make_features, provenance, write_full
 
 from embedcyto.cli.main import cli
-from embedcyto.errors import DamagedStoreError, StoreError
+from embedcyto.errors import DamagedStoreError, ProbeError, StoreError
 from embedcyto.store import (
     Features,
     list_stores,
@@ -166,6 +167,47 @@ def test_probes_of_other_stores_run_beside_a_damaged_one(tmp_path, damage):
     broken = runner.invoke(cli, [*args, "--dataset", "toy", "--model", "alpha"])
     assert broken.exit_code == 1 and "damaged" in broken.output
     assert "--force" in broken.output and "Traceback" not in broken.output
+
+
+@pytest.mark.parametrize("damage", ["flip", "permute", "truncate"])
+def test_a_plain_probe_reports_a_damaged_store_and_probes_the_others(tmp_path, damage):
+    """Damage only a full read sees (flipped bytes, permuted rows) must not stop a probe of
+    every store: the damaged one is named with its fix, the others are probed, exit code 1."""
+    from test_probes_runner import make_dataset as probe_dataset
+    from test_probes_runner import write_store
+
+    from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
+
+    store = tmp_path / "cache"
+    write_store(store, probe_dataset("other"), "alpha")
+    write_store(store, probe_dataset("toy"), "beta")
+    bad = write_store(store, probe_dataset("toy"), "alpha")
+    DAMAGES[damage](bad)
+    args = ["probe", "--store", str(store), "--results", str(tmp_path / "res"),
+            "--episodes", "5", "--shots", "1", "--seeds", "1", "--methods", "simpleshot"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert f"{bad}" in result.output and "damaged" in result.output
+    assert "extract --force" in result.output
+    assert "skipped 1 damaged store" in result.output
+    rows = [json.loads(line) for name in ("other", "toy")
+            for line in (tmp_path / "res" / f"{name}.jsonl").read_text().splitlines()]
+    assert {(r["dataset"], r["model"]) for r in rows} == {("other", "alpha"), ("toy", "beta")}
+
+    config = ProbeGridConfig(store_dir=store, methods=("simpleshot",), shots=(1,), seeds=(1,),
+                             episodes=5, results_dir=tmp_path / "res2")
+    got = run_probe_grid(config)
+    assert {(r["dataset"], r["model"]) for r in got} == {("other", "alpha"), ("toy", "beta")}
+    assert [(s.dataset, s.model, s.path) for s in got.skipped] == [("toy", "alpha", bad)]
+    assert "--force" in got.skipped[0].problem
+    with pytest.raises(ProbeError, match=r"(?s)skipped 1 damaged store.*toy/alpha"):
+        got.raise_for_skipped()  # what the CLI and the pipelines call once the rows are written
+
+    DAMAGES[damage](store / "toy" / "beta.h5")  # a dataset with no usable store left
+    got = run_probe_grid(config)
+    assert {(r["dataset"], r["model"]) for r in got} == {("other", "alpha")}
+    assert sorted(s.model for s in got.skipped) == ["alpha", "beta"]
 
 
 def test_extraction_refuses_non_finite_features_naming_the_images(tmp_path, monkeypatch):

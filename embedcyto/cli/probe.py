@@ -146,7 +146,8 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     to one JSON line per task in RESULTS/<dataset>.jsonl; rows already there for the same store
     are reused unless --rerun, and several probe runs may share one results folder. Numbers
     below are percent: mean ± std over seeds, or ± the 95 % confidence interval over episodes
-    when there is one seed.
+    when there is one seed. A damaged store is left out and named with its fix; the others are
+    probed, and the command then exits with status 1.
     """
     from embedcyto.probes.results import row_key
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
@@ -176,3 +177,4 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
         for store_path, method in sorted({(r["store_path"], r["method"]) for r in rows
                                           if r["method"] in SAVABLE}):
             click.echo(f"saved probe: {fit_and_save(store_path, method, save_dir)}")
+    rows.raise_for_skipped()

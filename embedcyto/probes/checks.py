@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from embedcyto.errors import ProbeError
+from embedcyto.errors import DamagedStoreError, ProbeError
 from embedcyto.probes import registry
 from embedcyto.probes.evaluate import check_finite
 
@@ -30,12 +30,24 @@ class StoreCheck:
 
     ``stores`` maps model -> (path, identity at inspection); ``train_counts`` is the number of
     training rows of each class (the same in every store of the dataset, which is checked).
+    ``damaged`` lists the stores left out because a read found them damaged.
     """
 
     dataset: str
     stores: dict[str, tuple[Path, str]]
     classes: tuple[str, ...]
     train_counts: tuple[int, ...]
+    damaged: tuple[SkippedStore, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkippedStore:
+    """A store the grid left out, and why (the reason names the fix, ``extract --force``)."""
+
+    dataset: str
+    model: str
+    path: Path
+    problem: str
 
 
 def store_identity(provenance: Mapping[str, Any]) -> str:
@@ -68,6 +80,10 @@ def inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],
                    methods: Sequence[str]) -> StoreCheck:
     """Check every store of a dataset before any probe runs.
 
+    A store that a full read finds damaged (flipped bytes, permuted rows: damage the quick
+    check of ``store ls`` cannot see) is left out and listed in ``StoreCheck.damaged``, so one
+    bad file never stops the probes of the others.
+
     Raises:
         ProbeError: missing/incomplete stores (via the store reader), stores of one dataset whose
             rows or splits differ between models, a missing validation split a method needs,
@@ -75,10 +91,15 @@ def inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],
     """
     from embedcyto.store import load_features, store_path
 
-    out, signatures, counts, classes = {}, {}, (), ()
+    out, signatures, counts, classes, damaged = {}, {}, (), (), []
     for model in models:
         path = store_path(store_dir, dataset, model)
-        feats = load_features(path, dataset, model, mmap=True)
+        try:
+            feats = load_features(path, dataset, model, mmap=True)
+        except DamagedStoreError as err:
+            log.warning("skipping a damaged store: %s", err)
+            damaged.append(SkippedStore(dataset, model, path, str(err)))
+            continue
         out[model] = (path, store_identity(feats.provenance))
         signatures[model] = row_signature(feats)
         _check_validation(path, feats, methods)
@@ -95,7 +116,7 @@ def inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],
             f"stores of dataset {dataset!r} hold different images or splits ({listing}), so "
             "models would not be compared on the same rows: extract them all from the same "
             "dataset root and split file")
-    return StoreCheck(dataset, out, classes, counts)
+    return StoreCheck(dataset, out, classes, counts, tuple(damaged))
 
 
 def _shortest(check: StoreCheck) -> tuple[str, int]:
@@ -116,6 +137,7 @@ def usable_shots(checks: Sequence[StoreCheck], shots: Sequence[int], methods: Se
     """
     if not any(registry.get_method(m).episodic for m in methods):
         return {c.dataset: tuple(shots) for c in checks}
+    checks = [c for c in checks if c.stores]
     smallest = {c.dataset: _shortest(c) if c.train_counts else ("?", 0) for c in checks}
     out = {d: tuple(k for k in shots if k <= n) for d, (_, n) in smallest.items()}
     unusable = [k for k in shots if all(k not in v for v in out.values())]

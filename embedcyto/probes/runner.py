@@ -34,7 +34,8 @@ from typing import Any
 from embedcyto.errors import ProbeError, StoreError
 from embedcyto.predictions import keep_row_predictions
 from embedcyto.probes import registry
-from embedcyto.probes.checks import StoreCheck, inspect_stores, store_identity, usable_shots
+from embedcyto.probes.checks import (SkippedStore, StoreCheck, inspect_stores, store_identity,
+                                     usable_shots)
 from embedcyto.probes.results import (merge_rows, read_results, results_file, row_key,
                                       task_key)
 
@@ -157,26 +158,54 @@ class ProbeTask:
                 self.seed if self.seed is not None else -1)
 
 
-def _models_for(store_dir: Path, dataset: str, models: Sequence[str] | None) -> list[str]:
+class GridRows(list):
+    """The grid's rows (a plain list of dicts), plus the stores it left out as damaged.
+
+    ``skipped`` is empty when every store was probed; the CLI exits non-zero otherwise.
+    """
+
+    skipped: tuple[SkippedStore, ...] = ()
+
+    def raise_for_skipped(self) -> None:
+        """Raise :class:`ProbeError` listing every skipped store with its fix, if any was.
+
+        Called once the other stores' rows are written, so a caller that must not take a
+        partial grid for a full one (the CLI, the pipelines) fails without losing them.
+        """
+        if self.skipped:
+            listing = "".join(f"\n  {s.dataset}/{s.model}: {s.problem}" for s in self.skipped)
+            raise ProbeError(f"skipped {len(self.skipped)} damaged store(s); the rows written "
+                             f"are those of the other stores:{listing}")
+
+
+def _models_for(store_dir: Path, dataset: str,
+                models: Sequence[str] | None) -> tuple[list[str], list[SkippedStore]]:
+    """The models to probe for a dataset, and its stores the quick check found damaged."""
     from embedcyto.store import list_stores
 
     entries = [s for s in list_stores(store_dir) if s.dataset == dataset]
     if models:
-        return list(models)
+        return list(models), []
     complete = sorted({s.model for s in entries if s.state == "complete"})
-    others = [f"{s.model} ({s.status})" for s in entries if s.state != "complete"]
+    damaged = [SkippedStore(dataset, s.model, Path(s.path), s.status) for s in entries
+               if s.state == "damaged"]
+    others = [f"{s.model} ({s.status})" for s in entries if s.state not in ("complete",
+                                                                            "damaged")]
     if others:
         log.warning("%s: skipping stores that are not complete: %s", dataset, ", ".join(others))
-    if not complete:
+    for skip in damaged:
+        log.warning("skipping a damaged store %s: %s", skip.path, skip.problem)
+    if not complete and not damaged:
         raise ProbeError(f"no complete feature store for dataset {dataset!r} in {store_dir}; "
                          f"run `embedcyto extract --dataset {dataset} --model NAME` first")
-    return complete
+    return complete, damaged
 
 
 def _datasets_in(store_dir: Path) -> list[str]:
     from embedcyto.store import list_stores
 
-    names = sorted({s.dataset for s in list_stores(store_dir) if s.state == "complete"})
+    names = sorted({s.dataset for s in list_stores(store_dir)
+                    if s.state in ("complete", "damaged")})
     if not names:
         raise ProbeError(f"no complete feature store in {store_dir}; run `embedcyto extract` "
                          "first or point --store at the folder holding the stores")
@@ -257,15 +286,25 @@ def _rows_of(unit: dict, identity: str, results: list[dict]) -> list[dict]:
     return rows
 
 
-def _plan(config: ProbeGridConfig, store_dir: Path) -> tuple[list[ProbeTask], dict]:
-    """Check every store and shot value, then list every task (nothing is computed yet)."""
+def _plan(config: ProbeGridConfig,
+          store_dir: Path) -> tuple[list[ProbeTask], dict, tuple[SkippedStore, ...]]:
+    """Check every store and shot value, then list every task (nothing is computed yet).
+
+    Damaged stores are left out and returned; when nothing else is left, that is an error.
+    """
     checks: list[StoreCheck] = []
+    skipped: list[SkippedStore] = []
     for dataset in config.datasets or _datasets_in(store_dir):
-        names = _models_for(store_dir, dataset, config.models)
+        names, damaged = _models_for(store_dir, dataset, config.models)
+        skipped += damaged
         try:
-            checks.append(inspect_stores(store_dir, dataset, names, config.methods))
+            check = inspect_stores(store_dir, dataset, names, config.methods)
         except StoreError as err:
             raise ProbeError(str(err)) from err
+        skipped += check.damaged
+        checks.append(check)
+    if not any(c.stores for c in checks):
+        raise ProbeError("nothing to probe: " + "; ".join(s.problem for s in skipped))
     shots = usable_shots(checks, config.shot_grid, config.methods, config.shots is not None)
     tasks, stores = [], {}
     for check in checks:
@@ -274,7 +313,7 @@ def _plan(config: ProbeGridConfig, store_dir: Path) -> tuple[list[ProbeTask], di
             methods, options = prepare_text_methods(info[0], model, config)
             tasks += plan_tasks(check.dataset, model, methods, shots[check.dataset],
                                 config.seeds, options)
-    return tasks, stores
+    return tasks, stores, tuple(skipped)
 
 
 def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
@@ -302,11 +341,13 @@ def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
     return config.methods, options
 
 
-def run_probe_grid(config: ProbeGridConfig) -> list[dict]:
+def run_probe_grid(config: ProbeGridConfig) -> GridRows:
     """Probe every requested store; write and return one row per task (sorted).
 
     Rows already in the results folder for the same task and store are reused (unless
     ``config.rerun``); each finished unit's rows are merged into ``<dataset>.jsonl`` at once.
+    A store found damaged is left out and listed in the result's ``skipped`` (with its fix);
+    the other stores are probed.
 
     Raises:
         ProbeError: missing/incomplete stores, stores disagreeing on rows or splits, a missing
@@ -320,7 +361,7 @@ def run_probe_grid(config: ProbeGridConfig) -> list[dict]:
 
     check_backend(config.backend, config.scheduler)
     store_dir = default_store_dir(config.store_dir)
-    tasks, stores = _plan(config, store_dir)
+    tasks, stores, skipped = _plan(config, store_dir)
     folder = config.results_folder
     existing = {d: read_results(results_file(folder, d)) for d in {t.dataset for t in tasks}}
     done = {row_key(r): r for rows in existing.values() for r in rows}
@@ -339,7 +380,9 @@ def run_probe_grid(config: ProbeGridConfig) -> list[dict]:
             merged = merge_rows(results_file(folder, unit["tasks"][0].dataset), new)
             keys = {row_key(r) for r in new}
             computed.update((task_key(r), r) for r in merged if row_key(r) in keys)
-    return _collect(tasks, stores, done, computed)
+    rows = GridRows(_collect(tasks, stores, done, computed))
+    rows.skipped = skipped
+    return rows
 
 
 def _collect(tasks: Sequence[ProbeTask], stores, done: Mapping[str, dict],

@@ -113,7 +113,8 @@ def probe_datasets(workspace: Workspace | None, store_dir, names: Sequence[str] 
     """
     from embedcyto.store import list_stores
 
-    have = {i.dataset for i in list_stores(store_dir) if i.state == "complete"} \
+    # A damaged store counts: the probe grid names it with its fix instead of "no store".
+    have = {i.dataset for i in list_stores(store_dir) if i.state in ("complete", "damaged")} \
         if Path(store_dir).is_dir() else set()
     if names:
         for name in names:
