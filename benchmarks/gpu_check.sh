@@ -42,11 +42,11 @@ fi
 if [[ $DRY == 1 ]]; then
     BASE=tiny-clip; LARGE=tiny-vit; PREC=fp32; DEVICE=cpu; IMAGES=10; BATCH=5; WORKERS=0
     STEPS=1; LORA_BATCH=2; COMPILE=eager; LIMIT=240
-    GIANT="--co"; CARDS="--tiny"
+    GIANT="--co"; CARDS="--tiny"; GPU_TESTS="tests/test_lora_adapters.py"
 else
     BASE=clip; LARGE=clip-l14; PREC=bf16; DEVICE=cuda; IMAGES=256; BATCH=64; WORKERS=8
     STEPS=5; LORA_BATCH=32; COMPILE=inductor; LIMIT=120
-    GIANT=""; CARDS=""
+    GIANT=""; CARDS=""; GPU_TESTS=""
 fi
 
 STEPS_RUN=(
@@ -54,7 +54,7 @@ STEPS_RUN=(
     "benchmarks/bench_extract.py --model $LARGE --images $IMAGES --batch-size $BATCH --precision $PREC --workers $WORKERS"
     "benchmarks/bench_lora.py --models $BASE,$LARGE --devices $DEVICE --precision $PREC --batch-size $LORA_BATCH --steps $STEPS"
     "benchmarks/bench_shards.py --model $BASE --images $IMAGES --batch-size $BATCH --precision $PREC"
-    "-m pytest -q -m gpu -rs -p no:cacheprovider"
+    "-m pytest -q -m gpu -rs -p no:cacheprovider $GPU_TESTS"
     "benchmarks/gpu_attention.py --models $BASE,$LARGE --device $DEVICE --precision $PREC --batch-size $BATCH --steps $STEPS --compile-backend $COMPILE"
     "-m pytest -q -m giant $GIANT -p no:cacheprovider tests/test_backbones_zoo_full.py"
     "benchmarks/gpu_card_times.py --device $DEVICE --precision $PREC --batch-size $BATCH $CARDS"

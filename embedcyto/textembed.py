@@ -103,3 +103,10 @@ def ensure_text_embeddings(feats: Features, *, prompts_file: str | Path | None =
     write_text_embeddings(feats.path, list(out.values()))
     log.info("cached class text embeddings of %s in %s", feats.model, feats.path)
     return out
+
+
+def has_text_tower(model: str) -> bool:
+    """Whether ``model`` (a card name) has a text encoder; probes ask here, not the backbones."""
+    from embedcyto.backbones.text import has_text
+
+    return has_text(model)

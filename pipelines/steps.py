@@ -182,6 +182,6 @@ def write_report(settings: Settings, plans: Sequence = ()) -> None:
     say(f"report: {result.markdown} ({len(result.tables)} tables, {len(result.figures)} "
         "figures)")
     say(f"workspace: {settings.report / WORKSPACE_FILE} (carry on from the command line: "
-        f"embedcyto --workspace {settings.report / WORKSPACE_FILE} status)")
+        f"EMBEDCYTO_WORKSPACE={settings.report / WORKSPACE_FILE} embedcyto status)")
     if settings.smoke:
         say("smoke run: generated data and random weights, the numbers mean nothing")

@@ -48,8 +48,8 @@ INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
 # Python caller); the CLI rewrites each into the flag of the command that was run.
 PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
 # Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
-STANDS_IN = {"split_dir": ("--name", "another --name NAME (each dataset name has its own split "
-                                     "folder in the store)"),
+STANDS_IN = {"split_dir": ("--dataset", "another --dataset NAME (each dataset name has its own "
+                                        "split folder in the store)"),
              "store_dir": ("--store", "--store DIR")}
 
 

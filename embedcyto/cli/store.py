@@ -193,6 +193,7 @@ def import_(source: Path, dataset, model, layout, root, store_dir, force) -> Non
     are probed on the same splits and episodes as extracted ones; `embedcyto probe` then treats
     them like any store. Their provenance records that they were imported, and from which file.
     """
+    from embedcyto.backbones.cards import list_cards
     from embedcyto.store import default_store_dir
     from embedcyto.store.importer import import_features
     from embedcyto.workspace.current import current_workspace
@@ -203,7 +204,8 @@ def import_(source: Path, dataset, model, layout, root, store_dir, force) -> Non
     folder = default_store_dir(store_dir)
     opened, split_dir = open_entry(entry, ws if root is None else None, folder)
     written = import_features(source, opened, model=model, store_dir=folder,
-                              split_dir=split_dir, force=force)
+                              split_dir=split_dir, force=force,
+                              reserved_names=[c.name for c in list_cards()])
     click.echo(f"imported {source} as {dataset}/{model} -> {written}")
 
 

@@ -91,7 +91,7 @@ def open_dataset(adapter: str, root, *, name: str | None = None, split_dir=None,
     if problem is not None:
         source = "" if given else f" (the name of its root folder {root})"
         raise DatasetError(f"dataset name {name!r}{source} {problem}; give the dataset a plain "
-                           "name such as 'cervix_2024' (--name; in Python name=)")
+                           "name such as 'cervix_2024' (`name=`)")
     reader = info.load_reader()
     dataset = reader(root, **_reader_kwargs(reader, adapter, name, on_bad_image, options))
     if dataset.skipped and on_bad_image == "error":

@@ -324,9 +324,9 @@ def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
     text = [m for m in config.methods if registry.get_method(m).text]
     if not text:
         return config.methods, config.options
-    from embedcyto.backbones.text import has_text
+    from embedcyto.textembed import has_text_tower
 
-    if not has_text(model):
+    if not has_text_tower(model):
         log.warning("%s has no text encoder: %s skipped for it", model, ", ".join(text))
         return tuple(m for m in config.methods if m not in text), config.options
     from embedcyto.probes.text_inputs import PROMPTS_OPTION

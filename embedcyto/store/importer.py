@@ -16,6 +16,8 @@ dataset's classes; ``splits`` (or ``split``): train, val or test.
 
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 
@@ -127,23 +129,31 @@ def match_rows(arrays: dict, dataset, source: Path, split_file: str) -> np.ndarr
     return rows
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def import_features(source: str | os.PathLike, dataset, *, model: str, store_dir,
-                    split_dir, dtype: str = "float32", force: bool = False) -> Path:
+                    split_dir, dtype: str = "float32", force: bool = False,
+                    reserved_names=()) -> Path:
     """Write the features of ``source`` as the store ``store_dir/<dataset>/<model>.h5``.
 
     ``model`` names the features (a name that is not a model card, so nobody takes them for
     embedcyto's own extraction). Importing the same file again is a no-op; another file under
-    the same name is refused unless ``force``.
+    the same name is refused unless ``force``. ``reserved_names`` are names the features may
+    not take (the caller passes the model cards' names; the store knows nothing of models).
     """
-    from embedcyto.backbones.cards import list_cards
-    from embedcyto.backbones.weights import file_sha256
     from embedcyto.datasets.splits import dataset_split_hash
     from embedcyto.store import open_writer, store_path
 
     source = Path(source)
-    if model in {c.name for c in list_cards()}:
+    if model in set(reserved_names):
         raise StoreError(f"{model!r} is a model card: name imported features something else "
-                         f"(e.g. --model ext-{model}), so they are never mistaken for its "
+                         f"(e.g. model='ext-{model}'), so they are never mistaken for its "
                          "extraction")
     split_hash = dataset_split_hash(dataset, split_dir)
     split_file = "the dataset's official split" if split_hash == "official" else \
@@ -152,7 +162,7 @@ def import_features(source: str | os.PathLike, dataset, *, model: str, store_dir
     rows = match_rows(arrays, dataset, source, split_file)
     X = np.asarray(arrays["X"], dtype=np.float64)[rows]
     provenance = {"model": model, "source": "imported", "imported_from": str(source.resolve()),
-                  "imported_sha256": file_sha256(source), "split_hash": split_hash,
+                  "imported_sha256": _sha256(source), "split_hash": split_hash,
                   "adapter": dataset.adapter, "dataset_root": str(dataset.root)}
     path = store_path(store_dir, dataset.name, model)
     with open_writer(path, dataset=dataset, provenance=provenance, embed_dim=X.shape[1],

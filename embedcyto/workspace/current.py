@@ -35,7 +35,8 @@ def current_workspace(*, required: bool = False) -> Workspace | None:
         if required:
             raise WorkspaceError(
                 f"no workspace here ({Path.cwd()} and the folders above hold no embedcyto.toml); "
-                "create one with `embedcyto init`, or name one with --workspace PATH")
+                "name one with --workspace PATH (or $EMBEDCYTO_WORKSPACE), or create one with "
+                "`embedcyto init`")
         return None
     return load_workspace(path)
 
