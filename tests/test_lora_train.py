@@ -329,3 +329,30 @@ def test_bf16_runs_keep_frozen_weights_in_bf16_and_train_float32_parameters(toy)
     assert len(trained) == 2 * 2 * 2 + 2  # A and B on q and v of 2 blocks, head weight + bias
     assert {params[n].dtype for n in params if n not in trained} == {torch.bfloat16}
     assert {params[n].dtype for n in trained} == {torch.float32}
+
+
+def test_a_published_run_folder_has_every_file_fsynced_before_complete(tmp_path, monkeypatch):
+    """COMPLETE promises a whole run: every file under the staged folder is fsynced first."""
+    import os
+
+    from embedcyto.lora.runs import COMPLETE, Staging
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    final = tmp_path / "runs" / "seed-1"
+    with Staging(final) as staged:
+        (staged.tmp / "adapter").mkdir()
+        (staged.tmp / "adapter" / "weights.bin").write_bytes(b"x" * 10)
+        (staged.tmp / "metrics.json").write_text("{}")
+        staged.publish()
+    names = [os.path.basename(p) for p in synced]
+    assert "weights.bin" in names and "metrics.json" in names
+    marker = next(i for i, n in enumerate(names) if COMPLETE in n)
+    assert names.index("weights.bin") < marker and names.index("metrics.json") < marker
+    assert (final / COMPLETE).read_text() == "finished\n"

@@ -80,8 +80,9 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, data) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n",
-                    encoding="utf-8")
+    from embedcyto.fsio import atomic_write_text
+
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def read_run_config(path: str | os.PathLike) -> dict:
@@ -198,12 +199,12 @@ class Staging:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def publish(self) -> Path:
-        """Write ``COMPLETE``, then rename the folder into place (replacing an older run)."""
-        marker = self.tmp / COMPLETE
-        with marker.open("w", encoding="utf-8") as handle:
-            handle.write("finished\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        """Make every file durable, write ``COMPLETE``, then rename the folder into place
+        (replacing an older run): a folder with ``COMPLETE`` never holds a truncated file."""
+        from embedcyto.fsio import atomic_write_text
+
+        _fsync_tree(self.tmp)
+        atomic_write_text(self.tmp / COMPLETE, "finished\n")
         old = None
         if self.final.exists():
             old = self.final.parent / f".{self.final.name}{_OLD}{os.getpid()}"
@@ -217,16 +218,24 @@ class Staging:
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    from embedcyto.fsio import fsync_dir
+
+    fsync_dir(folder)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (adapter, head, predictions, JSON files are
+    written by libraries that do not fsync)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
 
 
 # -- what a run folder holds ------------------------------------------------------------------
