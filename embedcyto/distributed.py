@@ -197,6 +197,9 @@ def process_group(env: RankEnv, device: str, *,
                             timeout=_dt.timedelta(seconds=timeout_s))
     try:
         yield Ranks(env)
+        # Leave together: a rank tearing gloo down while another still uses it (rank 0 still
+        # writing the run) can abort at exit. After an error no barrier: that rank just goes.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

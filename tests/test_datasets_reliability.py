@@ -344,14 +344,14 @@ def test_bcfc_folders_beside_the_split_folders_are_not_dropped_silently(tmp_path
 @pytest.mark.parametrize("name", ["a|b", "a\x00b", "../up", ".hidden", "tab\tname"])
 def test_unsafe_dataset_names_are_refused_before_anything_is_written(tmp_path, name):
     root = make_fixture("folder", tmp_path / "data", per_class=2)
-    with pytest.raises(DatasetError, match="dataset name .*--name"):
+    with pytest.raises(DatasetError, match="dataset name .*`name=`"):
         open_dataset("folder", root, name=name, split_dir=tmp_path / "s")
     assert not (tmp_path / "s").exists()
 
 
 def test_a_root_folder_name_with_a_pipe_is_refused_with_the_fix(tmp_path):
     root = make_fixture("folder", tmp_path / "my|data", per_class=2)
-    with pytest.raises(DatasetError, match=r"'my\|data' \(the name of its root folder.*--name"):
+    with pytest.raises(DatasetError, match=r"'my\|data' \(the name of its root folder.*`name=`"):
         open_dataset("folder", root)
     assert open_dataset("folder", root, name="my_data").name == "my_data"
 

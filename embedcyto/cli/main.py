@@ -50,7 +50,8 @@ PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
 # Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
 STANDS_IN = {"split_dir": ("--dataset", "another --dataset NAME (each dataset name has its own "
                                         "split folder in the store)"),
-             "store_dir": ("--store", "--store DIR")}
+             "store_dir": ("--store", "--store DIR"),
+             "name": ("--dataset", "--dataset NAME")}
 
 
 def _available(target: str) -> bool:
