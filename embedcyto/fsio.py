@@ -129,7 +129,7 @@ def remove_stale_tmp(folder: str | os.PathLike, name: str) -> int:
     prefix = f".{name}{TMP_INFIX}"
     for candidate in Path(folder).glob(f"{prefix}*"):
         pid_text = candidate.name[len(prefix):].split("-", 1)[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
+        if pid_text.isdigit() and pid_alive(int(pid_text)):
             continue
         try:
             candidate.unlink()
@@ -139,7 +139,8 @@ def remove_stale_tmp(folder: str | os.PathLike, name: str) -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (this process included); the owner of leftover files."""
     if pid == os.getpid():
         return True
     try:

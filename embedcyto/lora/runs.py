@@ -33,6 +33,7 @@ import numpy as np
 
 from embedcyto.configs import what_differs
 from embedcyto.errors import LoraError
+from embedcyto.fsio import atomic_write_text, fsync_dir, pid_alive
 from embedcyto.lora.config import LoraRunConfig
 
 #: Run folders live in ``<runs>/lora/``, at ``<dataset>/<model>/<mode>/seed-S`` below it.
@@ -80,8 +81,6 @@ def read_json(path: Path) -> dict:
 
 
 def write_json(path: Path, data) -> None:
-    from embedcyto.fsio import atomic_write_text
-
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
@@ -142,18 +141,6 @@ def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
                     "DIR to keep both")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process is not running that run: it is a leftover
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_leftovers(path: Path) -> list[Path]:
     """Remove temporary folders of this run left by killed processes; returns what was removed.
 
@@ -167,7 +154,8 @@ def clean_leftovers(path: Path) -> list[Path]:
         for leftover in sorted(path.parent.glob(f".{path.name}{marker}*")):
             suffix = leftover.name.rsplit(marker, 1)[-1]
             pid = int(suffix) if suffix.isdigit() else -1
-            if pid > 0 and _pid_alive(pid):
+            # A folder of this very process is a leftover: this process is not running it.
+            if pid > 0 and pid != os.getpid() and pid_alive(pid):
                 raise LoraError(f"another process (pid {pid}) is running this LoRA run in "
                                 f"{leftover}; wait for it to finish or stop it")
             shutil.rmtree(leftover, ignore_errors=True)
@@ -201,8 +189,6 @@ class Staging:
     def publish(self) -> Path:
         """Make every file durable, write ``COMPLETE``, then rename the folder into place
         (replacing an older run): a folder with ``COMPLETE`` never holds a truncated file."""
-        from embedcyto.fsio import atomic_write_text
-
         _fsync_tree(self.tmp)
         atomic_write_text(self.tmp / COMPLETE, "finished\n")
         old = None
@@ -211,16 +197,10 @@ class Staging:
             os.replace(self.final, old)
         os.replace(self.tmp, self.final)
         self.published = True
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.final
-
-
-def _fsync_dir(folder: Path) -> None:
-    from embedcyto.fsio import fsync_dir
-
-    fsync_dir(folder)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -234,8 +214,8 @@ def _fsync_tree(folder: Path) -> None:
             finally:
                 os.close(fd)
         elif path.is_dir():
-            _fsync_dir(path)
-    _fsync_dir(folder)
+            fsync_dir(path)
+    fsync_dir(folder)
 
 
 # -- what a run folder holds ------------------------------------------------------------------
