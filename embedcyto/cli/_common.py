@@ -34,6 +34,26 @@ def parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
     return options
 
 
+def comma_list(kind=int, *, minimum=None):
+    """A click callback parsing ``"1,2,4"`` into a tuple of ``kind`` (at least one value, each
+    at least ``minimum`` when given); None stays None (the option was not given)."""
+    noun = "integers" if kind is int else "numbers"
+
+    def parse(ctx, param, value: str | None):
+        if value is None:
+            return None
+        try:
+            out = tuple(kind(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated {noun}, got {value!r}") from None
+        if not out:
+            raise click.BadParameter("give at least one value")
+        if minimum is not None and min(out) < minimum:
+            raise click.BadParameter(f"every value must be at least {minimum}, got {value!r}")
+        return out
+    return parse
+
+
 def parse_ratios(text: str) -> tuple[float, ...]:
     """``"0.7,0.1,0.2"`` → ``(0.7, 0.1, 0.2)``."""
     try:

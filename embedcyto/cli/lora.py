@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from embedcyto.cli._common import (
+    comma_list,
     runtime_options,
     split_options,
     store_option,
@@ -18,21 +19,6 @@ from embedcyto.schedule import STUDY_WARMUP
 TRAINING_OPTIONS = ("label_space", "targets", "rank", "alpha", "dropout", "scaling", "lr",
                     "weight_decay", "warmup", "min_lr", "iterations", "epochs", "batch_size",
                     "eval_every", "best_val", "grad_checkpointing", "seeds")
-
-
-def _numbers(kind):
-    def parse(ctx, param, value):
-        if value is None:
-            return None
-        try:
-            out = tuple(kind(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated numbers, got {value!r}") \
-                from None
-        if not out:
-            raise click.BadParameter("give at least one value")
-        return out
-    return parse
 
 
 def _targets(ctx, param, value: str) -> tuple[str, ...]:
@@ -112,14 +98,14 @@ def _show(name: str):
               help="Run only this [lora.NAME] plan of the workspace (repeatable).")
 @click.option("--dry-run", is_flag=True,
               help="Print the runs (done / to run) and the estimated time; train nothing.")
-@click.option("--shots", callback=_numbers(int), default=None,
+@click.option("--shots", callback=comma_list(int), default=None,
               help="Few-shot: K training images per class, e.g. 1,2,4 (the probe stage's "
                    "support sets). With a workspace plan: only these shots.")
-@click.option("--fraction", "fractions", callback=_numbers(float), default=None,
+@click.option("--fraction", "fractions", callback=comma_list(float), default=None,
               help="Percent of each class of train and val, e.g. 1,10,100. With a workspace "
                    "plan: only these fractions.")
 @click.option("--all", "all_data", is_flag=True, help="Train on the whole training split.")
-@click.option("--seeds", "--seed", "seeds", callback=_numbers(int), default="1",
+@click.option("--seeds", "--seed", "seeds", callback=comma_list(int), default="1",
               show_default=True, help="Seeds, e.g. 1,2,3 (one run per seed).")
 @click.option("--label-space", **_show("label_space"),
               help="Classes the head learns: 'classes' (the dataset's own; HiCervix: the 26 "

@@ -4,24 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embedcyto.cli._common import results_option, store_option
+from embedcyto.cli._common import comma_list, results_option, store_option
 from embedcyto.probes import registry
-
-
-def _int_list(minimum: int):
-    def parse(ctx, param, value: str | None) -> tuple[int, ...] | None:
-        if value is None:
-            return None
-        try:
-            out = tuple(int(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
-        if not out:
-            raise click.BadParameter("give at least one value")
-        if min(out) < minimum:
-            raise click.BadParameter(f"every value must be at least {minimum}, got {value!r}")
-        return out
-    return parse
 
 
 def _methods(ctx, param, value: str) -> tuple[str, ...]:
@@ -108,12 +92,12 @@ def _existing_keys(folder) -> set[str]:
 @store_option
 @click.option("--episodes", default=600, show_default=True, type=click.IntRange(min=1),
               help="Few-shot episodes per (shots, seed).")
-@click.option("--shots", default=None, callback=_int_list(1), metavar="K[,K...]",
+@click.option("--shots", default=None, callback=comma_list(int, minimum=1), metavar="K[,K...]",
               help="Images per class of the few-shot episodes, e.g. 1,2,4 (default: 1,2,4,8,16; "
                    "a value a dataset's smallest class cannot supply is skipped for that "
                    "dataset with a warning).")
 @click.option("--seeds", "--seed", "seeds", default="1,2,3", show_default=True,
-              callback=_int_list(0), metavar="S[,S...]",
+              callback=comma_list(int, minimum=0), metavar="S[,S...]",
               help="Seeds, one result row per seed (support sets, the study head, holdouts).")
 @click.option("--methods", default=",".join(registry.default_methods()), show_default=True,
               callback=_methods, help=_methods_help())
