@@ -35,6 +35,7 @@ from embedcyto.configs import what_differs
 from embedcyto.errors import LoraError
 from embedcyto.fsio import atomic_write_text, fsync_dir, pid_alive
 from embedcyto.lora.config import LoraRunConfig
+from embedcyto.names import name_problem
 
 #: Run folders live in ``<runs>/lora/``, at ``<dataset>/<model>/<mode>/seed-S`` below it.
 RUNS_SUBDIR = "lora"
@@ -60,9 +61,9 @@ def default_runs_dir(runs: str | os.PathLike | None = None) -> Path:
 def run_dir(runs_root: str | os.PathLike, config: LoraRunConfig) -> Path:
     """``runs_root/lora/<dataset>/<model>/<mode>/seed-<seed>``."""
     for kind, name in (("dataset", config.dataset), ("model", config.model)):
-        if "/" in name or "\\" in name or name.startswith("."):
-            raise LoraError(f"{kind} name {name!r} cannot name a folder (no slashes, no "
-                            "leading dot)")
+        problem = name_problem(name, file_name=True)
+        if problem is not None:
+            raise LoraError(f"{kind} name {name!r} {problem}; it names a folder of the run")
     return (Path(runs_root) / RUNS_SUBDIR / config.dataset / config.model / config.mode
             / f"seed-{config.seed}")
 
