@@ -223,3 +223,23 @@ def test_list_valued_options_are_accepted_and_rows_are_reused(stores, tmp_path):
     second = grid(**kwargs)
     assert _strip(second) == _strip(first)
     assert (results / "toy.jsonl").read_text().splitlines() == lines
+
+
+def test_a_unit_reads_and_checks_each_split_once(stores, monkeypatch):
+    from embedcyto.probes import evaluate
+    from embedcyto.store import load_features
+
+    checked = []
+    check = evaluate.check_finite
+    monkeypatch.setattr(evaluate, "check_finite",
+                        lambda X, ids, where: (checked.append(where), check(X, ids, where))[1])
+    feats = load_features(store_path(stores, "toy", "alpha"))
+    runs = [(1, 1), (1, 2), (2, 1), (2, 2)]
+    rows = evaluate.evaluate_unit(feats, "simpleshot", runs, 5, {})
+    assert sorted(checked) == ["test split", "train split"]  # not once per (shots, seed)
+    alone = [evaluate.evaluate_episodes(feats, "simpleshot", k, s, 5, {}) for k, s in runs]
+    assert [r["episode_accuracy"] for r in rows] == [r["episode_accuracy"] for r in alone]
+    cache = {}
+    evaluate.split_arrays(feats, "train", cache=cache)
+    with pytest.raises(ValueError, match="read-only"):  # a probe cannot change the next run's rows
+        cache["train"]["X"][0, 0] = 1.0
