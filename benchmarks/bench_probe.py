@@ -288,7 +288,7 @@ def main(argv=None) -> int:
         feats = make_features(name, dim, scale, separation=args.separation)
         fast = run_fast(feats, SHOTS, episodes, counter, stages)
         total += report(name, feats, fast, SHOTS, episodes, rate)
-        if scale > 1:
+        if args.scale is not None:  # a scaling run: per-row figures
             report_scaling(feats, fast, SHOTS)
         rows += feats.labels.size
         saved[name] = reference_of(fast, SHOTS)

@@ -165,3 +165,19 @@ def test_linear_probe_counts_its_loss_evaluations():
     X[np.arange(90), y] += 1.5
     probe = LinearProbe(Cs=[0.1, 1.0]).fit(X[:60], y[:60], X[60:], y[60:])
     assert probe.n_evaluations_ >= probe.n_iter_ > 0
+
+
+@pytest.mark.parametrize("weighting", ["majority", "distance"])
+def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
+    from embedcyto.probes.knn import vote_scores
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, size=(50, 20))
+    sim = np.sort(rng.uniform(-1, 1, size=(50, 20)).astype(np.float32), axis=1)[:, ::-1]
+    w = np.ones(sim.shape) if weighting == "majority" else np.exp((sim.astype(float) - 1) / 0.07)
+    onehot = np.zeros(labels.shape + (4,))
+    np.put_along_axis(onehot, labels[..., None], w[..., None], axis=2)
+    running = np.cumsum(onehot, axis=1)  # the one-hot version, bit for bit
+    got = vote_scores(labels, sim, [1, 3, 20, 50], 4, weighting, 0.07)
+    for i, k in enumerate([1, 3, 20, 50]):
+        np.testing.assert_array_equal(got[i], running[:, min(k, 20) - 1])

@@ -92,13 +92,23 @@ def _digest(X: np.ndarray) -> tuple:
 
 def vote_scores(nb_labels: np.ndarray, nb_sim: np.ndarray, ks, n_classes: int,
                 weighting: str, temperature: float) -> np.ndarray:
-    """Class scores for each k of ``ks`` from one sorted neighbour list: ``(len(ks), n, C)``."""
+    """Class scores for each k of ``ks`` from one sorted neighbour list: ``(len(ks), n, C)``.
+
+    Each k's votes are one weighted ``bincount`` over the first k neighbours of every row, so
+    memory is ``n × C`` per k (a one-hot ``(n, max k, C)`` array grew past a gigabyte at four
+    times HiCervix's rows). The sums are those of a running sum along the neighbour list: every
+    class adds its neighbours' weights in list order, starting from zero.
+    """
     w = np.ones_like(nb_sim, dtype=float) if weighting == "majority" else \
         np.exp((nb_sim.astype(float) - 1.0) / temperature)  # shift by the max cosine (1) for range
-    onehot = np.zeros(nb_labels.shape + (n_classes,))
-    np.put_along_axis(onehot, nb_labels[..., None], w[..., None], axis=2)
-    cum = np.cumsum(onehot, axis=1)
-    return np.stack([cum[:, min(k, nb_labels.shape[1]) - 1] for k in ks])
+    n, width = nb_labels.shape
+    cell = nb_labels.astype(np.int64) + n_classes * np.arange(n, dtype=np.int64)[:, None]
+    out = np.empty((len(ks), n, n_classes))
+    for i, k in enumerate(ks):
+        top = min(k, width)
+        out[i] = np.bincount(cell[:, :top].ravel(), weights=w[:, :top].ravel(),
+                             minlength=n * n_classes).reshape(n, n_classes)
+    return out
 
 
 class KNNProbe(ClassifierMixin, BaseEstimator):
