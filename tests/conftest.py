@@ -31,3 +31,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "giant" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The fast profile (``pytest -m "not slow"`` over all of tests/) fails if some embedcyto
+    module was never imported by its tests: every module keeps a test outside ``slow``."""
+    from module_imports import never_imported, whole_fast_profile
+
+    if not whole_fast_profile(session.config) or session.testsfailed:
+        return
+    missing = never_imported()
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = ("fast profile: no test outside `slow` imports "
+                   f"{', '.join(missing)}; add a fast test for each")
+        if reporter is not None:
+            reporter.write_line(message, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
