@@ -243,3 +243,19 @@ def test_a_unit_reads_and_checks_each_split_once(stores, monkeypatch):
     evaluate.split_arrays(feats, "train", cache=cache)
     with pytest.raises(ValueError, match="read-only"):  # a probe cannot change the next run's rows
         cache["train"]["X"][0, 0] = 1.0
+
+
+def test_units_of_the_largest_dataset_start_first(tmp_path, monkeypatch):
+    small, large = make_dataset("asmall", n_per_class=(8, 8, 8)), make_dataset(
+        "zlarge", n_per_class=(30, 30, 30))  # the grid's own order would start "asmall"
+    for ds in (small, large):
+        write_store(tmp_path / "cache", ds, "alpha")
+    started = []
+    run_unit = runner._run_unit
+    monkeypatch.setattr(runner, "_run_unit", lambda path, method, *a: (
+        started.append((path.parent.name, method)), run_unit(path, method, *a))[1])
+    rows = grid(tmp_path / "cache", methods=("knn", "simpleshot"), shots=(1,), seeds=(1,),
+                episodes=3, results_dir=tmp_path / "results", n_jobs=1, backend="threading")
+    assert started == [("zlarge", "knn"), ("zlarge", "simpleshot"), ("asmall", "knn"),
+                       ("asmall", "simpleshot")]
+    assert [r["dataset"] for r in rows] == ["asmall", "asmall", "zlarge", "zlarge"]  # sorted
