@@ -181,3 +181,15 @@ def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
     got = vote_scores(labels, sim, [1, 3, 20, 50], 4, weighting, 0.07)
     for i, k in enumerate([1, 3, 20, 50]):
         np.testing.assert_array_equal(got[i], running[:, min(k, 20) - 1])
+
+
+def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
+    from embedcyto.probes.episodes import _level_sums
+
+    e = np.random.default_rng(8).uniform(size=(3, 5, 40)).astype(np.float32)
+    level_map = np.array([1, -1, 0, 1, 0])
+    sums = _level_sums(e, level_map, 2)
+    np.testing.assert_array_equal(sums[:, 0], e[:, 2] + e[:, 4])
+    np.testing.assert_array_equal(sums[:, 1], e[:, 0] + e[:, 3])
+    want = coarse_proba(np.moveaxis(e, 1, 2), level_map, 2)
+    np.testing.assert_allclose(np.moveaxis(sums, 1, 2), want, rtol=1e-6)
