@@ -145,6 +145,7 @@ def one_thread():
         yield
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_two_ranks_train_like_one_process_and_rank0_writes_one_run(fixture_root, tmp_path,
                                                                    one_thread):
     where = ["--root", str(fixture_root), "--store", str(tmp_path / "cache")]
@@ -184,6 +185,7 @@ def test_two_ranks_train_like_one_process_and_rank0_writes_one_run(fixture_root,
     assert (ddp_dir / runs.COMPLETE).stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_an_unreadable_image_on_one_rank_stops_both_cleanly(fixture_root, tmp_path):
     root = shutil.copytree(fixture_root, tmp_path / "data")
     store, runs_root = tmp_path / "cache", tmp_path / "runs"
