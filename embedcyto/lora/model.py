@@ -63,6 +63,29 @@ def build_classifier(backbone: nn.Module, settings: LoraSettings, n_classes: int
     return LoraClassifier(encoder, head)
 
 
+def build_run_model(card, config, n_classes: int, device, dtype, inputs) -> LoraClassifier:
+    """The model a run trains: LoRA on the backbone, and the linear or text head.
+
+    ``inputs``: (weights path, its sha256, weights folder, class prompts of a text head). The
+    image side is built first, so its LoRA initialisation (drawn from the seeded global
+    generator) is the same whatever the head.
+    """
+    from embedcyto.backbones import build_backbone
+
+    wpath, sha, weights_dir, prompts = inputs
+    backbone = build_backbone(card, weights=wpath, random_init=wpath is None, device=device,
+                              dtype=dtype)
+    model = build_classifier(backbone, config.settings, n_classes, config.seed)
+    if config.head == "text":
+        from embedcyto.lora.texthead import build_text_head
+
+        model.head = build_text_head(card, prompts, config.settings,
+                                     text_lora=config.text_lora, weights_path=wpath,
+                                     weights_sha256=sha, weights_dir=weights_dir,
+                                     device=device, dtype=dtype)
+    return model
+
+
 def enable_grad_checkpointing(model: nn.Module) -> str:
     """Switch on the model library's own gradient checkpointing; returns the module's type.
 

@@ -356,29 +356,6 @@ def _finished(final: Path, identity: dict, rerun: bool) -> dict | None:
     return None
 
 
-def _build(card, config: LoraRunConfig, n_classes: int, device, dtype, inputs):
-    """The model to train: LoRA on the backbone, and the linear or text head.
-
-    The image side is built first, so its LoRA initialisation (drawn from the seeded global
-    generator) is the same whatever the head.
-    """
-    from embedcyto.backbones import build_backbone
-    from embedcyto.lora.model import build_classifier
-
-    wpath, sha, weights_dir, prompts = inputs
-    backbone = build_backbone(card, weights=wpath, random_init=wpath is None, device=device,
-                              dtype=dtype)
-    model = build_classifier(backbone, config.settings, n_classes, config.seed)
-    if config.head == "text":
-        from embedcyto.lora.texthead import build_text_head
-
-        model.head = build_text_head(card, prompts, config.settings,
-                                     text_lora=config.text_lora, weights_path=wpath,
-                                     weights_sha256=sha, weights_dir=weights_dir,
-                                     device=device, dtype=dtype)
-    return model
-
-
 def _train_and_test(dataset, config, card, rows, iterations, device, dtype, inputs, identity,
                     folder: Path | None, progress: bool, team: Team) -> dict:
     """Build, train, test and save everything into ``folder`` (the staging folder).
@@ -387,10 +364,10 @@ def _train_and_test(dataset, config, card, rows, iterations, device, dtype, inpu
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
     folder; the others get None) writes the files, tests, and shares the metrics.
     """
-    from embedcyto.lora.model import enable_grad_checkpointing
+    from embedcyto.lora.model import build_run_model, enable_grad_checkpointing
 
     def build():
-        model = _build(card, config, len(dataset.classes), device, dtype, inputs)
+        model = build_run_model(card, config, len(dataset.classes), device, dtype, inputs)
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt
 
