@@ -116,7 +116,7 @@ def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]
     names them (``clip [lr 0.02]``, :func:`embedcyto.report.variants.split_variants`), so no
     entry pools seeds of different settings.
     """
-    from embedcyto.lora.config import DATASET_CLASSES
+    from embedcyto.datasets.records import DATASET_CLASSES
     from embedcyto.report.records import COMPLETE, _read, lora_record, lora_run_folders
     from embedcyto.report.variants import split_variants
 
