@@ -50,6 +50,19 @@ def test_a_text_head_on_an_image_only_model_is_refused_before_torch_is_imported(
     assert not (tmp_path / "runs").exists()
 
 
+def test_prompts_without_a_text_head_and_text_lora_without_it_are_refused(tmp_path):
+    root = make_fixture("folder", tmp_path / "toy", per_class=4)
+    where = ["--model", "tiny-clip", "--dataset", "toy", "--layout", "folder", "--root", root,
+             "--store", tmp_path / "cache", "--runs", tmp_path / "runs", "--shots", "1"]
+    prompts = tmp_path / "p.json"
+    prompts.write_text("{}")
+    out = _invoke("lora", *where, "--prompts", prompts)
+    assert out.exit_code == 2 and "add --head text, or drop --prompts" in out.output
+    out = _invoke("lora", *where, "--text-lora")
+    assert out.exit_code == 1 and "add --head text" in out.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_text_head_runs_export_features_and_are_report_rows_of_their_own(tmp_path):
     root = make_fixture("folder", tmp_path / "toy", per_class=8, seed=2)
     where = ["--model", "tiny-clip", "--dataset", "toy", "--layout", "folder", "--root",

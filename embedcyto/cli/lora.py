@@ -249,6 +249,9 @@ def _start(runs: list, job, run: dict, quiet: bool) -> None:
     from embedcyto.lora.runs import conflicts
 
     names = {r.config.model for r in runs}
+    if run["prompts"] and not any(r.config.head == "text" for r in runs):
+        raise click.UsageError("--prompts sets the class prompts of a text head: add --head "
+                               "text, or drop --prompts (the linear head uses no prompts)")
     if run["weights"] and len(names) > 1:
         raise click.UsageError("--weights names one model's file: use it with one --model")
     clashes = [] if run["rerun"] else conflicts(run["runs_dir"], [r.config for r in runs])
