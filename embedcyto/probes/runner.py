@@ -75,8 +75,9 @@ class ProbeGridConfig:
         backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
             :mod:`embedcyto.parallel`); results do not depend on it.
         scheduler: Dask or Ray cluster address; None starts a local cluster.
-        prompts: JSON file of class phrases and templates for the text methods (default: the
-            prompts shipped for the dataset, see docs/text.md).
+        prompts: JSON file of class phrases and templates for the text methods, or a mapping
+            dataset name -> file (a workspace's per-dataset prompts); default: the prompts
+            shipped for the dataset, see docs/text.md.
         weights_dir: where text towers' weights and tokenizers are looked for (default:
             ``EMBEDCYTO_WEIGHTS``); the store's own weights file is tried first.
     """
@@ -94,7 +95,7 @@ class ProbeGridConfig:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend: str | None = None
     scheduler: str | None = None
-    prompts: str | Path | None = None
+    prompts: str | Path | Mapping[str, str | Path] | None = None
     weights_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -118,6 +119,12 @@ class ProbeGridConfig:
             raise ProbeError(f"give at least one seed, each 0 or more; got {list(self.seeds)}")
         if int(self.episodes) < 1 and any(s.episodic for s in specs):
             raise ProbeError(f"episodes must be at least 1, got {self.episodes}")
+
+    def prompts_for(self, dataset: str) -> str | Path | None:
+        """The prompts file of one dataset's text methods (None: the shipped prompts)."""
+        if isinstance(self.prompts, Mapping):
+            return self.prompts.get(dataset)
+        return self.prompts
 
     @property
     def shot_grid(self) -> tuple[int, ...]:
@@ -310,13 +317,14 @@ def _plan(config: ProbeGridConfig,
     for check in checks:
         for model, info in check.stores.items():
             stores[(check.dataset, model)] = info
-            methods, options = prepare_text_methods(info[0], model, config)
+            methods, options = prepare_text_methods(info[0], model, config, check.dataset)
             tasks += plan_tasks(check.dataset, model, methods, shots[check.dataset],
                                 config.seeds, options)
     return tasks, stores, tuple(skipped)
 
 
-def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
+def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig,
+                         dataset: str | None = None):
     """The methods to run on one store and their options: text methods are dropped (with a
     warning) for a model without a text encoder; otherwise the store's class text embeddings
     are computed or reused now, in this process, and their prompts' digest is added to the
@@ -333,7 +341,7 @@ def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
     from embedcyto.store import load_features
     from embedcyto.textembed import ensure_text_embeddings
 
-    entry = ensure_text_embeddings(load_features(path), prompts_file=config.prompts,
+    entry = ensure_text_embeddings(load_features(path), prompts_file=config.prompts_for(dataset),
                                    weights_dir=config.weights_dir)["classes"]
     options = {m: dict(o) for m, o in config.options.items()}
     for method in text:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from embedcyto import study25
-from embedcyto.errors import ReportError
-from embedcyto.lora.config import RUNTIME_KEYS
+from embedcyto.errors import LoraError, ReportError
+from embedcyto.lora.config import RUNTIME_KEYS, LoraRunConfig
 from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, RUNS_SUBDIR
 from embedcyto.probes.registry import HEADLINE_METRICS
 
@@ -134,6 +134,10 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     record["levels"] = _levels(metrics.get("levels"), where)
     _add_study25(record, metrics, where)
     record[VAL_ACCURACY] = None
+    try:  # settings added since the run was written take their defaults (what it used)
+        run = LoraRunConfig.from_dict(run).to_dict()
+    except LoraError:
+        pass
     record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
     return record

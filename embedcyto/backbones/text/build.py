@@ -154,6 +154,7 @@ def _build_module(spec: TextSpec, hf_folder: Path | None) -> nn.Module:
 
 def _char_tokenizer(context_length: int):
     """A small WordPiece tokenizer over letters, digits and punctuation (random-weight cards)."""
+    _open_clip()  # transformers needs the torchvision shim when it is the first to load
     from open_clip.tokenizer import HFTokenizer
     from transformers import BertTokenizerFast
 
