@@ -110,7 +110,7 @@ def _as_written(root: str, ws) -> str:
 @click.option("--replace", is_flag=True, help="Replace a workspace dataset of the same name.")
 @click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
               help="JSON file of class phrases and prompt templates for this dataset (text "
-                   "probes, `lora --head text`; docs/text.md).")
+                   "probes, `embedcyto lora --head text`; docs/text.md).")
 @_layout_options
 def add_command(name, layout, root, verify_images, replace, prompts, split_seed, ratios,
                 options) -> None:

@@ -162,7 +162,7 @@ def build_text_head(card, prompts: ClassPrompts, settings, *, text_lora: bool, w
                              random_init=weights_path is None)
     if weights_path is not None and tower.weights_sha256 != weights_sha256:
         raise LoraError(f"the text tower of {card.name!r} was loaded from {tower.weights_path}, "
-                        "not the image tower's checkpoint; pass that file with --weights")
+                        "not the image tower's checkpoint; pass that file as `weights=PATH`")
     texts = prompts.texts()
     n, t = len(prompts.classes), len(prompts.templates)
     if not text_lora:
