@@ -246,6 +246,8 @@ def test_training_is_reproducible_for_a_seed(toy):
     for name in ("a", "b"):
         result = train_lora(dataset, config, runs_dir=base / f"repro-{name}", split_dir=split_dir)
         heads.append(load_file(str(result.run_dir / runs.HEAD_FILE)))
+        info = json.loads((result.run_dir / runs.CONFIG_FILE).read_text())
+        assert info["generated_data"] is True  # a fixture: the report will say so
         logged = [json.loads(x) for x in (result.run_dir / runs.LOG_FILE).read_text().split("\n")
                   if x]
         assert [e["step"] for e in logged] == list(range(1, 13))

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from embedcyto.datasets.generated import is_generated
 from embedcyto.datasets.records import SPLITS, Dataset, Record
 from embedcyto.errors import DatasetError
 from embedcyto.names import has_control_characters, name_problem
@@ -282,4 +283,4 @@ def finish(name: str, adapter: str, root: Path, classes: tuple[str, ...],
         raise DatasetError(f"{root}: some images have no split although the layout is pre-split")
     return Dataset(name=name, adapter=adapter, root=root, classes=tuple(classes),
                    records=records, official_split=official_split,
-                   skipped=sorted(skipped or []), **extra)
+                   skipped=sorted(skipped or []), generated=is_generated(root), **extra)
