@@ -29,10 +29,10 @@ PARAMETER = main.PARAMETER
 STILL_NAMING_FLAGS = {
     "embedcyto.compare", "embedcyto.predict", "embedcyto.predictions",
     "embedcyto.saved_probe",
-    "embedcyto.datasets._common",
-    "embedcyto.datasets.check",
-    "embedcyto.datasets.hicervix", "embedcyto.datasets.sipakmed",
-    "embedcyto.datasets.table", "embedcyto.lora.config",
+    
+    
+    
+    "embedcyto.lora.config",
     "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
     "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
     "embedcyto.probes.checks", "embedcyto.probes.evaluate", "embedcyto.lora.labels",

@@ -46,11 +46,11 @@ def require_root(root: str | os.PathLike, layout: str) -> Path:
     """Return ``root`` as a Path, or explain that it is missing and which layout is expected."""
     path = Path(root).expanduser()
     if not path.exists():
-        raise DatasetError(f"dataset root {path} does not exist; point --root at the folder that "
-                           f"holds {layout}")
+        raise DatasetError(f"dataset root {path} does not exist; the root (`root=PATH`) must be "
+                           f"the folder that holds {layout}")
     if not path.is_dir():
-        raise DatasetError(f"dataset root {path} is a file, not a folder; point --root at the "
-                           f"folder that holds {layout}")
+        raise DatasetError(f"dataset root {path} is a file, not a folder; the root (`root=PATH`) "
+                           f"must be the folder that holds {layout}")
     return path
 
 
@@ -87,8 +87,8 @@ def file_problem(path: Path) -> str | None:
 def _outside(path: Path, root: Path, target: Path) -> DatasetError:
     return DatasetError(
         f"{path} is a symlink to {target}, outside the dataset root {root}; embedcyto reads only "
-        "files inside the root: copy the files into the root, or point --root at a folder that "
-        "holds them")
+        "files inside the root: copy the files into the root, or choose a root (`root=PATH`) "
+        "that holds them")
 
 
 def check_inside(folder: Path, root: Path) -> None:
