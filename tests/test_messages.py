@@ -32,10 +32,10 @@ STILL_NAMING_FLAGS = {
     
     
     
-    "embedcyto.lora.config",
-    "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
-    "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
-    "embedcyto.probes.checks", "embedcyto.probes.evaluate", "embedcyto.lora.labels",
+    
+    
+    "embedcyto.parallel", "embedcyto.probes.runner",
+    "embedcyto.probes.checks", "embedcyto.probes.evaluate", 
     "embedcyto.report.records",
     "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
     "embedcyto.store.lock",

@@ -77,7 +77,7 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise LoraError(f"cannot read {path}: {err}; run again with --rerun to redo the run") \
+        raise LoraError(f"cannot read {path}: {err}; run again with `rerun=True` to redo the run") \
             from err
 
 
@@ -133,13 +133,13 @@ def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
         return False
     if not is_complete(path):
         raise LoraError(f"{path} exists but is not a finished run (no {COMPLETE} marker); "
-                        "remove it or pass --rerun to replace it")
+                        "remove it or pass `rerun=True` to replace it")
     old = read_json(path / CONFIG_FILE).get("identity", {})
     if old == identity:
         return True
     raise LoraError(f"{path} holds a finished run made with other inputs "
-                    f"({identity_differences(old, identity)}); pass --rerun to replace it, or --runs "
-                    "DIR to keep both")
+                    f"({identity_differences(old, identity)}); pass `rerun=True` to replace it, or "
+                    "`runs_dir=DIR` to keep both")
 
 
 def clean_leftovers(path: Path) -> list[Path]:
