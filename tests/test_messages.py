@@ -37,12 +37,12 @@ STILL_NAMING_FLAGS = {
     "embedcyto.parallel", "embedcyto.probes.runner",
     "embedcyto.probes.checks", "embedcyto.probes.evaluate", 
     "embedcyto.report.records",
-    "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
-    "embedcyto.store.lock",
-    "embedcyto.store.merge", "embedcyto.store.paths",
-    "embedcyto.store.shards",
+    
+    
+    
+    
     # The workspace, text-side and import/export modules speak to command-line users today.
-    "embedcyto.store.bulk",
+    
     "embedcyto.probes.text_inputs", "embedcyto.workspace.config",
     "embedcyto.workspace.current", "embedcyto.workspace.datasets", "embedcyto.workspace.lora_plan",
     "embedcyto.workspace.preflight", "embedcyto.workspace.run",

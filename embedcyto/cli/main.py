@@ -54,6 +54,7 @@ NAMED_COMMAND = re.compile(rf"embedcyto ({'|'.join(COMMANDS)})\b(?: ([a-z][a-z-]
 STANDS_IN = {"split_dir": ("--dataset", "another --dataset NAME (each dataset name has its own "
                                         "split folder in the store)"),
              "store_dir": ("--store", "--store DIR"),
+             "out_dir": ("--out", "--out DIR"),
              "name": ("--dataset", "--dataset NAME")}
 
 
