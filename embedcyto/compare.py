@@ -118,7 +118,7 @@ def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]
         metrics = _read(folder / "metrics.json")
         if "model" not in config or "accuracy" not in metrics.get("test", {}):
             raise ReportError(f"{folder} is not a finished LoRA run (config or test metrics "
-                              "missing); rerun it with `embedcyto lora --rerun`")
+                              "missing); rerun it with `embedcyto lora` and `rerun=True`")
         entry = out.setdefault(("lora", config.get("shots"), config.get("fraction")), {})
         entry = entry.setdefault(config["model"], _Entry())
         seed = int(config.get("seed") or 0)
@@ -164,8 +164,8 @@ def _episode_pair(a: _Entry, b: _Entry) -> tuple:
     common = sorted(set(a.episodes) & set(b.episodes))
     if not common or any(len(a.episodes[s]) != len(b.episodes[s]) for s in common):
         raise ReportError("two models' few-shot rows share no seed with the same number of "
-                          "episodes, so their episodes cannot be paired: probe both with the "
-                          "same --seeds and --episodes")
+                          "episodes, so their episodes cannot be paired: probe both "
+                          "(`embedcyto probe`) with the same `seeds=` and `episodes=`")
     xa = np.concatenate([a.episodes[s] for s in common])
     xb = np.concatenate([b.episodes[s] for s in common])
     return stats.paired_t(xa, xb), None, None
@@ -178,7 +178,8 @@ def _compare(dataset: str, key: tuple, entries: dict[str, _Entry], rng) -> Compa
     usable = {m: e for m, e in entries.items() if e.episodes or e.predictions}
     for model in sorted(set(entries) - set(usable)):
         comp.notes.append(f"{model}: no per-image predictions (rows written before embedcyto "
-                          "kept them); re-run with --rerun to include it")
+                          "kept them); re-run it (`embedcyto probe` with `rerun=True`) to "
+                          "include it")
     comp.accuracy = {m: float(np.mean(list(e.accuracy.values()))) for m, e in usable.items()}
     if len(usable) < 2:
         comp.notes.append("fewer than two models can be paired: no comparison")

@@ -161,6 +161,6 @@ def predict_with_run(run_dir, source, *, weights=None, weights_dir=None, device=
     if calibrated:
         if saved.val_proba is None:
             raise PredictError(f"the run in {run_dir} kept no validation predictions, so no "
-                               "temperature can be fitted: predict without --calibrated")
+                               "temperature can be fitted: predict without `calibrated=True`")
         proba = apply_temperature(proba, fit_temperature(saved.val_proba, saved.val_true))
     return PredictResult(paths, errors, proba, saved.classes)

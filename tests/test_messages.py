@@ -27,23 +27,23 @@ PARAMETER = main.PARAMETER
 # a command reaching it has; the list only shrinks (convert a module to `name=value` wording,
 # then remove it here).
 STILL_NAMING_FLAGS = {
-    "embedcyto.compare", "embedcyto.predict", "embedcyto.predictions",
-    "embedcyto.saved_probe",
     
     
     
     
     
-    "embedcyto.parallel", "embedcyto.probes.runner",
-    "embedcyto.probes.checks", "embedcyto.probes.evaluate", 
-    "embedcyto.report.records",
+    
+    
+    
+    
+    
     
     
     
     
     # The workspace, text-side and import/export modules speak to command-line users today.
     
-    "embedcyto.probes.text_inputs", "embedcyto.workspace.config",
+    "embedcyto.workspace.config",
     "embedcyto.workspace.current", "embedcyto.workspace.datasets", "embedcyto.workspace.lora_plan",
     "embedcyto.workspace.preflight", "embedcyto.workspace.run",
 }
@@ -200,3 +200,33 @@ def test_a_parameter_after_a_named_command_becomes_that_commands_flag():
     merge = main.cli_wording("run `embedcyto store merge` with `force=True`", report)
     assert merge == "run `embedcyto store merge` with --force"
 
+
+
+def test_a_stand_in_is_the_first_flag_the_command_has():
+    probe = main.cli.get_command(None, "probe")
+    store = main.cli.get_command(None, "store").commands["export"]
+    message = "save one with `embedcyto probe` and `out_dir=DIR`"
+    assert main.cli_wording(message, store) == "save one with `embedcyto probe` and --save-model DIR"
+    assert main.cli_wording("choose another `out_dir=`", store) == "choose another --out DIR"
+    assert main.cli_wording("choose another `out_dir=`", probe) == (
+        "choose another --save-model DIR")
+
+
+def test_log_messages_of_a_command_get_its_flags(caplog):
+    import logging
+
+    from embedcyto.parallel import resolve_n_jobs
+
+    @click.command()
+    @click.option("--n-jobs", type=int)
+    def jobs(n_jobs):
+        resolve_n_jobs("dask", n_jobs)
+
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main._with_clean_errors(jobs), ["--n-jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "--n-jobs 1 runs everything in this process, not on the dask cluster" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve_n_jobs("dask", 1)  # a Python caller: the parameter, no filter left behind
+    assert "`n_jobs=1` runs everything" in caplog.text

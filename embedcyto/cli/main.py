@@ -50,12 +50,14 @@ INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
 # Python caller); the CLI rewrites each into the flag of the command that was run, or of the
 # command the message names just before it (`embedcyto lora` and `rerun=True`).
 NAMED_COMMAND = re.compile(rf"embedcyto ({'|'.join(COMMANDS)})\b(?: ([a-z][a-z-]*))?")
-# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
-STANDS_IN = {"split_dir": ("--dataset", "another --dataset NAME (each dataset name has its own "
-                                        "split folder in the store)"),
-             "store_dir": ("--store", "--store DIR"),
-             "out_dir": ("--out", "--out DIR"),
-             "name": ("--dataset", "--dataset NAME")}
+# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording)
+# pairs, the first whose flag the command has is used.
+STANDS_IN = {"split_dir": (("--dataset", "another --dataset NAME (each dataset name has its own "
+                                         "split folder in the store)"),),
+             "store_dir": (("--store", "--store DIR"),),
+             # a folder to write: probe's saved probe (`fit_and_save`'s out_dir) or an output
+             "out_dir": (("--out", "--out DIR"), ("--save-model", "--save-model DIR")),
+             "name": (("--dataset", "--dataset NAME"),)}
 
 
 def _available(target: str) -> bool:
@@ -125,10 +127,9 @@ def cli_wording(message: str, command: click.Command) -> str:
                 off = [o for o in param.secondary_opts if o.startswith("--")]
                 return off[0] if value == "False" and off else flag
             return f"{flag} {value or name.upper()}"
-        stand_in = STANDS_IN.get(name)
-        if stand_in and stand_in[0] in {f for f, _ in flags.values()}:
-            return stand_in[1]
-        return None
+        offered = {f for f, _ in flags.values()}
+        return next((wording for flag, wording in STANDS_IN.get(name, ()) if flag in offered),
+                    None)
 
     return with_options(message, option_for)
 

@@ -197,7 +197,8 @@ def _models_for(store_dir: Path, dataset: str,
         log.warning("skipping a damaged store %s: %s", skip.path, skip.problem)
     if not complete and not damaged:
         raise ProbeError(f"no complete feature store for dataset {dataset!r} in {store_dir}; "
-                         f"run `embedcyto extract --dataset {dataset} --model NAME` first")
+                         f"run `embedcyto extract` with `dataset={dataset}` and `model=NAME` "
+                         "first")
     return complete, damaged
 
 
@@ -208,7 +209,7 @@ def _datasets_in(store_dir: Path) -> list[str]:
                     if s.state in ("complete", "damaged")})
     if not names:
         raise ProbeError(f"no complete feature store in {store_dir}; run `embedcyto extract` "
-                         "first or point --store at the folder holding the stores")
+                         "first, or give the folder holding the stores (`store_dir=`)")
     return names
 
 

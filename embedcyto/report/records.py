@@ -118,7 +118,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     test = metrics.get("test")
     if run is None or not isinstance(test, Mapping):
         raise ReportError(f"{where}: config.json has no 'config' or metrics.json no 'test' "
-                          "entry; rerun it with `embedcyto lora --rerun`")
+                          "entry; rerun it with `embedcyto lora` and `rerun=True`")
     try:
         record = {"dataset": str(run["dataset"]), "model": str(run["model"]), "method": LORA,
                   "shots": run.get("shots"), "fraction": run.get("fraction"),
@@ -167,7 +167,7 @@ def _read(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ReportError(f"cannot read {path} ({err}); rerun that LoRA run with "
-                          "`embedcyto lora --rerun`") from err
+                          "`embedcyto lora` and `rerun=True`") from err
     if not isinstance(data, dict):
         raise ReportError(f"{path} does not hold a JSON object")
     return data
