@@ -2,7 +2,10 @@
 
 Command modules may name their own flags (or those of a command or recipe they name); library
 modules name parameters, written `name=value`, which the CLI rewrites into the flags of the
-command that was run (``embedcyto.cli.main.cli_wording``).
+command that was run, or of the command the message names just before it
+(``embedcyto.cli.main.cli_wording``), and the recipes into theirs
+(``pipelines.common.recipe_wording``). Other programs' options (`hf download --local-dir`) are
+theirs to name.
 """
 
 from __future__ import annotations
@@ -22,32 +25,6 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
 NAMED = re.compile(rf"embedcyto ({'|'.join(main.COMMANDS)})\b|pipelines\.(\w+)|"
                    r"(hf|huggingface-cli|torchrun) ")
 PARAMETER = main.PARAMETER
-
-# Library modules that still spell CLI flags in their messages. Each must name only flags that
-# a command reaching it has; the list only shrinks (convert a module to `name=value` wording,
-# then remove it here).
-STILL_NAMING_FLAGS = {
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    
-    # The workspace, text-side and import/export modules speak to command-line users today.
-    
-    "embedcyto.workspace.config",
-    "embedcyto.workspace.current", "embedcyto.workspace.datasets", "embedcyto.workspace.lora_plan",
-    "embedcyto.workspace.preflight", "embedcyto.workspace.run",
-}
-
 
 def _flags(command: click.Command) -> set[str]:
     found = {"--help"}
@@ -129,20 +106,10 @@ def _names_cli_flags(module: str) -> bool:
 
 
 def test_library_messages_name_parameters_not_flags():
-    naming = {m for m in _library_modules() if _names_cli_flags(m)}
-    assert naming <= STILL_NAMING_FLAGS, f"new CLI flags in library messages: {naming - STILL_NAMING_FLAGS}"
-    assert STILL_NAMING_FLAGS <= naming, ("converted, remove from STILL_NAMING_FLAGS: "
-                                          f"{STILL_NAMING_FLAGS - naming}")
-
-
-def test_flags_left_in_library_messages_exist_on_some_command():
-    # Library modules are shared (adapters are even loaded by name), so which command shows a
-    # message is not static: these must at least be real options; converting them is the fix.
-    offered = set().union(*COMMAND_FLAGS.values()) | GROUP_FLAGS
-    wrong = []
-    for module in sorted(STILL_NAMING_FLAGS):
-        wrong += _wrong_flags(module, offered)
-    assert not wrong, "\n".join(wrong)
+    # Library messages are read by Python callers too; the CLI and the recipes turn the
+    # parameters into their own flags.
+    naming = sorted(m for m in _library_modules() if _names_cli_flags(m))
+    assert not naming, f"CLI flags in library messages (name the parameter instead): {naming}"
 
 
 def test_library_suggestions_name_real_parameters():

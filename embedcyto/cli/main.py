@@ -102,8 +102,9 @@ def _flag_table(command: click.Command) -> dict[str, tuple[str, click.Option]]:
 
 
 def _named_command(message: str, at: int) -> click.Command | None:
-    """The command (or sub-command) named last before position ``at`` on its line."""
-    start = message.rfind("\n", 0, at) + 1
+    """The command (or sub-command) named last before position ``at`` in its clause (a line,
+    cut at "; " and ", or ": the next alternative is the command's own again)."""
+    start = max(message.rfind(cut, 0, at) + len(cut) for cut in ("\n", "; ", ", or "))
     named = list(NAMED_COMMAND.finditer(message, start, at))
     if not named:
         return None
@@ -116,11 +117,12 @@ def _named_command(message: str, at: int) -> click.Command | None:
 
 def cli_wording(message: str, command: click.Command) -> str:
     """Rewrite the library's `name=value` suggestions as flags: those of the command named just
-    before the suggestion on its line (`embedcyto lora` ... `rerun=True` -> --rerun), else
-    those of ``command``, the one that was run."""
+    before the suggestion in its clause (`embedcyto lora` ... `rerun=True` -> --rerun), else
+    those of ``command``, the one that was run (and the group's own, such as --workspace)."""
     def option_for(name: str, value: str, at: int) -> str | None:
         other = _named_command(message, at)
-        flags = _flag_table(other) if other is not None else _flag_table(command)
+        # the group's own options (--workspace) come before any command's
+        flags = {**_flag_table(cli), **_flag_table(other if other is not None else command)}
         if name in flags:
             flag, param = flags[name]
             if param.is_flag:
