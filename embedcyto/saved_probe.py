@@ -33,7 +33,7 @@ JSON_FILE, ARRAYS_FILE = "probe.json", "probe.npz"
 SAVABLE = ("linear", "knn", "study_head")
 ESTIMATORS = ("LinearProbe", "KNNProbe", "StudyLinearHead")
 #: The provenance fields that decide what a feature vector means.
-SIGNATURE_KEYS = ("model", "weights_sha256", "preprocessing", "decode")
+SIGNATURE_KEYS = ("model", "weights_sha256", "preprocessing", "decode", "precision")
 
 
 class SavedProbeError(EmbedcytoError):
@@ -57,7 +57,7 @@ class SavedProbe:
     info: dict[str, Any]
 
     def check_features(self, provenance: Mapping[str, Any]) -> None:
-        """Refuse features whose backbone, weights, preprocessing or decoding differ."""
+        """Refuse features whose backbone, weights, preprocessing, decoding or precision differ."""
         other = feature_signature(provenance)
         differ = [k for k in SIGNATURE_KEYS if other.get(k) != self.signature.get(k)]
         if differ:

@@ -243,35 +243,10 @@ def _missing_datasets(settings: Settings) -> list[str]:
 
 
 def _missing_weights(settings: Settings, models) -> list[str]:
-    from embedcyto.backbones import get_card
-    from embedcyto.backbones.weights import (
-        NOT_GIVEN,
-        default_weights_dir,
-        resolve_weights,
-        weights_instructions,
-    )
-    from embedcyto.errors import BackboneError
+    from embedcyto.workspace.preflight import missing_weights
 
-    out = []
-    for model in models:
-        card = get_card(model)
-        if card.random:
-            continue
-        try:
-            resolve_weights(card, weights_dir=settings.weights_dir,
-                            allow_download=settings.download)
-        except BackboneError as err:
-            wdir = settings.weights_dir or default_weights_dir()
-            looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
-                               if place != NOT_GIVEN)  # the recipes take no weights path
-            steps = "\n".join(f"      - {s}" for s in
-                              weights_instructions(card, wdir, offer_weights_path=False))
-            head = str(err).splitlines()[0].removesuffix(" Looked in:")
-            where = f" Looked in:\n{looked}" if looked else ""
-            out.append(f"weights of {model} ({card.license}"
-                       f"{', gated' if card.gated else ''}): {head}{where}\n"
-                       f"    To get them:\n{steps}")
-    return out
+    return missing_weights(models, settings.weights_dir, allow_download=settings.download,
+                           offer_weights_path=False)  # the recipes take no weights path
 
 
 def check_inputs(settings: Settings, models) -> None:

@@ -31,6 +31,11 @@ class Record:
     levels: tuple[int, ...] | None = None
 
 
+#: The name of the label space "the dataset's own classes" (``Dataset.classes``), beside the
+#: named ``Dataset.label_spaces`` (a LoRA run's ``label_space`` defaults to it).
+DATASET_CLASSES = "classes"
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """A named list of classes; labels are indices into ``classes``."""

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from embedcyto import configs
+from embedcyto.datasets.records import DATASET_CLASSES
 from embedcyto.errors import LoraError
 from embedcyto.schedule import scaled_warmup
 
@@ -40,8 +41,6 @@ MIN_DEFAULT_ITERATIONS = 100
 RUNTIME_KEYS = ("device", "num_workers")
 #: Precisions of the frozen backbone (:func:`embedcyto.backbones.runtime.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
-#: The training label space meaning "the dataset's own classes" (``Dataset.classes``).
-DATASET_CLASSES = "classes"
 
 
 def _positive_int(name: str, value, *, allow_zero: bool = False) -> None:

@@ -51,6 +51,7 @@ from embedcyto.lora.data import (
     select_rows,
 )
 from embedcyto.lora.labels import has_study25, study25_metrics, training_view
+from embedcyto.study25 import RESULT_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -144,7 +145,7 @@ def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, An
         out["levels"] = hierarchical_metrics(proba, levels, dataset.level_maps,
                                              dataset.level_names, sizes)
     if has_study25(dataset):
-        out["study25"] = study25_metrics(dataset, rows, proba)
+        out[RESULT_KEY] = study25_metrics(dataset, rows, proba)
     return out
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedcyto import study25
 from embedcyto.errors import ReportError
 from embedcyto.lora.config import RUNTIME_KEYS
 from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, RUNS_SUBDIR
@@ -35,7 +36,7 @@ METRICS = tuple(HEADLINE_METRICS)
 VAL_ACCURACY = "val_accuracy"  # full-data probes: the kept model's accuracy on validation
 LEVELS = ("level_1", "level_2", "level_3", "average")
 #: The study's flat 25-class HiCervix accuracy, kept beside the official levels of a record.
-STUDY25 = "study25"
+STUDY25 = study25.RESULT_KEY
 LORA = "lora"
 #: True when a record's numbers come from generated images (a fixture or the demo's data);
 #: rows and runs written before embedcyto recorded it read as real data.
@@ -74,6 +75,13 @@ def _levels(levels: Mapping | None, where: str) -> dict[str, float] | None:
     return out
 
 
+def _add_study25(record: dict, found: Mapping, where: str) -> None:
+    """The study's flat 25-class accuracy, kept beside the levels it was computed from."""
+    if record["levels"] is not None and isinstance(found.get(STUDY25), Mapping):
+        record["levels"][STUDY25] = _number(found[STUDY25].get("accuracy"),
+                                            f"{where} {STUDY25}.accuracy")
+
+
 def _canonical(data: Mapping) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
@@ -98,6 +106,7 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
             raise ReportError(f"{where}: no {name} in its metrics")
         record[name] = _number(metrics[name], f"{where} {name}")
     record["levels"] = _levels(row.get("levels"), where)
+    _add_study25(record, row, where)
     val = row.get("val_metrics") or {}
     record[VAL_ACCURACY] = _number(val["accuracy"], f"{where} val_metrics") if "accuracy" in val \
         else None
@@ -128,9 +137,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
-    if record["levels"] is not None and isinstance(metrics.get(STUDY25), Mapping):
-        record["levels"][STUDY25] = _number(metrics[STUDY25].get("accuracy"),
-                                            f"{where} {STUDY25}.accuracy")
+    _add_study25(record, metrics, where)
     record[VAL_ACCURACY] = None
     record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
