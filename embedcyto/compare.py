@@ -128,7 +128,7 @@ def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]
         run = config.get("config") or {}
         if "model" not in run or "accuracy" not in metrics.get("test", {}):
             raise ReportError(f"{folder} is not a finished LoRA run (config or test metrics "
-                              "missing); rerun it with `embedcyto lora --rerun`")
+                              "missing); rerun it with `embedcyto lora` and `rerun=True`")
         space = run.get("label_space") or DATASET_CLASSES
         method = "lora" if space == DATASET_CLASSES else \
             "lora " + json.dumps({"label_space": space})
@@ -182,8 +182,8 @@ def _episode_pair(a: _Entry, b: _Entry) -> tuple:
     common = sorted(set(a.episodes) & set(b.episodes))
     if not common or any(len(a.episodes[s]) != len(b.episodes[s]) for s in common):
         raise ReportError("two models' few-shot rows share no seed with the same number of "
-                          "episodes, so their episodes cannot be paired: probe both with the "
-                          "same --seeds and --episodes")
+                          "episodes, so their episodes cannot be paired: probe both "
+                          "(`embedcyto probe`) with the same `seeds=` and `episodes=`")
     xa = np.concatenate([a.episodes[s] for s in common])
     xb = np.concatenate([b.episodes[s] for s in common])
     return stats.paired_t(xa, xb), None, None
@@ -196,7 +196,8 @@ def _compare(dataset: str, key: tuple, entries: dict[str, _Entry], rng) -> Compa
     usable = {m: e for m, e in entries.items() if e.episodes or e.predictions}
     for model in sorted(set(entries) - set(usable)):
         comp.notes.append(f"{model}: no per-image predictions (rows written before embedcyto "
-                          "kept them); re-run with --rerun to include it")
+                          "kept them); re-run it (`embedcyto probe` with `rerun=True`) to "
+                          "include it")
     comp.accuracy = {m: float(np.mean(list(e.accuracy.values()))) for m, e in usable.items()}
     if len(usable) < 2:
         comp.notes.append("fewer than two models can be paired: no comparison")

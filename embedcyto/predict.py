@@ -128,7 +128,7 @@ def _training_dtype(precision: str | None, device):
     dtype = getattr(torch, precision or "float32", None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise PredictError(f"the probe records an unknown feature precision {precision!r}; "
-                           "save it again with `embedcyto probe --save-model`")
+                           "save it again with `embedcyto probe` and `out_dir=DIR`")
     if dtype == torch.float16 and resolve_device(device).type == "cpu":
         raise PredictError("the probe's training features were computed in float16 on a GPU, "
                            "which the CPU does not run; predict on a GPU (`device='cuda'`) so "
@@ -188,6 +188,6 @@ def predict_with_run(run_dir, source, *, weights=None, weights_dir=None, device=
     if calibrated:
         if saved.val_proba is None:
             raise PredictError(f"the run in {run_dir} kept no validation predictions, so no "
-                               "temperature can be fitted: predict without --calibrated")
+                               "temperature can be fitted: predict without `calibrated=True`")
         proba = apply_temperature(proba, fit_temperature(saved.val_proba, saved.val_true))
     return PredictResult(paths, errors, proba, saved.classes)

@@ -66,7 +66,8 @@ class SavedProbe:
             raise SavedProbeError(
                 f"the saved {self.method} probe was fitted on other features ({detail}); use "
                 f"features of model {self.signature.get('model')!r} made the same way, or save "
-                "a probe fitted on these features with `embedcyto probe --save-model`")
+                "one fitted on these features: `embedcyto probe` with `out_dir=DIR` (in "
+                "Python, `fit_and_save`)")
 
     def predict_proba(self, X, calibrated: bool = False) -> np.ndarray:
         """Probabilities over every class of the store (temperature-scaled on request)."""
@@ -78,7 +79,7 @@ class SavedProbe:
         if calibrated:
             if self.temperature is None:
                 raise SavedProbeError("this probe has no temperature (its store had no "
-                                      "validation split): predict without --calibrated")
+                                      "validation split): predict without `calibrated=True`")
             proba = apply_temperature(proba, self.temperature)
         return proba
 
@@ -158,7 +159,8 @@ def load_probe(folder: str | os.PathLike) -> SavedProbe:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
         raise SavedProbeError(f"{folder} does not hold a readable saved probe ({err}); save one "
-                              "with `embedcyto probe --save-model DIR`") from err
+                              "with `embedcyto probe` and `out_dir=DIR` (in Python, "
+                              "`fit_and_save`)") from err
     if info.get("format") != FORMAT or info.get("estimator") not in ESTIMATORS:
         raise SavedProbeError(f"{folder / JSON_FILE} is not an {FORMAT} file")
     cls = getattr(probes, info["estimator"])

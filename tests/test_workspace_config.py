@@ -108,7 +108,7 @@ def test_find_workspace_explicit_env_and_parent_folders(tmp_path):
     assert find_workspace(cwd=nested, environ={"EMBEDCYTO_WORKSPACE": str(other)}) == other
     with pytest.raises(WorkspaceError, match=r"\$EMBEDCYTO_WORKSPACE names .*typo.toml"):
         find_workspace(cwd=nested, environ={"EMBEDCYTO_WORKSPACE": str(tmp_path / "typo.toml")})
-    with pytest.raises(WorkspaceError, match="--workspace names"):
+    with pytest.raises(WorkspaceError, match=r"the workspace given \(`workspace=`\) names"):
         find_workspace(tmp_path / "missing", environ={})
 
 

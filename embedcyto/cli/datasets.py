@@ -82,8 +82,10 @@ def _check(entry, ws, split_dir, verify_images, on_bad_image, strict) -> None:
                            split_dir=split_dir, seed=entry.split_seed, ratios=entry.ratios,
                            verify_images=verify_images, on_bad_image=on_bad_image,
                            **dict(entry.options))
+    from embedcyto.cli.main import cli_wording
+
     for line in report.lines():
-        click.echo(line)
+        click.echo(cli_wording(line, click.get_current_context().command))
     if strict and (report.problems or report.skipped):
         raise click.ClickException(f"{len(report.problems)} problem(s) found (--strict)")
 

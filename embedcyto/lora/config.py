@@ -199,8 +199,8 @@ class LoraRunConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name), allow_zero=name == "warmup")
         if self.iterations is not None and self.epochs is not None:
-            raise LoraError("give either iterations or epochs, not both (--iterations or "
-                            "--epochs)")
+            raise LoraError("give either iterations or epochs, not both (`iterations=` or "
+                            "`epochs=`)")
         if str(self.precision).strip().lower() not in PRECISIONS:
             raise LoraError(f"unknown precision {self.precision!r}; use one of "
                             f"{', '.join(PRECISIONS)}")
@@ -230,7 +230,8 @@ class LoraRunConfig:
 
     def _check_amount(self) -> None:
         if self.shots is not None and self.fraction is not None:
-            raise LoraError("give either shots or fraction, not both (--shots or --fraction)")
+            raise LoraError("give either shots or fraction, not both (`shots=` or "
+                            "`fraction=`)")
         if self.shots is not None:
             _positive_int("shots", self.shots)
         if self.fraction is not None:
@@ -238,7 +239,7 @@ class LoraRunConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     math.isfinite(value) and 0 < value <= 100):
                 raise LoraError(f"fraction is a percentage in (0, 100], got {value!r}; "
-                                "e.g. --fraction 10 trains on 10% of each class")
+                                "e.g. `fraction=10` trains on 10% of each class")
             object.__setattr__(self, "fraction", float(value))
 
     def _check_rates(self) -> None:
@@ -254,7 +255,7 @@ class LoraRunConfig:
         if self.warmup is not None and self.iterations is not None \
                 and self.warmup >= self.iterations:
             raise LoraError(f"warmup ({self.warmup} steps) must be shorter than iterations "
-                            f"({self.iterations}); lower --warmup or raise --iterations")
+                            f"({self.iterations}); lower `warmup=` or raise `iterations=`")
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -298,8 +299,8 @@ class LoraRunConfig:
             steps = max(MIN_DEFAULT_ITERATIONS, DEFAULT_EPOCHS * per_epoch)
         if self.warmup is not None and self.warmup >= steps:
             raise LoraError(f"warmup ({self.warmup} steps) must be shorter than the run's "
-                            f"{steps} iterations; lower --warmup (or leave it out: the default "
-                            "scales with the run) or raise --iterations")
+                            f"{steps} iterations; lower `warmup=` (or leave it out: the default "
+                            "scales with the run) or raise `iterations=`")
         return steps
 
     def resolved_warmup(self, iterations: int) -> int:

@@ -43,7 +43,7 @@ def class_map(dataset: Dataset, space: str) -> np.ndarray:
     valid = [DATASET_CLASSES, *dataset.level_maps]
     if STUDY25 in dataset.label_spaces:
         valid.append(STUDY25)
-    raise LoraError(f"{dataset.name} has no label space {space!r}; choose --label-space from "
+    raise LoraError(f"{dataset.name} has no label space {space!r}; choose `label_space=` from "
                     f"{', '.join(valid)}")
 
 

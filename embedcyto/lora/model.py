@@ -110,10 +110,10 @@ def enable_grad_checkpointing(model: nn.Module) -> str:
                 switch(True)
             except (NotImplementedError, AssertionError) as err:
                 raise LoraError(f"{type(module).__name__} refused gradient checkpointing: "
-                                f"{err}; run without --grad-checkpointing") from err
+                                f"{err}; run without `grad_checkpointing=True`") from err
             return type(module).__name__
     raise LoraError("this backbone offers no gradient checkpointing; run without "
-                    "--grad-checkpointing")
+                    "`grad_checkpointing=True`")
 
 
 def _is_transformers_model(module: nn.Module) -> bool:
@@ -170,7 +170,7 @@ def load_classifier(run_dir, *, weights=None, weights_dir=None, device="cpu",
             raise LoraError(
                 f"the run in {run_dir} was trained on weights with sha256 "
                 f"{info['weights_sha256'][:12]}..., but {backbone.weights_path} has "
-                f"{str(backbone.weights_sha256)[:12]}...; pass --weights with the original file")
+                f"{str(backbone.weights_sha256)[:12]}...; pass the original file as `weights=PATH`")
     encoder = load_adapter(backbone, run_dir / runs.ADAPTER_DIR)
     state = load_file(str(run_dir / runs.HEAD_FILE))
     if info["config"].get("head", "linear") == "text":

@@ -79,7 +79,7 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise LoraError(f"cannot read {path}: {err}; run again with --rerun to redo the run") \
+        raise LoraError(f"cannot read {path}: {err}; run again with `rerun=True` to redo the run") \
             from err
 
 
@@ -151,13 +151,13 @@ def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
         return False
     if not is_complete(path):
         raise LoraError(f"{path} exists but is not a finished run (no {COMPLETE} marker); "
-                        "remove it or pass --rerun to replace it")
+                        "remove it or pass `rerun=True` to replace it")
     old = _current_identity(read_json(path / CONFIG_FILE).get("identity", {}))
     if old == identity:
         return True
     raise LoraError(f"{path} holds a finished run made with other inputs "
-                    f"({identity_differences(old, identity)}); pass --rerun to replace it, or --runs "
-                    "DIR to keep both")
+                    f"({identity_differences(old, identity)}); pass `rerun=True` to replace it, or "
+                    "`runs_dir=DIR` to keep both")
 
 
 def clean_leftovers(path: Path) -> list[Path]:
@@ -274,6 +274,7 @@ def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device,
         "config": config.to_dict(), "identity": identity, "card": card.to_dict(),
         "support_ids_sha256": identity["train_ids_sha256"],
         "weights_sha256": identity["weights_sha256"],
+        "generated_data": bool(dataset.generated),
         "weights_path": str(wpath) if wpath else None,
         "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
                     "classes": list(dataset.classes)},

@@ -91,7 +91,7 @@ def _raise_read_errors(errors: list[str], dataset: Dataset) -> None:
     if bad:
         path, _, reason = bad[0].partition(": ")
         raise ImageReadError(dataset.root / path, f"{reason}; replace the file, or read the "
-                             "dataset with --on-bad-image skip to leave it out")
+                             "dataset with `on_bad_image='skip'` to leave it out")
 
 
 def predict_proba(model: LoraClassifier, dataset: Dataset, rows: np.ndarray, *,
@@ -230,8 +230,8 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
             lr_now = optimizer.param_groups[0]["lr"]
             loss, value = _step_loss(net, images, labels, errors, dataset, device, team)
             if not np.isfinite(value):
-                raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
-                                "or use --precision fp32")
+                raise LoraError(f"the training loss became {value} at step {step}; lower `lr=` "
+                                "or use `precision='fp32'`")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -316,8 +316,9 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
     rows = select_rows(view, config)
     iterations = config.resolved_iterations(len(rows.train))
     if config.best_val and len(rows.val) == 0:
-        raise LoraError(f"{dataset.name} has no validation images, so --best-val cannot pick a "
-                        "step; drop --best-val or re-split with a validation part (--ratios)")
+        raise LoraError(f"{dataset.name} has no validation images, so `best_val=True` cannot "
+                        "pick a step; drop `best_val=True` or re-split with a validation part "
+                        "(`ratios=`)")
     team = make_team(ranks, min(config.batch_size, len(rows.train)))
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)

@@ -53,7 +53,7 @@ def check_finite(X, ids, where: str) -> None:
             raise ProbeError(
                 f"{where}: {rows.size} row(s) hold {what} feature values ({shown}"
                 f"{', ...' if rows.size > 5 else ''}); no probe can use them: re-extract the "
-                "store (`embedcyto extract --force`) or leave those images out")
+                "store (`embedcyto extract` with `force=True`) or leave those images out")
 
 
 def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:

@@ -262,8 +262,8 @@ class Workspace:
                 return entry
         known = ", ".join(self.dataset_names) or "none yet"
         raise WorkspaceError(f"no dataset {name!r} in the workspace{_suggest(name, self.dataset_names)}"
-                             f" (it has: {known}); add it with `embedcyto datasets add {name} "
-                             "--layout LAYOUT --root PATH`")
+                             f" (it has: {known}); add it with `embedcyto datasets add {name}` "
+                             "and `layout=LAYOUT`, `root=PATH`")
 
     def dataset_root(self, name: str) -> Path:
         return self.resolve(self.dataset(name).root)
@@ -352,7 +352,7 @@ def find_workspace(path: str | os.PathLike | None = None, *, cwd: str | os.PathL
         if candidate.is_dir():
             candidate = candidate / WORKSPACE_FILE
         if not candidate.is_file():
-            source = "--workspace" if path else f"${WORKSPACE_ENV}"
+            source = "the workspace given (`workspace=`)" if path else f"${WORKSPACE_ENV}"
             raise WorkspaceError(f"{source} names {candidate}, which does not exist; create it "
                                  f"with `embedcyto init` in {candidate.parent}, or fix the path")
         return candidate.resolve()

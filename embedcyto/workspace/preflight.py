@@ -30,7 +30,8 @@ def missing_roots(entries: Sequence[DatasetEntry], workspace: Workspace | None) 
         state = "is empty" if root.is_dir() else "does not exist"
         out.append(f"dataset {entry.name}: root {root} {state}; it must hold "
                    f"{get_adapter(entry.layout).layout} (fix root = in the workspace, or "
-                   f"`embedcyto datasets add {entry.name} --layout {entry.layout} --root PATH`)")
+                   f"`embedcyto datasets add {entry.name}` with `layout={entry.layout}` and "
+                   "`root=PATH`)")
     return out
 
 

@@ -123,8 +123,8 @@ def probe_datasets(workspace: Workspace | None, store_dir, names: Sequence[str] 
             if name not in have:
                 raise EmbedcytoError(
                     f"no complete store of dataset {name!r} in {store_dir} (stores there: "
-                    f"{', '.join(sorted(have)) or 'none'}); run `embedcyto extract --dataset "
-                    f"{name}` first")
+                    f"{', '.join(sorted(have)) or 'none'}); run `embedcyto extract` with "
+                    f"`dataset={name}` first")
         return list(names)
     if workspace is None:
         return None

@@ -204,7 +204,7 @@ def _tokenizer_message(card: Card, repo: str | None, folder: Path | None, looked
     lines.append("To get it:")
     if repo:
         lines.append(f"  - `hf download {repo} --local-dir {target}` on a connected machine, "
-                     f"then pass --weights-dir {target.parent.parent}")
+                     f"then pass `weights_dir={target.parent.parent}`")
         lines.append(f"  - or fill the Hugging Face cache there: `hf download {repo}`")
     else:
         lines.append(f"  - put the tokenizer files (tokenizer.json or vocab.txt, with "
