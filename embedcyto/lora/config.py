@@ -214,19 +214,20 @@ class LoraRunConfig:
     def _check_head(self) -> None:
         """``head="text"`` needs a card with a text tower; ``text_lora`` needs the text head."""
         if self.head not in HEADS:
-            raise LoraError(f"unknown head {self.head!r}; choose --head from {', '.join(HEADS)}")
+            raise LoraError(f"unknown head {self.head!r}; choose `head=` from "
+                            f"{', '.join(HEADS)}")
         if not isinstance(self.text_lora, bool):
             raise LoraError(f"text_lora must be true or false, got {self.text_lora!r}")
         if self.text_lora and self.head != "text":
-            raise LoraError("--text-lora adapts the text tower that makes the text head: add "
-                            "--head text (or drop --text-lora)")
+            raise LoraError("`text_lora=True` adapts the text tower that makes the text head: "
+                            "add `head=text` (or drop `text_lora=True`)")
         if self.head == "text":
             from embedcyto.backbones.text import has_text, text_cards
 
             if not has_text(self.model):
-                raise LoraError(f"--head text needs a vision-language model, and {self.model!r} "
+                raise LoraError(f"`head=text` needs a vision-language model, and {self.model!r} "
                                 f"has no text encoder; models with one: {', '.join(text_cards())}"
-                                " (or use --head linear)")
+                                " (or use `head=linear`)")
 
     def _check_amount(self) -> None:
         if self.shots is not None and self.fraction is not None:
