@@ -53,7 +53,7 @@ def test_rank_plans_put_together_are_the_single_process_plan_with_its_seeds():
 
 
 def test_fewer_images_per_step_than_ranks_and_bad_ranks_are_refused():
-    with pytest.raises(LoraError, match=r"2 image\(s\), fewer than the 4 ranks.*--batch-size"):
+    with pytest.raises(LoraError, match=r"2 image\(s\), fewer than the 4 ranks.*batch_size="):
         rank_bounds(2, 4)
     with pytest.raises(LoraError, match="integer >= 1"):
         rank_bounds(4, 0)
