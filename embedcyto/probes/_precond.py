@@ -1,0 +1,272 @@
+"""Preconditioned L-BFGS for the multinomial objective: scikit-learn's optimum in few iterations.
+
+Why: scikit-learn's L-BFGS-B on standardised embeddings needs hundreds of iterations per C,
+because embeddings concentrate their variance in a few directions (the feature covariance's
+eigenvalues span four or more decades), and every iteration costs two skinny products with the
+data. This solver minimises *the same objective* (:mod:`embedcyto.probes._multinomial`'s, i.e.
+scikit-learn's) to *the same optimality test* (largest gradient entry, in scikit-learn's own
+coefficients, at most ``tol``) in a better-scaled set of variables, with a line search that
+costs no product with the data:
+
+* **Change of variables.** ``W^T = V diag(d) U`` with ``V`` the eigenvectors of the training
+  rows' (weighted, centred) covariance and ``d_j = 1 / sqrt(sigma * lambda_j + 1 / (C S))``:
+  the data term's curvature along eigenvector ``j`` is about ``sigma * lambda_j`` (``sigma``:
+  the softmax's mean curvature at the start point) and the penalty's is ``1 / (C S)``, so in
+  ``U`` the problem is close to isotropic. The intercept is taken for centred rows
+  (``b = c - W mu``) and scaled by ``1 / sqrt(sigma)``. The map is linear and invertible, so the
+  minimiser is the same point; no row of the data is transformed (the map acts on the
+  ``p x K`` coefficients only).
+* **Line search along the logits.** Along a direction, the logits move linearly:
+  ``Z(alpha) = Z + alpha * X D``. One product gives ``X D``; the loss, its slope and its
+  curvature at any ``alpha`` then cost ``O(n K)`` and are computed in float64, so the line
+  search sees decreases far below float32's resolution of the loss, and every iteration costs
+  exactly two products (``X D`` and the gradient's ``R^T X``).
+* **Classes' mean direction.** Adding the same vector to every class's coefficients leaves the
+  logits' differences unchanged: only the penalty acts on it, and the optimum has none. The
+  start is centred over classes (which lowers the penalty and leaves the data term as it is),
+  and one curvature ``sigma`` for all classes keeps every step in that subspace.
+
+The iterates are kept in float64; the products run in the data's dtype (float32 features:
+float32 products, as scikit-learn's). Deterministic: the same data give the same iterates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedcyto.probes._multinomial import MultinomialFit
+
+#: L-BFGS memory (scipy's default ``maxcor``; 30 saved under 10 % of the iterations).
+MEMORY = 10
+#: The line search stops once the slope has fallen below this share of its start value (the
+#: curvature condition of Wolfe's test with scipy's 0.9): step 1 nearly always passes it. 0.1
+#: (a near-exact search) saved under 10 % of the iterations for 70 % more line-search trials.
+SLOPE_SHARE = 0.9
+#: Line-search trials per iteration at most (each costs O(n K), no product with the data).
+MAX_TRIALS = 30
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigen-decomposition of the training rows' weighted, centred covariance (float64)."""
+
+    mean: np.ndarray  # (p,)
+    values: np.ndarray  # (p,), >= 0
+    vectors: np.ndarray  # (p, p), columns
+
+
+def covariance_spectrum(X: np.ndarray, sample_weight: np.ndarray | None) -> Spectrum:
+    """The weighted mean and the covariance's eigenpairs; the Gram product runs in X's dtype."""
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    total = float(X.shape[0] if w is None else w.sum())
+    mean = (X.sum(axis=0, dtype=np.float64) if w is None else w @ X.astype(np.float64)) / total
+    Xs = X if w is None else X * np.sqrt(w, dtype=np.float64)[:, None].astype(X.dtype)
+    gram = (Xs.T @ Xs).astype(np.float64) / total
+    cov = gram - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    return Spectrum(mean, np.maximum(values, 0.0), vectors)
+
+
+@dataclass
+class _State:
+    """The current point: coefficients (float64), logits, probabilities, loss and gradient."""
+
+    coef_t: np.ndarray  # W^T, (p, K)
+    intercept: np.ndarray  # b, (K,)
+    logits: np.ndarray  # (n, K) float64, X W^T + b
+    loss: float
+    grad_t: np.ndarray  # gradient wrt W^T, (p, K)
+    grad_b: np.ndarray  # (K,)
+    sigma: float = 0.0
+
+
+class PreconditionedPath:
+    """Minimises a :class:`~embedcyto.probes._multinomial.MultinomialObjective` at one C after
+    another with the scaled L-BFGS described above; the spectrum is computed once per data."""
+
+    def __init__(self, objective):
+        self.obj = objective
+        self.spectrum = covariance_spectrum(objective._X_array, objective._sw_array)
+        sw = objective._sw_array
+        self.sw = None if sw is None else np.asarray(sw, dtype=np.float64)
+        self.S = objective.sw_sum
+        self.onehot = objective._onehot_array.astype(np.float64)
+        self.n_products = 0
+
+    # -- the objective along logits -------------------------------------------------------
+    def _data_at(self, logits: np.ndarray):
+        """Weighted mean loss, softmax probabilities and residual P - Y at these logits."""
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        prob = np.exp(shifted)
+        norm = prob.sum(axis=1)
+        loss = np.log(norm) - np.sum(shifted * self.onehot, axis=1)
+        prob /= norm[:, None]
+        if self.sw is not None:
+            loss = loss * self.sw
+        return float(loss.sum()) / self.S, prob
+
+    def _logits(self, coef_t, intercept) -> np.ndarray:
+        self.n_products += 1
+        X = self.obj._X_array
+        return (X @ coef_t.astype(X.dtype)).astype(np.float64) + intercept
+
+    def _state(self, coef_t, intercept, logits, rho) -> _State:
+        """Loss and gradient at a point whose logits are known (one product: ``R^T X``)."""
+        data_loss, prob = self._data_at(logits)
+        resid = prob - self.onehot
+        if self.sw is not None:
+            resid *= self.sw[:, None]
+        X = self.obj._X_array
+        self.n_products += 1
+        grad_t = (resid.astype(X.dtype).T @ X).T.astype(np.float64) / self.S + rho * coef_t
+        loss = data_loss + 0.5 * rho * float(np.sum(coef_t ** 2))
+        curv = 1.0 - np.sum(prob ** 2, axis=1)  # trace of diag(p) - p p^T
+        sw = 1.0 if self.sw is None else self.sw
+        sigma = float(np.sum(sw * curv)) / self.S / (prob.shape[1] - 1)
+        return _State(coef_t, intercept, logits, loss, grad_t, resid.sum(axis=0) / self.S,
+                      sigma)
+
+    def fit(self, C: float, tol: float, max_iter: int, coef=None,
+            intercept=None) -> MultinomialFit:
+        """Minimise the objective at ``C`` from (coef, intercept), zeros by default, until
+        scikit-learn's optimality test passes (largest gradient entry <= ``tol``)."""
+        obj, first = self.obj, self.n_products
+        rho = 1.0 / (C * self.S)
+        coef_t, b = np.zeros((obj._dim, obj.n_classes)), np.zeros(obj.n_classes)
+        if coef is not None:
+            coef = np.asarray(coef, dtype=np.float64)
+            coef_t = (coef if obj._basis is None else coef @ obj._basis).T
+            coef_t = coef_t - coef_t.mean(axis=1, keepdims=True)  # see the module docstring
+            b = np.asarray(intercept, dtype=np.float64).copy()
+        state = self._state(coef_t, b, self._logits(coef_t, b), rho)
+        scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
+        state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
+        coef = state.coef_t.T if obj._basis is None else state.coef_t.T @ obj._basis.T
+        return MultinomialFit(coef=np.ascontiguousarray(coef, dtype=obj.dtype),
+                              intercept=state.intercept.astype(obj.dtype), n_iter=n_iter,
+                              converged=converged, message=message,
+                              n_evaluations=(self.n_products - first + 1) // 2)
+
+    def line(self, state: _State, dz: np.ndarray, d_coef_t: np.ndarray, rho: float):
+        """f(alpha), f'(alpha), f''(alpha) along logits Z + alpha dZ, coefficients W + alpha D."""
+        wd, dd = float(np.sum(state.coef_t * d_coef_t)), float(np.sum(d_coef_t ** 2))
+        w2 = float(np.sum(state.coef_t ** 2))
+        sw = None if self.sw is None else self.sw[:, None]
+
+        def at(alpha: float):
+            data_loss, prob = self._data_at(state.logits + alpha * dz)
+            pz = np.sum(prob * dz, axis=1)
+            slope_rows = pz - np.sum(self.onehot * dz, axis=1)
+            curv_rows = np.sum(prob * dz * dz, axis=1) - pz ** 2
+            if sw is not None:
+                slope_rows, curv_rows = slope_rows * sw[:, 0], curv_rows * sw[:, 0]
+            f = data_loss + 0.5 * rho * (w2 + 2 * alpha * wd + alpha ** 2 * dd)
+            return (f, float(slope_rows.sum()) / self.S + rho * (wd + alpha * dd),
+                    float(curv_rows.sum()) / self.S + rho * dd)
+        return at
+
+
+class _Scaling:
+    """The linear map between scaled variables (U, u) and scikit-learn's (W^T, b)."""
+
+    def __init__(self, spectrum: Spectrum, sigma: float, rho: float):
+        self.V, self.mu = spectrum.vectors, spectrum.mean
+        self.d = 1.0 / np.sqrt(sigma * spectrum.values + rho)
+        self.e = 1.0 / np.sqrt(sigma)
+
+    def to_original(self, U: np.ndarray, u: np.ndarray):
+        """(U, u) -> (W^T, b) with W^T = V diag(d) U, b = c - W mu, c = e u."""
+        coef_t = self.V @ (self.d[:, None] * U)
+        return coef_t, self.e * u - self.mu @ coef_t
+
+    def grad_to_scaled(self, grad_t: np.ndarray, grad_b: np.ndarray):
+        """Chain rule through :meth:`to_original` (its transpose)."""
+        g_total = grad_t - np.outer(self.mu, grad_b)
+        return self.d[:, None] * (self.V.T @ g_total), self.e * grad_b
+
+
+def _optimality(state: _State) -> float:
+    """scikit-learn's test: the largest gradient entry wrt its own (W, b)."""
+    return max(float(np.abs(state.grad_t).max()), float(np.abs(state.grad_b).max()))
+
+
+def _lbfgs(path: PreconditionedPath, state: _State, scale: _Scaling, rho, tol, max_iter):
+    """L-BFGS in the scaled variables; every iteration makes two products with the data."""
+    memory: list[tuple[np.ndarray, np.ndarray, float]] = []
+    g = np.concatenate([a.ravel() for a in scale.grad_to_scaled(state.grad_t, state.grad_b)])
+    p, K = state.coef_t.shape
+    for it in range(max_iter + 1):
+        if _optimality(state) <= tol:
+            return state, it, True, "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
+        if it == max_iter:
+            return state, it, False, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
+        direction = -_two_loop(g, memory)
+        dU, du = direction[:p * K].reshape(p, K), direction[p * K:]
+        d_coef_t, d_b = scale.to_original(dU, du)
+        dz = path._logits(d_coef_t, d_b)
+        slope0 = float(g @ direction)
+        alpha = _line_search(path.line(state, dz, d_coef_t, rho), state.loss, slope0)
+        if alpha is None:
+            return state, it, False, "ABNORMAL_TERMINATION_IN_LNSRCH"
+        coef_t = state.coef_t + alpha * d_coef_t
+        intercept = state.intercept + alpha * d_b
+        new = path._state(coef_t, intercept, state.logits + alpha * dz, rho)
+        g_new = np.concatenate([a.ravel() for a in scale.grad_to_scaled(new.grad_t, new.grad_b)])
+        s, y = alpha * direction, g_new - g
+        sy = float(s @ y)
+        if sy > 1e-12 * float(y @ y):
+            memory = (memory + [(s, y, 1.0 / sy)])[-MEMORY:]
+        state, g = new, g_new
+    raise AssertionError("unreachable")
+
+
+def _two_loop(g: np.ndarray, memory) -> np.ndarray:
+    """L-BFGS's inverse-Hessian product; identity scaled by s.y / y.y as initial matrix."""
+    q, alphas = g.copy(), []
+    for s, y, r in reversed(memory):
+        a = r * float(s @ q)
+        q -= a * y
+        alphas.append(a)
+    if memory:
+        s, y, _ = memory[-1]
+        q *= float(s @ y) / float(y @ y)
+    for (s, y, r), a in zip(memory, reversed(alphas)):
+        q += (a - r * float(y @ q)) * s
+    return q
+
+
+def _line_search(at, f0: float, slope0: float) -> float | None:
+    """A step along the direction where the slope has fallen to SLOPE_SHARE of its start value
+    (the loss is convex along it): safeguarded Newton from alpha = 1, bisection fallback.
+
+    Returns None when the direction does not descend (nothing left to gain in float64)."""
+    if not slope0 < 0:
+        return None
+    lo, hi, alpha = 0.0, np.inf, 1.0
+    for _ in range(MAX_TRIALS):
+        f, slope, curv = at(alpha)
+        if abs(slope) <= SLOPE_SHARE * abs(slope0) and f <= f0:
+            return alpha
+        if slope < 0:
+            lo = alpha
+        else:
+            hi = alpha
+        newton = alpha - slope / curv if curv > 0 else np.inf
+        if lo < newton < hi:
+            alpha = newton
+        else:
+            alpha = 2 * lo if np.isinf(hi) else 0.5 * (lo + hi)
+    return lo if lo > 0 else None
+
+
+def extrapolated_start(previous, last, C_previous: float, C_last: float, C: float):
+    """A start for the fit at ``C``: the path's two last solutions extrapolated linearly in
+    log C. The solution path is smooth in log C; on HiCervix-sized features this start halved
+    the iterations at C >= 1 (122 against 240 at C = 1, 3.2, 10). Any start reaches the same
+    optimum."""
+    step = np.log(C / C_last) / np.log(C_last / C_previous)
+    return tuple(np.asarray(b, dtype=np.float64) + step * (np.asarray(b, dtype=np.float64)
+                                                          - np.asarray(a, dtype=np.float64))
+                 for a, b in zip(previous, last))
