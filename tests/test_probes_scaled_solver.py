@@ -34,6 +34,16 @@ def _gradient_inf_norm(X, y, K, C, coef, intercept, sw=None):
     return max(np.abs(grad_w).max(), np.abs(resid.sum(axis=0) / sw.sum()).max())
 
 
+def _objective(X, y, K, C, coef, intercept, sw=None):
+    """scikit-learn's objective in float64 (weighted mean log-loss + ||W||^2 / (2 C sum(sw)))."""
+    sw = np.ones(y.size) if sw is None else sw
+    logits = X @ coef.T + intercept
+    top = logits.max(axis=1)
+    lse = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top
+    loss = lse - logits[np.arange(y.size), y]
+    return float(sw @ loss / sw.sum() + np.sum(coef ** 2) / (2 * C * sw.sum()))
+
+
 def _sklearn_optimum(X, y, C, class_weight=None):
     """scikit-learn's optimum of the same objective, by its Newton-CG solver (exact Hessian
     products, so ill-conditioning does not stop it short; its lbfgs ran out of evaluations on
@@ -67,11 +77,16 @@ def test_scaled_fit_is_sklearns_optimum(case, C, class_weight):
     sk = _sklearn_optimum(X, y, C, class_weight)
     np.testing.assert_array_equal(np.argmax(X @ fit.coef.T + fit.intercept, axis=1),
                                   sk.predict(X))
+    ours, theirs = (_objective(X, y, K, C, c, b, sw) for c, b in
+                    ((fit.coef, fit.intercept), (sk.coef_, sk.intercept_)))
+    assert ours <= theirs + 1e-9 * abs(theirs)
+    # near-flat directions (duplicated features, C = 100) are fixed only to about ||g|| / their
+    # curvature by either solver's test
     scale = max(np.abs(sk.coef_).max(), 1.0)
-    np.testing.assert_allclose(fit.coef, sk.coef_, atol=1e-4 * scale, rtol=0)
+    np.testing.assert_allclose(fit.coef, sk.coef_, atol=1e-3 * scale, rtol=0)
     # the intercept's mean over classes is a flat direction: compare the differences
     np.testing.assert_allclose(fit.intercept - fit.intercept.mean(),
-                               sk.intercept_ - sk.intercept_.mean(), atol=1e-4 * scale, rtol=0)
+                               sk.intercept_ - sk.intercept_.mean(), atol=1e-3 * scale, rtol=0)
 
 
 def test_float32_features_reach_the_gradient_test_in_original_coordinates():

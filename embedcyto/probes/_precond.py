@@ -93,6 +93,7 @@ class PreconditionedPath:
         self.sw = None if sw is None else np.asarray(sw, dtype=np.float64)
         self.S = objective.sw_sum
         self.onehot = objective._onehot_array.astype(np.float64)
+        self.rows, self.y = np.arange(self.onehot.shape[0]), objective._y
         self.n_products = 0
 
     # -- the objective along logits -------------------------------------------------------
@@ -101,7 +102,7 @@ class PreconditionedPath:
         shifted = logits - logits.max(axis=1, keepdims=True)
         prob = np.exp(shifted)
         norm = prob.sum(axis=1)
-        loss = np.log(norm) - np.sum(shifted * self.onehot, axis=1)
+        loss = np.log(norm) - shifted[self.rows, self.y]
         prob /= norm[:, None]
         if self.sw is not None:
             loss = loss * self.sw
@@ -153,15 +154,15 @@ class PreconditionedPath:
         """f(alpha), f'(alpha), f''(alpha) along logits Z + alpha dZ, coefficients W + alpha D."""
         wd, dd = float(np.sum(state.coef_t * d_coef_t)), float(np.sum(d_coef_t ** 2))
         w2 = float(np.sum(state.coef_t ** 2))
-        sw = None if self.sw is None else self.sw[:, None]
+        dz_y, dz2 = dz[self.rows, self.y], dz * dz
 
         def at(alpha: float):
             data_loss, prob = self._data_at(state.logits + alpha * dz)
             pz = np.sum(prob * dz, axis=1)
-            slope_rows = pz - np.sum(self.onehot * dz, axis=1)
-            curv_rows = np.sum(prob * dz * dz, axis=1) - pz ** 2
-            if sw is not None:
-                slope_rows, curv_rows = slope_rows * sw[:, 0], curv_rows * sw[:, 0]
+            slope_rows = pz - dz_y
+            curv_rows = np.sum(prob * dz2, axis=1) - pz ** 2
+            if self.sw is not None:
+                slope_rows, curv_rows = slope_rows * self.sw, curv_rows * self.sw
             f = data_loss + 0.5 * rho * (w2 + 2 * alpha * wd + alpha ** 2 * dd)
             return (f, float(slope_rows.sum()) / self.S + rho * (wd + alpha * dd),
                     float(curv_rows.sum()) / self.S + rho * dd)

@@ -23,10 +23,12 @@ Protocol (why it is this way):
     * L-BFGS is deterministic: the same data give the same model whatever ``random_state``; the
       seed only matters for the internal holdout.
     * The model is scikit-learn's ``LogisticRegression`` (lbfgs, L2, intercept unpenalised). With
-      more than two classes, every size, its objective is minimised by
-      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options and
-      start dtype, the data prepared once per C path, an exact row-space basis when there are
-      fewer rows than features).
+      more than two classes, every size, its objective (:mod:`embedcyto.probes._multinomial`)
+      is minimised by default to scikit-learn's own optimality test (largest gradient entry
+      <= tol) by an L-BFGS in eigen-scaled variables (:mod:`embedcyto.probes._precond`), each
+      C started from the path's two last solutions extrapolated in log C: the same optimum in
+      several times fewer products with the data. ``solver="lbfgs"`` runs scipy's L-BFGS-B on
+      scikit-learn's variables instead, which follows scikit-learn's iterates.
       Always using it above two classes, rather than above a size threshold, keeps one solver per
       model type, so a result never changes because a dataset crossed a threshold. Binary
       problems stay on scikit-learn, whose binary model has a single coefficient vector.
@@ -177,10 +179,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def _solver(self, X, y) -> Callable[[float, _Solution | None], _Solution]:
         """A function ``(C, start) -> solution`` fitting (X, y), warm-started from ``start``.
 
-        More than two classes: scikit-learn's multinomial objective minimised by
-        :class:`MultinomialObjective` (same L-BFGS-B and options, faster loss and gradient; the
-        data are prepared once for the whole C path). Two classes: scikit-learn itself, whose
-        binary model has one coefficient vector instead of two.
+        More than two classes: scikit-learn's multinomial objective (:class:`MultinomialObjective`,
+        the data prepared once for the whole C path) minimised by the scaled L-BFGS (started
+        from the path extrapolated in log C when ``start`` is the last solution) or, with
+        ``solver="lbfgs"``, by scipy's L-BFGS-B. Two classes: scikit-learn itself, whose binary
+        model has one coefficient vector instead of two.
         """
         n_classes = len(self.classes_)
         if n_classes > 2:
