@@ -144,8 +144,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """Fit on (X, y); choose C on (X_val, y_val), or on an internal holdout without them."""
         check_normalisation(self.normalisation)
         if self.solver not in SOLVERS:
-            raise ProbeError(f"unknown solver {self.solver!r}; choose one of "
-                             f"{', '.join(SOLVERS)}")
+            raise ProbeError(f"unknown linear-probe solver {self.solver!r}: pass `solver=` one "
+                             f"of {', '.join(SOLVERS)}")
         self._unconverged: dict[float, tuple[int, str]] = {}
         X, y = validate_fit(self, X, y)
         require_two_classes(self)
