@@ -16,6 +16,9 @@ printed beside it. Next to the linear probe, scikit-learn's ``LogisticRegression
 protocol (``probe_references.sklearn_linear``: same standardisation, grid, warm starts,
 tolerance, early stop); the ratio of the two times (wall and CPU: on a shared machine the CPU
 ratio is the steadier one) is printed with both evaluation counts, chosen C and test accuracies.
+Identity there: the same C, and the test accuracy (within one row) of scikit-learn's chosen fit
+carried on in float64 until its gradient test passes (untimed): its float32 fits stop when
+float32 no longer resolves the loss decrease, short of the optimum the linear probe reaches.
 
 Identity with an earlier version: ``--save-reference FILE`` writes the chosen C and k, the linear
 probe's test accuracy and every episode's accuracy; ``--reference FILE`` checks a run against
