@@ -27,6 +27,8 @@ from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
 
 #: Largest test x train product kept in memory (floats); above it, products are per episode.
 PRODUCT_BUDGET = 1 << 28
+#: Bytes of Gram matrices trained together (see ``_chunks``): about half a core's L2 cache.
+CACHE_BYTES = 1 << 20
 TEXT_METHODS = ("zeroshot", "textlinear", "clap", "tipadapter", "tipadapter_f", "lppp")
 
 
@@ -54,11 +56,12 @@ class _Prepared:
         Y = np.broadcast_to(np.repeat(np.eye(C, dtype=self.Xn.dtype), K, axis=0), (E, C * K, C))
         return flat, np.ascontiguousarray(Y)
 
-    def support_products(self, flat: np.ndarray) -> np.ndarray:
-        """Support x test cosines [E, n, q] (row gathers: column gathers were 15x slower)."""
+    def support_rows(self, rows: np.ndarray) -> np.ndarray:
+        """One episode's support x test cosines [n, q], a new array (row gathers: column
+        gathers were 15x slower)."""
         if self.XQ is not None:
-            return self.XQ[flat]
-        return tc.mm(self.Xn[flat], np.broadcast_to(self.Q.T, (len(flat),) + self.Q.T.shape))
+            return self.XQ[rows]
+        return self.Xn[rows] @ self.Q.T
 
     def gram(self, flat):
         F = self.Xn[flat]
@@ -110,41 +113,74 @@ def zeroshot_logits(X_test, text, logit_scale) -> np.ndarray:
         l2_normalise(np.asarray(text, dtype=np.float64)).T
 
 
+def _chunks(E: int, n: int, itemsize: int) -> list[slice]:
+    """Episodes trained together: as many as keep their n x n Gram matrices within
+    ``CACHE_BYTES``, so every step's product reads them from cache."""
+    size = max(1, CACHE_BYTES // (n * n * itemsize))
+    return [slice(s, min(s + size, E)) for s in range(0, E, size)]
+
+
 def _textlinear(p: _Prepared, idx, constraint: str, steps: int):
     flat, Y = p.support(idx)
-    G, S = p.gram(flat), p.XT[flat]
-    lam = tc.zeroshot_support_performance(S, Y, p.scale) if constraint == "clap" else None
-    a, B = tc.cosine_lp(G, S, Y, p.scale, lam, steps)
-    sq = a * a + 2 * a * (B * S.transpose(0, 2, 1)).sum(axis=2) + (B * tc.mm(B, G)).sum(axis=2)
-    dots = a[:, :, None] * p.Qt.T[None] + tc.mm(B, p.support_products(flat))  # [E, C, q]
-    return p.scale * dots / np.sqrt(np.maximum(sq, 1e-12))[:, :, None]
+    E, n = flat.shape
+    out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
+    for part in _chunks(E, n, p.Xn.itemsize):
+        G, S, Yp = p.gram(flat[part]), p.XT[flat[part]], Y[part]
+        lam = tc.zeroshot_support_performance(S, Yp, p.scale) if constraint == "clap" else None
+        a, Bt = tc.cosine_lp(G, S, Yp, p.scale, lam, steps)
+        norm = tc.cosine_norms(a, Bt, G, S)
+        for j, e in enumerate(range(part.start, part.stop)):
+            dots = a[j] * p.Qt + p.support_rows(flat[e]).T @ Bt[j]  # [q, C]
+            out[:, e] = -(p.scale * dots / norm[j])
+    return out
+
+
+def _tip_keys(p: _Prepared, flat, Y, steps: int) -> np.ndarray:
+    """Tip-Adapter-F's trained keys as coefficients over the support rows, ``I + Mᵀ`` [E, n, n]
+    (each episode with its own step size, as the estimator)."""
+    E, n = flat.shape
+    keys = np.empty((E, n, n), dtype=p.Xn.dtype)
+    for part in _chunks(E, n, p.Xn.itemsize):
+        G = p.gram(flat[part])
+        lr = tc.TIP_F_LR * n / tc.lambda_max(G)
+        M = tc.tip_finetune(G, p.XT[flat[part]], Y[part], p.scale, 1.0, 1.0, steps, lr)
+        keys[part] = np.eye(n, dtype=G.dtype) + M.transpose(0, 2, 1)
+    return keys
 
 
 def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None):
     flat, Y = p.support(idx)
-    n = flat.shape[1]
     vflat = p.val_rows(idx)
-    Av = tc.mm(p.V[vflat], p.Xn[flat].transpose(0, 2, 1))
-    A = p.support_products(flat)  # [E, n, q]
-    if finetune:
-        G = p.gram(flat)
-        lr = (tc.TIP_F_LR * n / tc.lambda_max(G)).min()
-        keys = np.eye(n, dtype=G.dtype) + tc.tip_finetune(G, p.XT[flat], Y, p.scale, 1.0, 1.0,
-                                                          steps, float(lr)).transpose(0, 2, 1)
-        Av, A = tc.mm(Av, keys), tc.mm(keys.transpose(0, 2, 1), A)
-    Vt = (p.V[vflat] @ p.T.T)
-    b, a, acc = tc.tip_search(Av, Vt, p.y_val[vflat], Y, p.scale, TIP_BETAS, TIP_ALPHAS)
+    V = p.V[vflat]
+    Av = tc.mm(V, p.Xn[flat].transpose(0, 2, 1))
+    keys = _tip_keys(p, flat, Y, steps) if finetune else None
+    if keys is not None:
+        Av = tc.mm(Av, keys)
+    b, a, acc = tc.tip_search(Av, V @ p.T.T, p.y_val[vflat], Y, p.scale, TIP_BETAS, TIP_ALPHAS)
     if chosen is not None:
         chosen.extend(zip(b.tolist(), a.tolist(), acc.tolist()))
-    cache = tc.mm(Y.transpose(0, 2, 1).copy(),
-                  np.exp(np.minimum(-b[:, None, None] * (1.0 - A), 60.0)))  # [E, C, q]
-    return p.scale * p.Qt.T[None] + a[:, None, None] * cache
+    b, a = b.astype(p.Xn.dtype), a.astype(p.Xn.dtype)
+    out = np.empty((p.Q.shape[0], len(flat), idx.shape[1]), dtype=p.Xn.dtype)
+    for e in range(len(flat)):  # one episode's [n, q] affinities at a time
+        A = p.support_rows(flat[e])
+        if keys is not None:
+            A = keys[e].T @ A
+        np.subtract(1.0, A, out=A)
+        np.multiply(-b[e], A, out=A)
+        expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
+        out[:, e] = -(p.scale * p.Qt + a[e] * (Y[e].T @ expo).T)
+    return out
 
 
 def _lppp(p: _Prepared, idx, steps: int):
     flat, Y = p.support(idx)
-    B, b, alpha = tc.lppp(p.gram(flat), p.XT[flat], Y, steps)
-    return tc.mm(B, p.support_products(flat)) + b[:, :, None] + alpha[:, :, None] * p.Qt.T[None]
+    E, n = flat.shape
+    out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
+    for part in _chunks(E, n, p.Xn.itemsize):
+        Bt, b, alpha = tc.lppp(p.gram(flat[part]), p.XT[flat[part]], Y[part], steps)
+        for j, e in enumerate(range(part.start, part.stop)):
+            out[:, e] = -(p.support_rows(flat[e]).T @ Bt[j] + b[j] + alpha[j] * p.Qt)
+    return out
 
 
 def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, y_val=None,
@@ -170,7 +206,7 @@ def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, 
         # than two on a busy 2-core machine (thread hand-offs dominate); parallelism comes from
         # running stores and methods side by side.
         with threadpool_limits(limits=1, user_api="blas"):
-            return np.ascontiguousarray(-run(p, np.asarray(idx)).transpose(2, 0, 1))
+            return run(p, np.asarray(idx))
     return score
 
 

@@ -34,6 +34,19 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def softmax_(z: np.ndarray) -> np.ndarray:
+    """:func:`softmax` in place (``z`` is overwritten and returned)."""
+    z -= z.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
+
+
+def colsum(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
+    """``(x * y).sum(axis=1)`` for [E, n, C] arrays, the product written into ``buf``."""
+    return np.multiply(x, y, out=buf).sum(axis=1)
+
+
 def lambda_max(G: np.ndarray, iters: int = 50) -> np.ndarray:
     """Largest eigenvalue of each symmetric PSD ``G`` [E, n, n] (power iteration, from above
     by a 1 % margin so that step sizes derived from it stay safe)."""
@@ -60,16 +73,21 @@ def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, sc
     """Grid search of (β, α) on validation rows, per episode.
 
     Av [E, m, n] validation-cache affinities, Vt [E, m, C] validation-text cosines, yv [E, m]
-    labels. Returns (β [E], α [E], validation accuracy [E]); ties go to the first (β, α) of the
-    grid, i.e. the smallest β then the smallest α, as in the official search.
+    labels. Returns (β [E], α [E], validation accuracy [E]); ties go to the first
+    (β, α) of the grid, i.e. the smallest β then the smallest α, as in the official search.
+    ``1 - Av`` is formed once for the whole grid; each β then costs one scaled exp and one
+    product (values as :func:`tip_cache_logits` computes them).
     """
     E = Av.shape[0]
     best = np.full(E, -1.0)
     best_b = np.zeros(E)
     best_a = np.zeros(E)
     zs = scale * Vt
+    gap = 1.0 - Av
+    expo = np.empty_like(Av)
     for b in betas:
-        cache = tip_cache_logits(Av, L, b)
+        np.multiply(-np.asarray(b, dtype=Av.dtype), gap, out=expo)
+        cache = mm(np.exp(np.minimum(expo, 60.0, out=expo), out=expo), L)
         for a in alphas:
             acc = ((zs + a * cache).argmax(axis=2) == yv).mean(axis=1)
             better = acc > best
@@ -85,74 +103,90 @@ TIP_F_LR = 0.05
 
 
 def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alpha: float,
-                 beta: float, steps: int, lr: float, momentum: float = 0.9) -> np.ndarray:
+                 beta: float, steps: int, lr, momentum: float = 0.9) -> np.ndarray:
     """Tip-Adapter-F: the cache keys become parameters, trained with cross-entropy on the
-    support set (the cache itself). Keys ``K = (I + M) F``; returns M [E, n, n].
+    support set (the cache itself). Keys ``K = (I + M) F``; returns M [E, n, n]. ``lr`` is a
+    scalar or one step size per episode [E].
 
     Full-batch gradient descent with momentum on the keys (the official code uses AdamW on
-    augmented views; see docs/probes.md).
+    augmented views; see docs/probes.md). ``(P - L) Lᵀ`` is a gather of P - L's columns by the
+    keys' labels (L is one-hot: the product has one non-zero term, so the gather is exact).
     """
     E, n, _ = G.shape
+    lr = np.asarray(lr, dtype=G.dtype).reshape(-1, 1, 1)
+    label = np.broadcast_to(L.argmax(axis=2)[:, None, :], G.shape)
     eye = np.eye(n, dtype=G.dtype)
-    M = np.zeros_like(G)
-    vel = np.zeros_like(G)
+    M, vel = np.zeros_like(G), np.zeros_like(G)
+    keys, A = np.empty_like(G), np.empty_like(G)
     zs = scale * St
     for _ in range(steps):
-        A = mm(G, (eye + M).transpose(0, 2, 1))  # support-key affinities [E, n(rows), n(keys)]
-        expo = np.exp(np.minimum(-beta * (1.0 - A), 60.0))
-        P = softmax(zs + alpha * mm(expo, L))
+        np.add(eye, M.transpose(0, 2, 1), out=keys)
+        np.matmul(G, keys, out=A)  # support-key affinities [E, n(rows), n(keys)]
+        np.subtract(1.0, A, out=A)
+        np.multiply(A, -beta, out=A)
+        expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
+        P = softmax_(zs + alpha * mm(expo, L))
         R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
-        dA = alpha * beta * expo * mm(R, L.transpose(0, 2, 1))  # dLoss/dA [E, rows, keys]
-        grad = dA.transpose(0, 2, 1)  # keys' gradient = dAᵀ F  -> coefficients over F
-        vel = momentum * vel + grad
-        M = M - lr * vel
+        expo *= alpha * beta
+        dA = np.multiply(expo, np.take_along_axis(R, label, axis=2), out=expo)  # [E, rows, keys]
+        vel *= momentum
+        vel += dA.transpose(0, 2, 1)  # keys' gradient = dAᵀ F  -> coefficients over F
+        M -= np.multiply(lr, vel, out=keys)
     return M
 
 
 # ---- cosine linear probe initialised at the text classifier (CLAP's ZS-LP / CLAP) -----------
 
 def cosine_lp(G, S, Y, scale: float, lam: np.ndarray | None, steps: int, momentum: float = 0.9):
-    """Prototypes ``w_c = a_c t_c + Σ_i B_ci f_i`` (start: a = 1, B = 0, the zero-shot classifier)
-    trained by full-batch gradient descent with momentum on
+    """Prototypes ``w_c = a_c t_c + Σ_i Bt_ic f_i`` (start: a = 1, Bt = 0, the zero-shot
+    classifier) trained by full-batch gradient descent with momentum on
     ``CE(scale · cos(f, w)) + mean_c lam_c |w_c - t_c|²`` (lam None: no constraint).
 
     G [E,n,n], S [E,n,C] support-text cosines, Y [E,n,C] one-hot. Step size 1 / (scale² λmax(G)
-    / (2n) + 2 max lam / C) from the Lipschitz bound of the loss. Returns (a [E,C], B [E,C,n]).
+    / (2n) + 2 max lam / C) from the Lipschitz bound of the loss. Returns (a [E,C], Bt [E,n,C]).
+    Everything per step is an [E, n, C] array updated in place, so one product with G and a
+    few passes over cache-resident buffers make a step.
     """
     E, n, C = S.shape
     a = np.ones((E, C), dtype=G.dtype)
-    B = np.zeros((E, C, n), dtype=G.dtype)
-    va, vB = np.zeros_like(a), np.zeros_like(B)
+    Bt, vB = np.zeros_like(S), np.zeros_like(S)
+    va = np.zeros_like(a)
     lam = np.zeros((E, C), dtype=G.dtype) if lam is None else lam
     lr = 1.0 / (scale ** 2 * lambda_max(G) / (2 * n) + 2 * lam.max(axis=1) / C)
-    lr = lr[:, None]
+    lr, reg = lr[:, None], 2 * lam / C
+    GB, u, z = np.empty_like(S), np.empty_like(S), np.empty_like(S)
     for _ in range(steps):
-        GB = mm(B, G)  # [E, C, n]: (G b_c) per class
-        dots = a[:, None, :] * S + GB.transpose(0, 2, 1)  # f_j · w_c   [E, n, C]
-        sq = a * a + 2 * a * (B * S.transpose(0, 2, 1)).sum(axis=2) + (B * GB).sum(axis=2)
-        norm = np.sqrt(np.maximum(sq, 1e-12))
-        cos = dots / norm[:, None, :]
-        R = (softmax(scale * cos) - Y) / n  # [E, n, C]
-        # d/dw_c of CE = scale/|w_c| (Σ_j R_jc f_j - ŵ_c Σ_j R_jc cos_jc)
+        np.matmul(G, Bt, out=GB)  # (G b_c) per class
+        norm = np.sqrt(np.maximum(a * a + 2 * a * colsum(Bt, S, z) + colsum(Bt, GB, z), 1e-12))
+        np.multiply(S, a[:, None, :], out=u)
+        u += GB  # f_j · w_c   [E, n, C]
         k = scale / norm  # [E, C]
-        shrink = k * (R * cos).sum(axis=1) / norm  # coefficient on w_c itself
-        gB = k[..., None] * R.transpose(0, 2, 1) - shrink[..., None] * B
-        ga = -shrink * a
-        # constraint: 2 lam_c / C (w_c - t_c)
-        gB += (2 * lam / C)[..., None] * B
-        ga += 2 * lam / C * (a - 1.0)
-        va, vB = momentum * va + ga, momentum * vB + gB
-        a, B = a - lr * va, B - lr[..., None] * vB
-    return a, B
+        R = softmax_(np.multiply(u, k[:, None, :], out=z))  # scale · cos
+        R -= Y
+        R /= n  # dLoss/dlogits [E, n, C]
+        # d/dw_c of CE = scale/|w_c| (Σ_j R_jc f_j - ŵ_c Σ_j R_jc cos_jc); the constraint adds
+        # 2 lam_c / C (w_c - t_c)
+        shrink = k * colsum(R, u, u) / norm / norm  # coefficient on w_c itself
+        va = momentum * va + (reg * (a - 1.0) - shrink * a)
+        vB *= momentum
+        vB += np.multiply(R, k[:, None, :], out=R)
+        vB += np.multiply(Bt, (reg - shrink)[:, None, :], out=u)
+        a = a - lr * va
+        Bt -= np.multiply(vB, lr[:, :, None], out=u)
+    return a, Bt
 
 
-def cosine_lp_logits(a, B, A, Qt, G, S, scale: float) -> np.ndarray:
+def cosine_norms(a, Bt, G, S) -> np.ndarray:
+    """|w_c| [E, C] of :func:`cosine_lp`'s prototypes."""
+    sq = a * a + 2 * a * (Bt * S).sum(axis=1) + (Bt * np.matmul(G, Bt)).sum(axis=1)
+    return np.sqrt(np.maximum(sq, 1e-12))
+
+
+def cosine_lp_logits(a, Bt, A, Qt, G, S, scale: float) -> np.ndarray:
     """Query logits [E, q, C] of :func:`cosine_lp`'s prototypes (A [E,q,n], Qt [q,C] or
     [E,q,C])."""
-    GB = mm(B, G)
-    sq = a * a + 2 * a * (B * S.transpose(0, 2, 1)).sum(axis=2) + (B * GB).sum(axis=2)
-    dots = a[:, None, :] * Qt + mm(A, B.transpose(0, 2, 1))
-    return scale * dots / np.sqrt(np.maximum(sq, 1e-12))[:, None, :]
+    dots = a[:, None, :] * Qt + mm(A, Bt)
+    return scale * dots / cosine_norms(a, Bt, G, S)[:, None, :]
 
 
 def zeroshot_support_performance(S, Y, scale: float) -> np.ndarray:
@@ -165,31 +199,37 @@ def zeroshot_support_performance(S, Y, scale: float) -> np.ndarray:
 # ---- LP++ (Huang et al., CVPR 2024) ----------------------------------------------------------
 
 def lppp(G, S, Y, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9):
-    """LP++: logits ``f Wᵀ + b + α ⊙ (f Tᵀ)`` with W = B F (start: the support class means),
+    """LP++: logits ``f Wᵀ + b + α ⊙ (f Tᵀ)`` with W = Btᵀ F (start: the support class means),
     b = 0, α (per class) = 250 · mean_c (mean over class c's rows of f·t_c). W and b by
     full-batch SGD with momentum 0.9 and step 4n / λmax(FᵀF); α by a gradient step of size
-    n / (4 max_c Σ_i (f_i·t_c)²) every ``alpha_every`` steps. Returns (B [E,C,n], b [E,C],
-    α [E,C])."""
+    n / (4 max_c Σ_i (f_i·t_c)²) every ``alpha_every`` steps. Returns (Bt [E,n,C], b [E,C],
+    α [E,C]); the [E, n, C] arrays are updated in place."""
     E, n, C = S.shape
     counts = np.maximum(Y.sum(axis=1), 1)  # [E, C]
-    B = Y.transpose(0, 2, 1) / counts[..., None]
+    Bt = Y / counts[:, None, :]
     b = np.zeros((E, C), dtype=G.dtype)
     own = (S * Y).sum(axis=1) / counts  # mean_{i in c} f_i · t_c
     alpha = np.repeat(250.0 * own.mean(axis=1, keepdims=True), C, axis=1).astype(G.dtype)
     lr_w = (4 * n / lambda_max(G))[:, None]
     lr_a = (n / (4 * (S * S).sum(axis=1).max(axis=1)))[:, None]
-    vB, vb = np.zeros_like(B), np.zeros_like(b)
+    vB, vb = np.zeros_like(Bt), np.zeros_like(b)
+    R, tmp = np.empty_like(Bt), np.empty_like(Bt)
     for step in range(steps):
-        logits = mm(B, G).transpose(0, 2, 1) + b[:, None, :] + alpha[:, None, :] * S
-        R = (softmax(logits) - Y) / n
-        vB = momentum * vB + R.transpose(0, 2, 1)
+        np.matmul(G, Bt, out=R)
+        R += b[:, None, :]
+        R += np.multiply(S, alpha[:, None, :], out=tmp)
+        R = softmax_(R)
+        R -= Y
+        R /= n
+        vB *= momentum
+        vB += R
         vb = momentum * vb + R.sum(axis=1)
-        B = B - lr_w[..., None] * vB
+        Bt -= np.multiply(vB, lr_w[..., None], out=tmp)
         b = b - lr_w * vb
         if (step + 1) % alpha_every == 0:
-            alpha = alpha - lr_a * (R * S).sum(axis=1)
-    return B, b, alpha
+            alpha = alpha - lr_a * colsum(R, S, tmp)
+    return Bt, b, alpha
 
 
-def lppp_logits(B, b, alpha, A, Qt) -> np.ndarray:
-    return mm(A, B.transpose(0, 2, 1)) + b[:, None, :] + alpha[:, None, :] * Qt
+def lppp_logits(Bt, b, alpha, A, Qt) -> np.ndarray:
+    return mm(A, Bt) + b[:, None, :] + alpha[:, None, :] * Qt

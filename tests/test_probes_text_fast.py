@@ -1,0 +1,67 @@
+"""The batched text-aware episode scorers equal a plain one-episode-at-a-time reference.
+
+The scorers are optimised (chunks of episodes sized for the cache, in-place updates, test rows
+scored per episode from one shared test x train product, the Tip-Adapter grid reusing one
+affinity matrix); ``text_reference.reference_scores`` is the arithmetic as first written, run
+on each episode alone. Same logits up to float rounding, same predictions, same chosen β, α.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from text_reference import reference_scores
+
+from embedcyto.probes import text_episodes
+from embedcyto.probes.text_episodes import text_scorer
+
+C, D = 6, 40
+
+
+def _data(dtype, seed=0, noise=1.2):
+    rng = np.random.default_rng(seed)
+    T = rng.standard_normal((C, D))
+    T /= np.linalg.norm(T, axis=1, keepdims=True)
+
+    def make(n):
+        y = rng.permutation(np.arange(n) % C)
+        X = T[y] + noise * rng.standard_normal((n, D)) / np.sqrt(D) + 0.3
+        return X.astype(dtype), y
+    return (T + 0.2 * rng.standard_normal((C, D))).astype(dtype), make(90), make(48), make(250)
+
+
+def _episodes(y, K, E, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.stack([np.stack([rng.choice(np.flatnonzero(y == c), K, replace=False)
+                               for c in range(C)]) for _ in range(E)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("method", ["textlinear", "clap", "lppp", "tipadapter",
+                                    "tipadapter_f"])
+def test_fast_scorer_equals_the_per_episode_reference(method, dtype, monkeypatch):
+    # a small cache budget forces several chunks of episodes through the training loops
+    monkeypatch.setattr(text_episodes, "CACHE_BYTES", 3 * (C * 4) ** 2 * 8, raising=False)
+    T, (X, y), (Xv, yv), (Xt, yt) = _data(dtype)
+    idx = _episodes(y, 4, 7)
+    got, want = [], []
+    fast = text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,
+                       steps=40, chosen=got)(idx)
+    ref = reference_scores(method, X, Xt, T, 60.0, idx, Xv, yv, steps=40, chosen=want)
+    assert fast.shape == ref.shape == (len(yt), 7, C) and fast.dtype == dtype
+    tol = 2e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(fast, ref, rtol=tol, atol=tol * 60)
+    assert (fast.argmin(axis=2) == ref.argmin(axis=2)).all()
+    assert got == want  # Tip-Adapter's (β, α, val accuracy) per episode; [] for the others
+    assert 0.3 < (fast.argmin(axis=2) == yt[:, None]).mean()  # the methods do learn here
+
+
+def test_fast_scorer_does_not_depend_on_how_episodes_are_batched():
+    T, (X, y), (Xv, yv), (Xt, _) = _data(np.float32, seed=2)
+    idx = _episodes(y, 3, 6, seed=1)
+    for method in ("clap", "tipadapter_f", "lppp"):
+        score = text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,
+                            steps=30)
+        whole = score(idx)
+        parts = np.concatenate([score(idx[:1]), score(idx[1:4]), score(idx[4:])], axis=1)
+        np.testing.assert_array_equal(whole, parts)
