@@ -41,12 +41,12 @@ def _episodes(y, K, E, seed=0):
                                     "tipadapter_f"])
 def test_fast_scorer_equals_the_per_episode_reference(method, dtype, monkeypatch):
     # a small cache budget forces several chunks of episodes through the training loops
-    monkeypatch.setattr(text_episodes, "CACHE_BYTES", 3 * (C * 4) ** 2 * 8, raising=False)
+    monkeypatch.setattr(text_episodes, "CACHE_BYTES", 3 * (C * 4) ** 2 * 8)
     T, (X, y), (Xv, yv), (Xt, yt) = _data(dtype)
     idx = _episodes(y, 4, 7)
     got, want = [], []
     fast = text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,
-                       steps=40, chosen=got)(idx)
+                       steps=40, chosen=got, threads=2)(idx)
     ref = reference_scores(method, X, Xt, T, 60.0, idx, Xv, yv, steps=40, chosen=want)
     assert fast.shape == ref.shape == (len(yt), 7, C) and fast.dtype == dtype
     tol = 2e-4 if dtype == np.float32 else 1e-9
@@ -56,12 +56,25 @@ def test_fast_scorer_equals_the_per_episode_reference(method, dtype, monkeypatch
     assert 0.3 < (fast.argmin(axis=2) == yt[:, None]).mean()  # the methods do learn here
 
 
-def test_fast_scorer_does_not_depend_on_how_episodes_are_batched():
+def test_fast_scorer_does_not_depend_on_batches_chunks_or_threads(monkeypatch):
     T, (X, y), (Xv, yv), (Xt, _) = _data(np.float32, seed=2)
     idx = _episodes(y, 3, 6, seed=1)
     for method in ("clap", "tipadapter_f", "lppp"):
-        score = text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,
-                            steps=30)
-        whole = score(idx)
+        def scorer(threads):
+            return text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,
+                               steps=30, threads=threads)
+        whole = scorer(1)(idx)
+        monkeypatch.setattr(text_episodes, "CACHE_BYTES", 1)  # one episode per chunk
+        score = scorer(3)
         parts = np.concatenate([score(idx[:1]), score(idx[1:4]), score(idx[4:])], axis=1)
+        monkeypatch.undo()
         np.testing.assert_array_equal(whole, parts)
+
+
+def test_episode_threads_follow_the_blas_limit():
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        assert text_episodes.episode_threads() == 1
+    with threadpool_limits(2, user_api="blas"):
+        assert text_episodes.episode_threads() == 2

@@ -16,13 +16,15 @@ gets the same validation rows for the same episode.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info
 
 from embedcyto.errors import ProbeError
 from embedcyto.probes import textcore as tc
 from embedcyto.probes._base import l2_normalise
+from embedcyto.probes._multinomial import single_blas_thread
 from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
 
 #: Largest test x train product kept in memory (floats); above it, products are per episode.
@@ -113,47 +115,73 @@ def zeroshot_logits(X_test, text, logit_scale) -> np.ndarray:
         l2_normalise(np.asarray(text, dtype=np.float64)).T
 
 
-def _chunks(E: int, n: int, itemsize: int) -> list[slice]:
+def episode_threads() -> int:
+    """Threads to spread a batch's episodes over: as many as BLAS would use here. Its limit
+    follows OPENBLAS_NUM_THREADS / OMP_NUM_THREADS and joblib's per-worker limits, so a probe
+    grid already running in parallel workers gets one thread per worker."""
+    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return max(1, min(counts)) if counts else 1
+
+
+def _chunks(E: int, n: int, itemsize: int, threads: int) -> list[slice]:
     """Episodes trained together: as many as keep their n x n Gram matrices within
-    ``CACHE_BYTES``, so every step's product reads them from cache."""
-    size = max(1, CACHE_BYTES // (n * n * itemsize))
+    ``CACHE_BYTES`` (so every step's product reads them from cache), and at least one chunk per
+    thread."""
+    size = max(1, min(CACHE_BYTES // (n * n * itemsize), -(-E // threads)))
     return [slice(s, min(s + size, E)) for s in range(0, E, size)]
 
 
-def _textlinear(p: _Prepared, idx, constraint: str, steps: int):
+def _each_chunk(work, E: int, n: int, p: _Prepared, threads: int) -> None:
+    """``work(part)`` for every chunk, on ``threads`` threads (one BLAS thread each: numpy
+    releases the GIL in products and ufuncs, and each chunk writes its own episodes)."""
+    parts = _chunks(E, n, p.Xn.itemsize, threads)
+    if threads == 1 or len(parts) == 1:
+        for part in parts:
+            work(part)
+        return
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(work, parts):  # re-raises a chunk's error
+            pass
+
+
+def _textlinear(p: _Prepared, idx, constraint: str, steps: int, threads: int):
     flat, Y = p.support(idx)
     E, n = flat.shape
     out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
-    for part in _chunks(E, n, p.Xn.itemsize):
+
+    def work(part):
         G, S, Yp = p.gram(flat[part]), p.XT[flat[part]], Y[part]
         lam = tc.zeroshot_support_performance(S, Yp, p.scale) if constraint == "clap" else None
-        a, Bt = tc.cosine_lp(G, S, Yp, p.scale, lam, steps)
-        norm = tc.cosine_norms(a, Bt, G, S)
+        a, B = tc.cosine_lp(G, S, Yp, p.scale, lam, steps)
+        norm = tc.cosine_norms(a, B, G, S)
         for j, e in enumerate(range(part.start, part.stop)):
-            dots = a[j] * p.Qt + p.support_rows(flat[e]).T @ Bt[j]  # [q, C]
+            dots = a[j] * p.Qt + p.support_rows(flat[e]).T @ B[j].T  # [q, C]
             out[:, e] = -(p.scale * dots / norm[j])
+    _each_chunk(work, E, n, p, threads)
     return out
 
 
-def _tip_keys(p: _Prepared, flat, Y, steps: int) -> np.ndarray:
+def _tip_keys(p: _Prepared, flat, Y, steps: int, threads: int) -> np.ndarray:
     """Tip-Adapter-F's trained keys as coefficients over the support rows, ``I + Mᵀ`` [E, n, n]
     (each episode with its own step size, as the estimator)."""
     E, n = flat.shape
     keys = np.empty((E, n, n), dtype=p.Xn.dtype)
-    for part in _chunks(E, n, p.Xn.itemsize):
+
+    def work(part):
         G = p.gram(flat[part])
         lr = tc.TIP_F_LR * n / tc.lambda_max(G)
         M = tc.tip_finetune(G, p.XT[flat[part]], Y[part], p.scale, 1.0, 1.0, steps, lr)
         keys[part] = np.eye(n, dtype=G.dtype) + M.transpose(0, 2, 1)
+    _each_chunk(work, E, n, p, threads)
     return keys
 
 
-def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None):
+def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None, threads: int):
     flat, Y = p.support(idx)
     vflat = p.val_rows(idx)
     V = p.V[vflat]
     Av = tc.mm(V, p.Xn[flat].transpose(0, 2, 1))
-    keys = _tip_keys(p, flat, Y, steps) if finetune else None
+    keys = _tip_keys(p, flat, Y, steps, threads) if finetune else None
     if keys is not None:
         Av = tc.mm(Av, keys)
     b, a, acc = tc.tip_search(Av, V @ p.T.T, p.y_val[vflat], Y, p.scale, TIP_BETAS, TIP_ALPHAS)
@@ -161,51 +189,61 @@ def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None):
         chosen.extend(zip(b.tolist(), a.tolist(), acc.tolist()))
     b, a = b.astype(p.Xn.dtype), a.astype(p.Xn.dtype)
     out = np.empty((p.Q.shape[0], len(flat), idx.shape[1]), dtype=p.Xn.dtype)
-    for e in range(len(flat)):  # one episode's [n, q] affinities at a time
-        A = p.support_rows(flat[e])
-        if keys is not None:
-            A = keys[e].T @ A
-        np.subtract(1.0, A, out=A)
-        np.multiply(-b[e], A, out=A)
-        expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
-        out[:, e] = -(p.scale * p.Qt + a[e] * (Y[e].T @ expo).T)
+
+    def work(part):  # one episode's [n, q] affinities at a time
+        for e in range(part.start, part.stop):
+            A = p.support_rows(flat[e])
+            if keys is not None:
+                A = keys[e].T @ A
+            np.subtract(1.0, A, out=A)
+            np.multiply(-b[e], A, out=A)
+            expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
+            out[:, e] = -(p.scale * p.Qt + a[e] * (Y[e].T @ expo).T)
+    _each_chunk(work, len(flat), 1, p, threads)
     return out
 
 
-def _lppp(p: _Prepared, idx, steps: int):
+def _lppp(p: _Prepared, idx, steps: int, threads: int):
     flat, Y = p.support(idx)
     E, n = flat.shape
     out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
-    for part in _chunks(E, n, p.Xn.itemsize):
-        Bt, b, alpha = tc.lppp(p.gram(flat[part]), p.XT[flat[part]], Y[part], steps)
+
+    def work(part):
+        B, b, alpha = tc.lppp(p.gram(flat[part]), p.XT[flat[part]], Y[part], steps)
         for j, e in enumerate(range(part.start, part.stop)):
-            out[:, e] = -(p.support_rows(flat[e]).T @ Bt[j] + b[j] + alpha[j] * p.Qt)
+            out[:, e] = -(p.support_rows(flat[e]).T @ B[j].T + b[j] + alpha[j] * p.Qt)
+    _each_chunk(work, E, n, p, threads)
     return out
 
 
 def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, y_val=None,
-                steps: int | None = None, chosen: list | None = None):
+                steps: int | None = None, chosen: list | None = None,
+                threads: int | None = None):
     """The batched scorer of one text-aware few-shot method (see the module docstring).
 
     ``chosen``: a list that Tip-Adapter extends with (β, α, validation accuracy) per episode.
+    ``threads``: threads a batch's episodes are spread over (default :func:`episode_threads`);
+    results do not depend on it.
     """
+    threads = episode_threads() if threads is None else max(1, int(threads))
     if method in ("textlinear", "clap"):
         constraint = "clap" if method == "clap" else "none"
-        run = lambda p, idx: _textlinear(p, idx, constraint, steps or 300)  # noqa: E731
+        run = lambda p, idx: _textlinear(p, idx, constraint, steps or 300, threads)  # noqa
     elif method in ("tipadapter", "tipadapter_f"):
-        run = lambda p, idx: _tip(p, idx, method == "tipadapter_f", steps or 20, chosen)  # noqa
+        run = lambda p, idx: _tip(p, idx, method == "tipadapter_f", steps or 20,  # noqa
+                                  chosen, threads)
     elif method == "lppp":
-        run = lambda p, idx: _lppp(p, idx, steps or 300)  # noqa: E731
+        run = lambda p, idx: _lppp(p, idx, steps or 300, threads)  # noqa: E731
     else:
         raise ProbeError(f"{method!r} is not a few-shot text method; choose one of "
                          f"{', '.join(TEXT_METHODS[1:])}")
     p = _prepared(X_train, X_test, text, logit_scale, X_val, y_val)
 
     def score(idx: np.ndarray) -> np.ndarray:
-        # Hundreds of small products per episode: one BLAS thread each was measured 30x faster
-        # than two on a busy 2-core machine (thread hand-offs dominate); parallelism comes from
-        # running stores and methods side by side.
-        with threadpool_limits(limits=1, user_api="blas"):
+        # Hundreds of small products per episode: one BLAS thread per product was measured 30x
+        # faster than two on a busy 2-core machine (thread hand-offs dominate), so the
+        # parallelism is over episodes instead (see _each_chunk).
+        with single_blas_thread():
             return run(p, np.asarray(idx))
     return score
 

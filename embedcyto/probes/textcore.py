@@ -34,17 +34,14 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return z
 
 
-def softmax_(z: np.ndarray) -> np.ndarray:
-    """:func:`softmax` in place (``z`` is overwritten and returned)."""
-    z -= z.max(axis=-1, keepdims=True)
+def softmax_(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    """:func:`softmax` over ``axis``, in place (``z`` is overwritten and returned). The
+    training loops keep classes on axis 1 of [E, C, n] arrays: reducing over C = 23 contiguous
+    values per row was measured 10x slower than reducing across the C rows."""
+    z -= z.max(axis=axis, keepdims=True)
     np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
+    z /= z.sum(axis=axis, keepdims=True)
     return z
-
-
-def colsum(x: np.ndarray, y: np.ndarray, buf: np.ndarray) -> np.ndarray:
-    """``(x * y).sum(axis=1)`` for [E, n, C] arrays, the product written into ``buf``."""
-    return np.multiply(x, y, out=buf).sum(axis=1)
 
 
 def lambda_max(G: np.ndarray, iters: int = 50) -> np.ndarray:
@@ -138,55 +135,55 @@ def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alp
 # ---- cosine linear probe initialised at the text classifier (CLAP's ZS-LP / CLAP) -----------
 
 def cosine_lp(G, S, Y, scale: float, lam: np.ndarray | None, steps: int, momentum: float = 0.9):
-    """Prototypes ``w_c = a_c t_c + Σ_i Bt_ic f_i`` (start: a = 1, Bt = 0, the zero-shot
-    classifier) trained by full-batch gradient descent with momentum on
+    """Prototypes ``w_c = a_c t_c + Σ_i B_ci f_i`` (start: a = 1, B = 0, the zero-shot classifier)
+    trained by full-batch gradient descent with momentum on
     ``CE(scale · cos(f, w)) + mean_c lam_c |w_c - t_c|²`` (lam None: no constraint).
 
     G [E,n,n], S [E,n,C] support-text cosines, Y [E,n,C] one-hot. Step size 1 / (scale² λmax(G)
-    / (2n) + 2 max lam / C) from the Lipschitz bound of the loss. Returns (a [E,C], Bt [E,n,C]).
-    Everything per step is an [E, n, C] array updated in place, so one product with G and a
-    few passes over cache-resident buffers make a step.
+    / (2n) + 2 max lam / C) from the Lipschitz bound of the loss. Returns (a [E,C], B [E,C,n]).
+    Each step is one product with G and a few in-place passes over [E, C, n] buffers.
     """
     E, n, C = S.shape
+    St, Yt = np.ascontiguousarray(S.transpose(0, 2, 1)), np.ascontiguousarray(Y.transpose(0, 2, 1))
     a = np.ones((E, C), dtype=G.dtype)
-    Bt, vB = np.zeros_like(S), np.zeros_like(S)
+    B, vB = np.zeros_like(St), np.zeros_like(St)
     va = np.zeros_like(a)
     lam = np.zeros((E, C), dtype=G.dtype) if lam is None else lam
     lr = 1.0 / (scale ** 2 * lambda_max(G) / (2 * n) + 2 * lam.max(axis=1) / C)
     lr, reg = lr[:, None], 2 * lam / C
-    GB, u, z = np.empty_like(S), np.empty_like(S), np.empty_like(S)
+    GB, u, z = np.empty_like(St), np.empty_like(St), np.empty_like(St)
     for _ in range(steps):
-        np.matmul(G, Bt, out=GB)  # (G b_c) per class
-        norm = np.sqrt(np.maximum(a * a + 2 * a * colsum(Bt, S, z) + colsum(Bt, GB, z), 1e-12))
-        np.multiply(S, a[:, None, :], out=u)
-        u += GB  # f_j · w_c   [E, n, C]
+        np.matmul(B, G, out=GB)  # (G b_c) per class
+        norm = np.sqrt(np.maximum(a * a + 2 * a * np.vecdot(B, St) + np.vecdot(B, GB), 1e-12))
+        np.multiply(St, a[:, :, None], out=u)
+        u += GB  # f_j · w_c   [E, C, n]
         k = scale / norm  # [E, C]
-        R = softmax_(np.multiply(u, k[:, None, :], out=z))  # scale · cos
-        R -= Y
-        R /= n  # dLoss/dlogits [E, n, C]
+        R = softmax_(np.multiply(u, k[:, :, None], out=z), axis=1)  # softmax(scale · cos)
+        R -= Yt
+        R /= n  # dLoss/dlogits [E, C, n]
         # d/dw_c of CE = scale/|w_c| (Σ_j R_jc f_j - ŵ_c Σ_j R_jc cos_jc); the constraint adds
         # 2 lam_c / C (w_c - t_c)
-        shrink = k * colsum(R, u, u) / norm / norm  # coefficient on w_c itself
+        shrink = k * np.vecdot(R, u) / norm / norm  # coefficient on w_c itself
         va = momentum * va + (reg * (a - 1.0) - shrink * a)
         vB *= momentum
-        vB += np.multiply(R, k[:, None, :], out=R)
-        vB += np.multiply(Bt, (reg - shrink)[:, None, :], out=u)
+        vB += np.multiply(R, k[:, :, None], out=R)
+        vB += np.multiply(B, (reg - shrink)[:, :, None], out=u)
         a = a - lr * va
-        Bt -= np.multiply(vB, lr[:, :, None], out=u)
-    return a, Bt
+        B -= np.multiply(vB, lr[:, :, None], out=u)
+    return a, B
 
 
-def cosine_norms(a, Bt, G, S) -> np.ndarray:
-    """|w_c| [E, C] of :func:`cosine_lp`'s prototypes."""
-    sq = a * a + 2 * a * (Bt * S).sum(axis=1) + (Bt * np.matmul(G, Bt)).sum(axis=1)
+def cosine_norms(a, B, G, S) -> np.ndarray:
+    """|w_c| [E, C] of :func:`cosine_lp`'s prototypes (S [E, n, C])."""
+    sq = a * a + 2 * a * np.vecdot(B, S.transpose(0, 2, 1)) + np.vecdot(B, mm(B, G))
     return np.sqrt(np.maximum(sq, 1e-12))
 
 
-def cosine_lp_logits(a, Bt, A, Qt, G, S, scale: float) -> np.ndarray:
+def cosine_lp_logits(a, B, A, Qt, G, S, scale: float) -> np.ndarray:
     """Query logits [E, q, C] of :func:`cosine_lp`'s prototypes (A [E,q,n], Qt [q,C] or
     [E,q,C])."""
-    dots = a[:, None, :] * Qt + mm(A, Bt)
-    return scale * dots / cosine_norms(a, Bt, G, S)[:, None, :]
+    dots = a[:, None, :] * Qt + mm(A, B.transpose(0, 2, 1))
+    return scale * dots / cosine_norms(a, B, G, S)[:, None, :]
 
 
 def zeroshot_support_performance(S, Y, scale: float) -> np.ndarray:
@@ -199,37 +196,38 @@ def zeroshot_support_performance(S, Y, scale: float) -> np.ndarray:
 # ---- LP++ (Huang et al., CVPR 2024) ----------------------------------------------------------
 
 def lppp(G, S, Y, steps: int = 300, alpha_every: int = 10, momentum: float = 0.9):
-    """LP++: logits ``f Wᵀ + b + α ⊙ (f Tᵀ)`` with W = Btᵀ F (start: the support class means),
+    """LP++: logits ``f Wᵀ + b + α ⊙ (f Tᵀ)`` with W = B F (start: the support class means),
     b = 0, α (per class) = 250 · mean_c (mean over class c's rows of f·t_c). W and b by
     full-batch SGD with momentum 0.9 and step 4n / λmax(FᵀF); α by a gradient step of size
-    n / (4 max_c Σ_i (f_i·t_c)²) every ``alpha_every`` steps. Returns (Bt [E,n,C], b [E,C],
-    α [E,C]); the [E, n, C] arrays are updated in place."""
+    n / (4 max_c Σ_i (f_i·t_c)²) every ``alpha_every`` steps. Returns (B [E,C,n], b [E,C],
+    α [E,C]); the [E, C, n] arrays are updated in place."""
     E, n, C = S.shape
+    St, Yt = np.ascontiguousarray(S.transpose(0, 2, 1)), np.ascontiguousarray(Y.transpose(0, 2, 1))
     counts = np.maximum(Y.sum(axis=1), 1)  # [E, C]
-    Bt = Y / counts[:, None, :]
+    B = Yt / counts[..., None]
     b = np.zeros((E, C), dtype=G.dtype)
     own = (S * Y).sum(axis=1) / counts  # mean_{i in c} f_i · t_c
     alpha = np.repeat(250.0 * own.mean(axis=1, keepdims=True), C, axis=1).astype(G.dtype)
     lr_w = (4 * n / lambda_max(G))[:, None]
     lr_a = (n / (4 * (S * S).sum(axis=1).max(axis=1)))[:, None]
-    vB, vb = np.zeros_like(Bt), np.zeros_like(b)
-    R, tmp = np.empty_like(Bt), np.empty_like(Bt)
+    vB, vb = np.zeros_like(B), np.zeros_like(b)
+    R, tmp = np.empty_like(B), np.empty_like(B)
     for step in range(steps):
-        np.matmul(G, Bt, out=R)
-        R += b[:, None, :]
-        R += np.multiply(S, alpha[:, None, :], out=tmp)
-        R = softmax_(R)
-        R -= Y
+        np.matmul(B, G, out=R)
+        R += b[:, :, None]
+        R += np.multiply(St, alpha[:, :, None], out=tmp)
+        R = softmax_(R, axis=1)
+        R -= Yt
         R /= n
         vB *= momentum
         vB += R
-        vb = momentum * vb + R.sum(axis=1)
-        Bt -= np.multiply(vB, lr_w[..., None], out=tmp)
+        vb = momentum * vb + R.sum(axis=2)
+        B -= np.multiply(vB, lr_w[..., None], out=tmp)
         b = b - lr_w * vb
         if (step + 1) % alpha_every == 0:
-            alpha = alpha - lr_a * colsum(R, S, tmp)
-    return Bt, b, alpha
+            alpha = alpha - lr_a * np.vecdot(R, St)
+    return B, b, alpha
 
 
-def lppp_logits(Bt, b, alpha, A, Qt) -> np.ndarray:
-    return mm(A, Bt) + b[:, None, :] + alpha[:, None, :] * Qt
+def lppp_logits(B, b, alpha, A, Qt) -> np.ndarray:
+    return mm(A, B.transpose(0, 2, 1)) + b[:, None, :] + alpha[:, None, :] * Qt
