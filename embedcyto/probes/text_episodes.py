@@ -31,6 +31,9 @@ from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
 PRODUCT_BUDGET = 1 << 28
 #: Bytes of Gram matrices trained together (see ``_chunks``): about half a core's L2 cache.
 CACHE_BYTES = 1 << 20
+#: Support x test products gathered at once when scoring the test rows (floats; half the
+#: episode runner's default batch budget).
+EVAL_FLOATS = 1 << 22
 TEXT_METHODS = ("zeroshot", "textlinear", "clap", "tipadapter", "tipadapter_f", "lppp")
 
 
@@ -46,6 +49,7 @@ class _Prepared:
         self.scale = float(logit_scale)
         self.XT = self.Xn @ self.T.T
         self.Qt = self.Q @ self.T.T
+        self.QtT = np.ascontiguousarray(self.Qt.T)  # [C, q]
         fits = self.Q.shape[0] * self.Xn.shape[0] <= PRODUCT_BUDGET
         # training rows x test rows, so that an episode's rows are gathered as whole rows
         self.XQ = self.Xn @ self.Q.T if fits else None
@@ -59,11 +63,11 @@ class _Prepared:
         return flat, np.ascontiguousarray(Y)
 
     def support_rows(self, rows: np.ndarray) -> np.ndarray:
-        """One episode's support x test cosines [n, q], a new array (row gathers: column
-        gathers were 15x slower)."""
+        """Support x test cosines [..., n, q] of ``rows`` [..., n], a new array (row gathers:
+        column gathers were 15x slower)."""
         if self.XQ is not None:
             return self.XQ[rows]
-        return self.Xn[rows] @ self.Q.T
+        return np.matmul(self.Xn[rows], self.Q.T)
 
     def gram(self, flat):
         F = self.Xn[flat]
@@ -144,21 +148,31 @@ def _each_chunk(work, E: int, n: int, p: _Prepared, threads: int) -> None:
             pass
 
 
+def _groups(part: slice, n: int, q: int) -> list[slice]:
+    """Episodes of ``part`` whose support x test rows are gathered together (at most
+    ``EVAL_FLOATS`` floats)."""
+    size = max(1, EVAL_FLOATS // (n * q))
+    return [slice(s, min(s + size, part.stop)) for s in range(part.start, part.stop, size)]
+
+
 def _textlinear(p: _Prepared, idx, constraint: str, steps: int, threads: int):
     flat, Y = p.support(idx)
     E, n = flat.shape
-    out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
+    logits = np.empty((E, idx.shape[1], p.Q.shape[0]), dtype=p.Xn.dtype)
 
     def work(part):
         G, S, Yp = p.gram(flat[part]), p.XT[flat[part]], Y[part]
         lam = tc.zeroshot_support_performance(S, Yp, p.scale) if constraint == "clap" else None
         a, B = tc.cosine_lp(G, S, Yp, p.scale, lam, steps)
         norm = tc.cosine_norms(a, B, G, S)
-        for j, e in enumerate(range(part.start, part.stop)):
-            dots = a[j] * p.Qt + p.support_rows(flat[e]).T @ B[j].T  # [q, C]
-            out[:, e] = -(p.scale * dots / norm[j])
+        for g in _groups(part, n, p.Q.shape[0]):
+            j = slice(g.start - part.start, g.stop - part.start)
+            dots = np.matmul(B[j], p.support_rows(flat[g]), out=logits[g])  # [e, C, q]
+            dots += a[j][:, :, None] * p.QtT
+            dots *= p.scale
+            dots /= norm[j][:, :, None]
     _each_chunk(work, E, n, p, threads)
-    return out
+    return logits
 
 
 def _tip_keys(p: _Prepared, flat, Y, steps: int, threads: int) -> np.ndarray:
@@ -188,7 +202,8 @@ def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None, thr
     if chosen is not None:
         chosen.extend(zip(b.tolist(), a.tolist(), acc.tolist()))
     b, a = b.astype(p.Xn.dtype), a.astype(p.Xn.dtype)
-    out = np.empty((p.Q.shape[0], len(flat), idx.shape[1]), dtype=p.Xn.dtype)
+    logits = np.empty((len(flat), idx.shape[1], p.Q.shape[0]), dtype=p.Xn.dtype)
+    Yt = np.ascontiguousarray(Y.transpose(0, 2, 1))
 
     def work(part):  # one episode's [n, q] affinities at a time
         for e in range(part.start, part.stop):
@@ -197,23 +212,27 @@ def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None, thr
                 A = keys[e].T @ A
             np.subtract(1.0, A, out=A)
             np.multiply(-b[e], A, out=A)
-            expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
-            out[:, e] = -(p.scale * p.Qt + a[e] * (Y[e].T @ expo).T)
+            cache = np.matmul(Yt[e], np.exp(np.minimum(A, 60.0, out=A), out=A), out=logits[e])
+            cache *= a[e]
+            cache += p.scale * p.QtT
     _each_chunk(work, len(flat), 1, p, threads)
-    return out
+    return logits
 
 
 def _lppp(p: _Prepared, idx, steps: int, threads: int):
     flat, Y = p.support(idx)
     E, n = flat.shape
-    out = np.empty((p.Q.shape[0], E, idx.shape[1]), dtype=p.Xn.dtype)
+    logits = np.empty((E, idx.shape[1], p.Q.shape[0]), dtype=p.Xn.dtype)
 
     def work(part):
         B, b, alpha = tc.lppp(p.gram(flat[part]), p.XT[flat[part]], Y[part], steps)
-        for j, e in enumerate(range(part.start, part.stop)):
-            out[:, e] = -(p.support_rows(flat[e]).T @ B[j].T + b[j] + alpha[j] * p.Qt)
+        for g in _groups(part, n, p.Q.shape[0]):
+            j = slice(g.start - part.start, g.stop - part.start)
+            out = np.matmul(B[j], p.support_rows(flat[g]), out=logits[g])  # [e, C, q]
+            out += b[j][:, :, None]
+            out += alpha[j][:, :, None] * p.QtT
     _each_chunk(work, E, n, p, threads)
-    return out
+    return logits
 
 
 def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, y_val=None,
@@ -244,7 +263,9 @@ def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, 
         # faster than two on a busy 2-core machine (thread hand-offs dominate), so the
         # parallelism is over episodes instead (see _each_chunk).
         with single_blas_thread():
-            return run(p, np.asarray(idx))
+            logits = run(p, np.asarray(idx))  # [E, C, q]
+        return np.negative(logits.transpose(2, 0, 1), out=np.empty(
+            logits.shape[2:] + logits.shape[:2], dtype=logits.dtype))
     return score
 
 

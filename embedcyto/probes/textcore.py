@@ -106,30 +106,29 @@ def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alp
     scalar or one step size per episode [E].
 
     Full-batch gradient descent with momentum on the keys (the official code uses AdamW on
-    augmented views; see docs/probes.md). ``(P - L) Lᵀ`` is a gather of P - L's columns by the
-    keys' labels (L is one-hot: the product has one non-zero term, so the gather is exact).
+    augmented views; see docs/probes.md). M and its velocity are held transposed, so every
+    pass over them is contiguous.
     """
     E, n, _ = G.shape
     lr = np.asarray(lr, dtype=G.dtype).reshape(-1, 1, 1)
-    label = np.broadcast_to(L.argmax(axis=2)[:, None, :], G.shape)
     eye = np.eye(n, dtype=G.dtype)
-    M, vel = np.zeros_like(G), np.zeros_like(G)
+    Mt, velt = np.zeros_like(G), np.zeros_like(G)  # Mᵀ and velᵀ: no strided transposes
     keys, A = np.empty_like(G), np.empty_like(G)
+    Lt = np.ascontiguousarray(L.transpose(0, 2, 1))
     zs = scale * St
     for _ in range(steps):
-        np.add(eye, M.transpose(0, 2, 1), out=keys)
-        np.matmul(G, keys, out=A)  # support-key affinities [E, n(rows), n(keys)]
+        np.matmul(G, np.add(eye, Mt, out=keys), out=A)  # support-key affinities G (I + M)ᵀ
         np.subtract(1.0, A, out=A)
         np.multiply(A, -beta, out=A)
         expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
         P = softmax_(zs + alpha * mm(expo, L))
         R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
         expo *= alpha * beta
-        dA = np.multiply(expo, np.take_along_axis(R, label, axis=2), out=expo)  # [E, rows, keys]
-        vel *= momentum
-        vel += dA.transpose(0, 2, 1)  # keys' gradient = dAᵀ F  -> coefficients over F
-        M -= np.multiply(lr, vel, out=keys)
-    return M
+        dA = np.multiply(expo, mm(R, Lt), out=expo)  # dLoss/dA [E, rows, keys]
+        velt *= momentum
+        velt += dA  # keys' gradient = dAᵀ F  -> coefficients over F
+        Mt -= np.multiply(lr, velt, out=keys)
+    return Mt.transpose(0, 2, 1)
 
 
 # ---- cosine linear probe initialised at the text classifier (CLAP's ZS-LP / CLAP) -----------
