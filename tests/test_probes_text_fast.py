@@ -40,11 +40,12 @@ def _episodes(y, K, E, seed=0):
 @pytest.mark.parametrize("method", ["textlinear", "clap", "lppp", "tipadapter",
                                     "tipadapter_f"])
 def test_fast_scorer_equals_the_per_episode_reference(method, dtype, monkeypatch):
-    # small budgets force several chunks of episodes through the training loops, and several
-    # groups of episodes through the test-row scoring
+    # small budgets force several chunks of episodes through the training loops, several
+    # groups of episodes and blocks of test rows through the test-row scoring
     monkeypatch.setattr(text_episodes, "CACHE_BYTES", 3 * (C * 4) ** 2 * 8)
     T, (X, y), (Xv, yv), (Xt, yt) = _data(dtype)
     monkeypatch.setattr(text_episodes, "EVAL_FLOATS", 2 * C * 4 * len(yt))
+    monkeypatch.setattr(text_episodes, "BLOCK_BYTES", 1)  # test rows by blocks of 64
     idx = _episodes(y, 4, 7)
     got, want = [], []
     fast = text_scorer(method, X, Xt, text=T, logit_scale=60.0, X_val=Xv, y_val=yv,

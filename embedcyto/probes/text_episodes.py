@@ -34,6 +34,8 @@ CACHE_BYTES = 1 << 20
 #: Support x test products gathered at once when scoring the test rows (floats; half the
 #: episode runner's default batch budget).
 EVAL_FLOATS = 1 << 22
+#: Bytes of one episode's support x test affinities that Tip-Adapter transforms at once.
+BLOCK_BYTES = 1 << 20
 TEXT_METHODS = ("zeroshot", "textlinear", "clap", "tipadapter", "tipadapter_f", "lppp")
 
 
@@ -62,12 +64,12 @@ class _Prepared:
         Y = np.broadcast_to(np.repeat(np.eye(C, dtype=self.Xn.dtype), K, axis=0), (E, C * K, C))
         return flat, np.ascontiguousarray(Y)
 
-    def support_rows(self, rows: np.ndarray) -> np.ndarray:
-        """Support x test cosines [..., n, q] of ``rows`` [..., n], a new array (row gathers:
-        column gathers were 15x slower)."""
+    def support_rows(self, rows: np.ndarray, cols: slice = slice(None)) -> np.ndarray:
+        """Support x test cosines [..., n, q] of ``rows`` [..., n] and the test rows ``cols``,
+        a new array (row gathers: column gathers were 15x slower)."""
         if self.XQ is not None:
-            return self.XQ[rows]
-        return np.matmul(self.Xn[rows], self.Q.T)
+            return self.XQ[rows, cols]
+        return np.matmul(self.Xn[rows], self.Q[cols].T)
 
     def gram(self, flat):
         F = self.Xn[flat]
@@ -148,6 +150,13 @@ def _each_chunk(work, E: int, n: int, p: _Prepared, threads: int) -> None:
             pass
 
 
+def _test_blocks(n: int, q: int) -> list[slice]:
+    """Test rows scored together against one episode's n supports: about ``BLOCK_BYTES`` of
+    affinities, so the passes over them after the product stay in cache."""
+    size = max(64, BLOCK_BYTES // (4 * n))
+    return [slice(s, min(s + size, q)) for s in range(0, q, size)]
+
+
 def _groups(part: slice, n: int, q: int) -> list[slice]:
     """Episodes of ``part`` whose support x test rows are gathered together (at most
     ``EVAL_FLOATS`` floats)."""
@@ -205,16 +214,18 @@ def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None, thr
     logits = np.empty((len(flat), idx.shape[1], p.Q.shape[0]), dtype=p.Xn.dtype)
     Yt = np.ascontiguousarray(Y.transpose(0, 2, 1))
 
-    def work(part):  # one episode's [n, q] affinities at a time
+    def work(part):  # one episode's [n, q] affinities at a time, by blocks of test rows
         for e in range(part.start, part.stop):
-            A = p.support_rows(flat[e])
-            if keys is not None:
-                A = keys[e].T @ A
-            np.subtract(1.0, A, out=A)
-            np.multiply(-b[e], A, out=A)
-            cache = np.matmul(Yt[e], np.exp(np.minimum(A, 60.0, out=A), out=A), out=logits[e])
-            cache *= a[e]
-            cache += p.scale * p.QtT
+            for cols in _test_blocks(flat.shape[1], p.Q.shape[0]):
+                A = p.support_rows(flat[e], cols)
+                if keys is not None:
+                    A = keys[e].T @ A
+                np.subtract(1.0, A, out=A)
+                np.multiply(-b[e], A, out=A)
+                cache = np.matmul(Yt[e], np.exp(np.minimum(A, 60.0, out=A), out=A))
+                cache *= a[e]
+                cache += p.scale * p.QtT[:, cols]
+                logits[e, :, cols] = cache
     _each_chunk(work, len(flat), 1, p, threads)
     return logits
 

@@ -107,28 +107,40 @@ def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alp
 
     Full-batch gradient descent with momentum on the keys (the official code uses AdamW on
     augmented views; see docs/probes.md). M and its velocity are held transposed, so every
-    pass over them is contiguous.
+    pass over them is contiguous; the first step skips its product (M = 0).
     """
     E, n, _ = G.shape
     lr = np.asarray(lr, dtype=G.dtype).reshape(-1, 1, 1)
     eye = np.eye(n, dtype=G.dtype)
     Mt, velt = np.zeros_like(G), np.zeros_like(G)  # Mᵀ and velᵀ: no strided transposes
     keys, A = np.empty_like(G), np.empty_like(G)
-    Lt = np.ascontiguousarray(L.transpose(0, 2, 1))
+    label = L.argmax(axis=2)  # [E, n]
     zs = scale * St
-    for _ in range(steps):
-        np.matmul(G, np.add(eye, Mt, out=keys), out=A)  # support-key affinities G (I + M)ᵀ
+    for step in range(steps):
+        if step == 0:
+            A[...] = G  # G (I + 0)ᵀ: the product would give G exactly
+        else:
+            np.matmul(G, np.add(eye, Mt, out=keys), out=A)  # support-key affinities G (I + M)ᵀ
         np.subtract(1.0, A, out=A)
         np.multiply(A, -beta, out=A)
         expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
         P = softmax_(zs + alpha * mm(expo, L))
         R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
         expo *= alpha * beta
-        dA = np.multiply(expo, mm(R, Lt), out=expo)  # dLoss/dA [E, rows, keys]
+        dA = np.multiply(expo, _by_key(R, label), out=expo)  # dLoss/dA [E, rows, keys]
         velt *= momentum
         velt += dA  # keys' gradient = dAᵀ F  -> coefficients over F
         Mt -= np.multiply(lr, velt, out=keys)
     return Mt.transpose(0, 2, 1)
+
+
+def _by_key(R: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """``R Lᵀ`` [E, rows, keys] for one-hot L: column c(j) of R for each key j (the product has
+    a single non-zero term, so the gather gives it exactly)."""
+    if (label == label[:1]).all():  # the episodes' keys share one label order
+        return R[:, :, label[0]]
+    return np.take_along_axis(R, np.broadcast_to(label[:, None, :], R.shape[:2] + label.shape[1:]),
+                              axis=2)
 
 
 # ---- cosine linear probe initialised at the text classifier (CLAP's ZS-LP / CLAP) -----------
