@@ -218,11 +218,11 @@ def _tip(p: _Prepared, idx, finetune: bool, steps: int, chosen: list | None, thr
         for e in range(part.start, part.stop):
             for cols in _test_blocks(flat.shape[1], p.Q.shape[0]):
                 A = p.support_rows(flat[e], cols)
-                if keys is not None:
-                    A = keys[e].T @ A
-                np.subtract(1.0, A, out=A)
-                np.multiply(-b[e], A, out=A)
-                cache = np.matmul(Yt[e], np.exp(np.minimum(A, 60.0, out=A), out=A))
+                if keys is not None:  # trained keys: affinities are unbounded
+                    A = np.minimum(tc.scaled_gap(keys[e].T @ A, b[e]), 60.0, out=A)
+                else:  # cosines: β (A - 1) <= 0 already, the cap at 60 cannot act
+                    A = tc.scaled_gap(A, b[e])
+                cache = np.matmul(Yt[e], np.exp(A, out=A))
                 cache *= a[e]
                 cache += p.scale * p.QtT[:, cols]
                 logits[e, :, cols] = cache

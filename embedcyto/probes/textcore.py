@@ -65,6 +65,15 @@ def tip_cache_logits(A: np.ndarray, L: np.ndarray, beta) -> np.ndarray:
     return mm(np.exp(np.minimum(-beta * (1.0 - A), 60.0)), L)
 
 
+def scaled_gap(A: np.ndarray, beta) -> np.ndarray:
+    """``-β (1 - A)`` in place, as ``β (A - 1)`` (the same floats: rounding is symmetric in
+    sign), with the multiplication skipped at β = 1."""
+    np.subtract(A, 1.0, out=A)
+    if np.any(np.asarray(beta) != 1.0):
+        np.multiply(A, beta, out=A)
+    return A
+
+
 def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, scale: float,
                betas, alphas) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Grid search of (β, α) on validation rows, per episode.
@@ -121,12 +130,11 @@ def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alp
             A[...] = G  # G (I + 0)ᵀ: the product would give G exactly
         else:
             np.matmul(G, np.add(eye, Mt, out=keys), out=A)  # support-key affinities G (I + M)ᵀ
-        np.subtract(1.0, A, out=A)
-        np.multiply(A, -beta, out=A)
-        expo = np.exp(np.minimum(A, 60.0, out=A), out=A)
+        expo = np.exp(np.minimum(scaled_gap(A, beta), 60.0, out=A), out=A)
         P = softmax_(zs + alpha * mm(expo, L))
         R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
-        expo *= alpha * beta
+        if alpha * beta != 1.0:
+            expo *= alpha * beta
         dA = np.multiply(expo, _by_key(R, label), out=expo)  # dLoss/dA [E, rows, keys]
         velt *= momentum
         velt += dA  # keys' gradient = dAᵀ F  -> coefficients over F
