@@ -3,7 +3,8 @@
 A scorer is built once per (store, test split) — it L2-normalises the features, multiplies the
 test rows by the text embeddings and (memory allowing) by every training row, once — and then
 scores a batch of episodes ``idx`` [E, C, K] (support row indices into the training split, class
-c in ``idx[:, c]``) in a few batched matrix products, returning negative logits [n_test, E, C]
+c in ``idx[:, c]``) — training chunks of episodes sized for the cache and spread over threads,
+then the test rows scored per group of episodes — returning negative logits [n_test, E, C]
 (the layout of :func:`embedcyto.probes.episodes.run_episodes`' distance scorers; lower is
 better: ``argmin`` predicts, ``softmax(-score)`` gives the method's probabilities).
 
@@ -193,8 +194,7 @@ def _tip_keys(p: _Prepared, flat, Y, steps: int, threads: int) -> np.ndarray:
     def work(part):
         G = p.gram(flat[part])
         lr = tc.TIP_F_LR * n / tc.lambda_max(G)
-        M = tc.tip_finetune(G, p.XT[flat[part]], Y[part], p.scale, 1.0, 1.0, steps, lr)
-        keys[part] = np.eye(n, dtype=G.dtype) + M.transpose(0, 2, 1)
+        keys[part] = tc.tip_finetune(G, p.XT[flat[part]], Y[part], p.scale, 1.0, 1.0, steps, lr)
     _each_chunk(work, E, n, p, threads)
     return keys
 

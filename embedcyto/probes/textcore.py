@@ -111,44 +111,49 @@ TIP_F_LR = 0.05
 def tip_finetune(G: np.ndarray, St: np.ndarray, L: np.ndarray, scale: float, alpha: float,
                  beta: float, steps: int, lr, momentum: float = 0.9) -> np.ndarray:
     """Tip-Adapter-F: the cache keys become parameters, trained with cross-entropy on the
-    support set (the cache itself). Keys ``K = (I + M) F``; returns M [E, n, n]. ``lr`` is a
-    scalar or one step size per episode [E].
+    support set (the cache itself). Keys ``K = (I + M) F``; returns ``(I + M)ᵀ`` [E, n, n] (the
+    affinities of rows X to the keys are ``X Fᵀ (I + M)ᵀ``). ``lr`` is a scalar or one step size
+    per episode [E].
 
     Full-batch gradient descent with momentum on the keys (the official code uses AdamW on
-    augmented views; see docs/probes.md). M and its velocity are held transposed, so every
-    pass over them is contiguous; the first step skips its product (M = 0).
+    augmented views; see docs/probes.md). Held transposed, so every pass is contiguous, with
+    the step size folded into the velocity (``lr · vel``) and into the [n, C] residuals; the
+    first step skips its product (M = 0).
     """
     E, n, _ = G.shape
-    lr = np.asarray(lr, dtype=G.dtype).reshape(-1, 1, 1)
-    eye = np.eye(n, dtype=G.dtype)
-    Mt, velt = np.zeros_like(G), np.zeros_like(G)  # Mᵀ and velᵀ: no strided transposes
-    keys, A = np.empty_like(G), np.empty_like(G)
+    rate = np.asarray(lr, dtype=G.dtype).reshape(-1, 1, 1) * (alpha * beta / n)
+    keys = np.broadcast_to(np.eye(n, dtype=G.dtype), G.shape).copy()  # (I + M)ᵀ
+    step_t, A = np.zeros_like(G), np.empty_like(G)  # lr · velᵀ, affinities
     label = L.argmax(axis=2)  # [E, n]
     zs = scale * St
     for step in range(steps):
         if step == 0:
             A[...] = G  # G (I + 0)ᵀ: the product would give G exactly
         else:
-            np.matmul(G, np.add(eye, Mt, out=keys), out=A)  # support-key affinities G (I + M)ᵀ
+            np.matmul(G, keys, out=A)  # support-key affinities G (I + M)ᵀ
         expo = np.exp(np.minimum(scaled_gap(A, beta), 60.0, out=A), out=A)
         P = softmax_(zs + alpha * mm(expo, L))
-        R = (P - L) / n  # dLoss/dlogits, L doubles as the support one-hot
-        if alpha * beta != 1.0:
-            expo *= alpha * beta
-        dA = np.multiply(expo, _by_key(R, label), out=expo)  # dLoss/dA [E, rows, keys]
-        velt *= momentum
-        velt += dA  # keys' gradient = dAᵀ F  -> coefficients over F
-        Mt -= np.multiply(lr, velt, out=keys)
-    return Mt.transpose(0, 2, 1)
+        R = (P - L) * rate  # lr α β dLoss/dlogits, L doubles as the support one-hot
+        dA = _times_by_key(expo, R, label)  # lr · dLoss/dA [E, rows, keys]
+        step_t *= momentum
+        step_t += dA  # keys' gradient = dAᵀ F  -> coefficients over F
+        keys -= step_t
+    return keys
 
 
-def _by_key(R: np.ndarray, label: np.ndarray) -> np.ndarray:
-    """``R Lᵀ`` [E, rows, keys] for one-hot L: column c(j) of R for each key j (the product has
-    a single non-zero term, so the gather gives it exactly)."""
-    if (label == label[:1]).all():  # the episodes' keys share one label order
-        return R[:, :, label[0]]
-    return np.take_along_axis(R, np.broadcast_to(label[:, None, :], R.shape[:2] + label.shape[1:]),
-                              axis=2)
+def _times_by_key(expo: np.ndarray, R: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """``expo ⊙ (R Lᵀ)`` in place, for one-hot L: each key j's column of expo times column c(j)
+    of R (``R Lᵀ`` has a single non-zero term per entry, so this is exact). Keys in class
+    blocks of K, as the episode scorer orders them, need no gathered copy."""
+    E, n, C = R.shape
+    first = label[0]
+    if (label == first).all():  # the episodes' keys share one label order
+        if n % C == 0 and (first == np.repeat(np.arange(C), n // C)).all():
+            expo.reshape(E, n, C, n // C)[...] *= R[:, :, :, None]
+            return expo
+        return np.multiply(expo, R[:, :, first], out=expo)
+    by_key = np.take_along_axis(R, np.broadcast_to(label[:, None, :], (E, n, n)), axis=2)
+    return np.multiply(expo, by_key, out=expo)
 
 
 # ---- cosine linear probe initialised at the text classifier (CLAP's ZS-LP / CLAP) -----------
