@@ -81,3 +81,22 @@ def test_episode_threads_follow_the_blas_limit():
         assert text_episodes.episode_threads() == 1
     with threadpool_limits(2, user_api="blas"):
         assert text_episodes.episode_threads() == 2
+
+
+def test_tip_search_equals_the_reference_with_and_without_the_cap():
+    import text_reference
+
+    from embedcyto.probes import textcore as tc
+    from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
+
+    rng = np.random.default_rng(4)
+    large = (12 * rng.standard_normal((3, 12, 12))).astype(np.float32)
+    assert (-max(TIP_BETAS) * (1 - large)).max() > 60  # the cap acts on these
+    Vt = rng.standard_normal((3, 12, 4)).astype(np.float32)
+    L = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)[None].repeat(3, axis=0)
+    yv = rng.integers(0, 4, (3, 12))
+    for Av in (large, np.clip(large, -1, 1)):
+        got = tc.tip_search(Av, Vt, yv, L, 50.0, TIP_BETAS, TIP_ALPHAS)
+        want = text_reference.tip_search(Av, Vt, yv, L, 50.0, TIP_BETAS, TIP_ALPHAS)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)

@@ -82,7 +82,8 @@ def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, sc
     labels. Returns (β [E], α [E], validation accuracy [E]); ties go to the first
     (β, α) of the grid, i.e. the smallest β then the smallest α, as in the official search.
     ``1 - Av`` is formed once for the whole grid; each β then costs one scaled exp and one
-    product (values as :func:`tip_cache_logits` computes them).
+    product (values as :func:`tip_cache_logits` computes them; the cap at 60 is applied only
+    when some affinity could reach it).
     """
     E = Av.shape[0]
     best = np.full(E, -1.0)
@@ -90,10 +91,13 @@ def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, sc
     best_a = np.zeros(E)
     zs = scale * Vt
     gap = 1.0 - Av
+    capped = -max(betas) * float(gap.min()) > 59.0  # else the cap at 60 cannot act
     expo = np.empty_like(Av)
     for b in betas:
         np.multiply(-np.asarray(b, dtype=Av.dtype), gap, out=expo)
-        cache = mm(np.exp(np.minimum(expo, 60.0, out=expo), out=expo), L)
+        if capped:
+            np.minimum(expo, 60.0, out=expo)
+        cache = mm(np.exp(expo, out=expo), L)
         for a in alphas:
             acc = ((zs + a * cache).argmax(axis=2) == yv).mean(axis=1)
             better = acc > best
