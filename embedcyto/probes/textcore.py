@@ -98,8 +98,10 @@ def tip_search(Av: np.ndarray, Vt: np.ndarray, yv: np.ndarray, L: np.ndarray, sc
         if capped:
             np.minimum(expo, 60.0, out=expo)
         cache = mm(np.exp(expo, out=expo), L)
-        for a in alphas:
-            acc = ((zs + a * cache).argmax(axis=2) == yv).mean(axis=1)
+        # every α at once: [n_alphas, E, m, C] logits, one argmax
+        grid = zs + np.asarray(alphas, dtype=cache.dtype)[:, None, None, None] * cache
+        accs = (grid.argmax(axis=3) == yv).mean(axis=2)
+        for a, acc in zip(alphas, accs):
             better = acc > best
             best = np.where(better, acc, best)
             best_b = np.where(better, b, best_b)
