@@ -108,21 +108,38 @@ def _probe_entries(results_dir: Path, dataset: str) -> dict[tuple, dict[str, _En
 
 
 def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]]:
-    from embedcyto.report.records import COMPLETE, _read, lora_run_folders
+    """Finished LoRA runs of ``dataset`` by (method, shots, fraction) and model.
 
-    out: dict[tuple, dict[str, _Entry]] = {}
+    Runs that learned another label space (``--label-space``) answer another question, so they
+    form a comparison of their own (``lora {"label_space": ...}``). A model whose seeds were
+    run with different settings becomes one entry per set of settings, named as the report
+    names them (``clip [lr 0.02]``, :func:`embedcyto.report.variants.split_variants`), so no
+    entry pools seeds of different settings.
+    """
+    from embedcyto.datasets.records import DATASET_CLASSES
+    from embedcyto.report.records import COMPLETE, _read, lora_record, lora_run_folders
+    from embedcyto.report.variants import split_variants
+
+    found = []
     for folder in lora_run_folders(runs_dir):
         if not (folder / COMPLETE).is_file() or folder.parts[-4] != dataset:
             continue
-        config = _read(folder / "config.json").get("config") or {}
-        metrics = _read(folder / "metrics.json")
-        if "model" not in config or "accuracy" not in metrics.get("test", {}):
+        config, metrics = _read(folder / "config.json"), _read(folder / "metrics.json")
+        run = config.get("config") or {}
+        if "model" not in run or "accuracy" not in metrics.get("test", {}):
             raise ReportError(f"{folder} is not a finished LoRA run (config or test metrics "
-                              "missing); rerun it with `embedcyto lora --rerun`")
-        entry = out.setdefault(("lora", config.get("shots"), config.get("fraction")), {})
-        entry = entry.setdefault(config["model"], _Entry())
-        seed = int(config.get("seed") or 0)
-        entry.accuracy[seed] = float(metrics["test"]["accuracy"])
+                              "missing); rerun it with `embedcyto lora` and `rerun=True`")
+        space = run.get("label_space") or DATASET_CLASSES
+        method = "lora" if space == DATASET_CLASSES else \
+            "lora " + json.dumps({"label_space": space})
+        found.append((method, folder, lora_record(config, metrics, str(folder))))
+    named, _ = split_variants([dict(r, method=m) for m, _, r in found])
+    out: dict[tuple, dict[str, _Entry]] = {}
+    for (method, folder, record), renamed in zip(found, named):
+        entry = out.setdefault((method, record["shots"], record["fraction"]), {})
+        entry = entry.setdefault(renamed["model"], _Entry())
+        seed = int(record["seed"] or 0)
+        entry.accuracy[seed] = record["accuracy"]
         if (folder / "predictions.npz").is_file():
             entry.predictions[seed] = folder / "predictions.npz"
     return out
@@ -134,7 +151,8 @@ def _image_scores(entry: _Entry, seeds: Sequence[int]) -> tuple[dict[str, float]
     first = None
     for seed in seeds:
         pred = read_predictions(entry.predictions[seed])
-        right = dict(zip(pred.ids.tolist(), pred.correct.tolist()))
+        scored = pred.y_true >= 0  # a run on another label space: test cells it cannot name
+        right = dict(zip(pred.ids[scored].tolist(), pred.correct[scored].tolist()))
         first = first or right
         for key, value in right.items():
             total[key] = total.get(key, 0.0) + value / len(seeds)
@@ -164,8 +182,8 @@ def _episode_pair(a: _Entry, b: _Entry) -> tuple:
     common = sorted(set(a.episodes) & set(b.episodes))
     if not common or any(len(a.episodes[s]) != len(b.episodes[s]) for s in common):
         raise ReportError("two models' few-shot rows share no seed with the same number of "
-                          "episodes, so their episodes cannot be paired: probe both with the "
-                          "same --seeds and --episodes")
+                          "episodes, so their episodes cannot be paired: probe both "
+                          "(`embedcyto probe`) with the same `seeds=` and `episodes=`")
     xa = np.concatenate([a.episodes[s] for s in common])
     xb = np.concatenate([b.episodes[s] for s in common])
     return stats.paired_t(xa, xb), None, None
@@ -178,7 +196,8 @@ def _compare(dataset: str, key: tuple, entries: dict[str, _Entry], rng) -> Compa
     usable = {m: e for m, e in entries.items() if e.episodes or e.predictions}
     for model in sorted(set(entries) - set(usable)):
         comp.notes.append(f"{model}: no per-image predictions (rows written before embedcyto "
-                          "kept them); re-run with --rerun to include it")
+                          "kept them); re-run it (`embedcyto probe` with `rerun=True`) to "
+                          "include it")
     comp.accuracy = {m: float(np.mean(list(e.accuracy.values()))) for m, e in usable.items()}
     if len(usable) < 2:
         comp.notes.append("fewer than two models can be paired: no comparison")

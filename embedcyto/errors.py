@@ -6,6 +6,25 @@ into one clean message (no traceback). Anything else reaching the user is a bug.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
+#: How a library message names a parameter to change: `name=value` (Python's spelling, right for
+#: a Python caller; `name=` when any value will do). Front ends rewrite each into their own option
+#: with :func:`with_options`: the CLI into the flags of the command that was run
+#: (``embedcyto.cli.main.cli_wording``), the study's recipes into theirs.
+PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
+
+
+def with_options(message: str, option_for: Callable[[str, str, int], str | None]) -> str:
+    """``message`` with every `name=value` replaced by ``option_for(name, value, at)`` (``at``:
+    where it stands in the message; value without quotes); a None answer keeps it as written."""
+    def rewrite(match: re.Match) -> str:
+        found = option_for(match.group(1), match.group(2).strip("'\""), match.start())
+        return match.group(0) if found is None else found
+
+    return PARAMETER.sub(rewrite, message)
+
 
 class EmbedcytoError(Exception):
     """Base class: the message names the problem and, where there is one, the fix."""

@@ -41,8 +41,8 @@ def resolve_n_jobs(backend: str | None, n_jobs: int | None) -> int:
     if n_jobs == 0:
         raise EmbedcytoError("n_jobs must not be 0: use a positive number, or -1 for all")
     if n_jobs == 1 and backend in CLUSTER_BACKENDS:
-        log.warning("n_jobs=1 runs everything in this process, not on the %s cluster; "
-                    "leave --n-jobs unset to use every worker", backend)
+        log.warning("`n_jobs=1` runs everything in this process, not on the %s cluster; "
+                    "leave it unset to use every worker", backend)
     return int(n_jobs)
 
 

@@ -92,7 +92,7 @@ def _inputs(source, jpeg_draft: bool, input_size: int) -> tuple[Path, list[str],
 
 
 def _features(card, weights_path, root: Path, paths: list[str], device, batch_size: int,
-              jpeg_draft: bool) -> np.ndarray:
+              jpeg_draft: bool, dtype) -> np.ndarray:
     import torch
 
     from embedcyto.backbones import build_backbone, make_transform, resolve_device
@@ -100,7 +100,7 @@ def _features(card, weights_path, root: Path, paths: list[str], device, batch_si
 
     device = resolve_device(device)
     backbone = build_backbone(card, weights=weights_path, random_init=weights_path is None,
-                              device=device, dtype=torch.float32)
+                              device=device, dtype=dtype)
     images = RowImages(root, paths, np.arange(len(paths)), make_transform(card),
                        card.input_size, jpeg_draft=jpeg_draft)
     loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
@@ -109,6 +109,31 @@ def _features(card, weights_path, root: Path, paths: list[str], device, batch_si
         for rows, batch, _ in loader:
             out[rows.numpy()] = backbone(batch.to(device)).float().cpu().numpy()
     return out
+
+
+def _training_dtype(precision: str | None, device):
+    """The backbone precision the probe's training features were computed in.
+
+    A bf16 feature differs from the fp32 one by about 1 % (relative L2), enough to move images
+    that sit near a class boundary, so new images go through the backbone exactly as the
+    training images did. Probes saved before the precision was recorded ran in fp32.
+
+    Raises:
+        PredictError: fp16 features (made on a GPU) to be reproduced on the CPU.
+    """
+    import torch
+
+    from embedcyto.backbones import resolve_device
+
+    dtype = getattr(torch, precision or "float32", None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise PredictError(f"the probe records an unknown feature precision {precision!r}; "
+                           "save it again with `embedcyto probe` and `out_dir=DIR`")
+    if dtype == torch.float16 and resolve_device(device).type == "cpu":
+        raise PredictError("the probe's training features were computed in float16 on a GPU, "
+                           "which the CPU does not run; predict on a GPU (`device='cuda'`) so "
+                           "that new features are made the same way")
+    return dtype
 
 
 def predict_with_probe(probe_dir, source, *, weights=None, weights_dir=None, device="auto",
@@ -123,14 +148,16 @@ def predict_with_probe(probe_dir, source, *, weights=None, weights_dir=None, dev
     random = probe.signature.get("weights_sha256") == "random-init"
     wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random)
     jpeg_draft = probe.signature.get("decode") == "pil-jpeg-draft"
+    precision = probe.signature.get("precision")
+    dtype = _training_dtype(precision, device)
     probe.check_features({"model": card.name, "weights_sha256": sha or "random-init",
                           "preprocessing": preprocess_spec(card),
-                          "decode": probe.signature.get("decode")})
+                          "decode": probe.signature.get("decode"), "precision": precision})
     root, paths, errors = _inputs(source, jpeg_draft, card.input_size)
     good = [p for p, e in zip(paths, errors) if not e]
     proba = np.zeros((0, len(probe.classes)))
     if good:
-        X = _features(card, wpath, root, good, device, batch_size, jpeg_draft)
+        X = _features(card, wpath, root, good, device, batch_size, jpeg_draft, dtype)
         proba = probe.predict_proba(X, calibrated)
     return PredictResult(paths, errors, proba, probe.classes)
 
@@ -161,6 +188,6 @@ def predict_with_run(run_dir, source, *, weights=None, weights_dir=None, device=
     if calibrated:
         if saved.val_proba is None:
             raise PredictError(f"the run in {run_dir} kept no validation predictions, so no "
-                               "temperature can be fitted: predict without --calibrated")
+                               "temperature can be fitted: predict without `calibrated=True`")
         proba = apply_temperature(proba, fit_temperature(saved.val_proba, saved.val_true))
     return PredictResult(paths, errors, proba, saved.classes)

@@ -129,7 +129,7 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
     path = Path(path)
     if not path.is_file():
         raise PredictionsError(f"no predictions file at {path}: re-run the probe or LoRA run "
-                               "that wrote it (`embedcyto probe --rerun`)")
+                               "that wrote it (`embedcyto probe` with `rerun=True`)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -188,5 +188,5 @@ def row_predictions(results_dir: str | os.PathLike, row: Mapping[str, Any]) -> P
         raise PredictionsError(
             f"the {row.get('method')} row of {row.get('model')} on {row.get('dataset')} has no "
             "per-image predictions (written before embedcyto kept them): re-run it with "
-            "`embedcyto probe --rerun`")
+            "`embedcyto probe` and `rerun=True`")
     return read_predictions(Path(results_dir) / rel)

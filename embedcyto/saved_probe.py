@@ -33,7 +33,7 @@ JSON_FILE, ARRAYS_FILE = "probe.json", "probe.npz"
 SAVABLE = ("linear", "knn", "study_head")
 ESTIMATORS = ("LinearProbe", "KNNProbe", "StudyLinearHead")
 #: The provenance fields that decide what a feature vector means.
-SIGNATURE_KEYS = ("model", "weights_sha256", "preprocessing", "decode")
+SIGNATURE_KEYS = ("model", "weights_sha256", "preprocessing", "decode", "precision")
 
 
 class SavedProbeError(EmbedcytoError):
@@ -57,7 +57,7 @@ class SavedProbe:
     info: dict[str, Any]
 
     def check_features(self, provenance: Mapping[str, Any]) -> None:
-        """Refuse features whose backbone, weights, preprocessing or decoding differ."""
+        """Refuse features whose backbone, weights, preprocessing, decoding or precision differ."""
         other = feature_signature(provenance)
         differ = [k for k in SIGNATURE_KEYS if other.get(k) != self.signature.get(k)]
         if differ:
@@ -66,7 +66,8 @@ class SavedProbe:
             raise SavedProbeError(
                 f"the saved {self.method} probe was fitted on other features ({detail}); use "
                 f"features of model {self.signature.get('model')!r} made the same way, or save "
-                "a probe fitted on these features with `embedcyto probe --save-model`")
+                "one fitted on these features: `embedcyto probe` with `out_dir=DIR` (in "
+                "Python, `fit_and_save`)")
 
     def predict_proba(self, X, calibrated: bool = False) -> np.ndarray:
         """Probabilities over every class of the store (temperature-scaled on request)."""
@@ -78,7 +79,7 @@ class SavedProbe:
         if calibrated:
             if self.temperature is None:
                 raise SavedProbeError("this probe has no temperature (its store had no "
-                                      "validation split): predict without --calibrated")
+                                      "validation split): predict without `calibrated=True`")
             proba = apply_temperature(proba, self.temperature)
         return proba
 
@@ -158,7 +159,8 @@ def load_probe(folder: str | os.PathLike) -> SavedProbe:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as err:
         raise SavedProbeError(f"{folder} does not hold a readable saved probe ({err}); save one "
-                              "with `embedcyto probe --save-model DIR`") from err
+                              "with `embedcyto probe` and `out_dir=DIR` (in Python, "
+                              "`fit_and_save`)") from err
     if info.get("format") != FORMAT or info.get("estimator") not in ESTIMATORS:
         raise SavedProbeError(f"{folder / JSON_FILE} is not an {FORMAT} file")
     cls = getattr(probes, info["estimator"])

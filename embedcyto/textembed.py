@@ -68,7 +68,8 @@ def _tower(feats: Features, weights, weights_dir):
         raise BackboneError(
             f"{feats.path} was extracted with weights sha256 {stored[:12]}..., but the weights "
             f"found for {card.name!r} ({tower.weights_path}) have {tower.weights_sha256[:12]}...; "
-            "pass the same file with --weights (text and image must come from one checkpoint)"
+            f"put that file in the weights folder (`weights_dir=`, as <folder>/{card.name}/), "
+            "since text and image must come from one checkpoint"
         )
     return tower
 

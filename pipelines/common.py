@@ -243,35 +243,10 @@ def _missing_datasets(settings: Settings) -> list[str]:
 
 
 def _missing_weights(settings: Settings, models) -> list[str]:
-    from embedcyto.backbones import get_card
-    from embedcyto.backbones.weights import (
-        NOT_GIVEN,
-        default_weights_dir,
-        resolve_weights,
-        weights_instructions,
-    )
-    from embedcyto.errors import BackboneError
+    from embedcyto.workspace.preflight import missing_weights
 
-    out = []
-    for model in models:
-        card = get_card(model)
-        if card.random:
-            continue
-        try:
-            resolve_weights(card, weights_dir=settings.weights_dir,
-                            allow_download=settings.download)
-        except BackboneError as err:
-            wdir = settings.weights_dir or default_weights_dir()
-            looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
-                               if place != NOT_GIVEN)  # the recipes take no weights path
-            steps = "\n".join(f"      - {s}" for s in
-                              weights_instructions(card, wdir, offer_weights_path=False))
-            head = str(err).splitlines()[0].removesuffix(" Looked in:")
-            where = f" Looked in:\n{looked}" if looked else ""
-            out.append(f"weights of {model} ({card.license}"
-                       f"{', gated' if card.gated else ''}): {head}{where}\n"
-                       f"    To get them:\n{steps}")
-    return out
+    return missing_weights(models, settings.weights_dir, allow_download=settings.download,
+                           offer_weights_path=False)  # the recipes take no weights path
 
 
 def check_inputs(settings: Settings, models) -> None:
@@ -314,12 +289,37 @@ def one_thread(active: bool):
         yield
 
 
+#: Library parameters a recipe option of another name sets.
+_RECIPE_OPTION_OF = {"store_dir": "store", "results_dir": "results", "runs_dir": "runs",
+                     "out_dir": "report"}
+
+
+def recipe_wording(message: str) -> str:
+    """A library message with its `name=value` suggestions as the recipes' own options where
+    they have one (`weights_dir=` -> --weights-dir WEIGHTS_DIR); others stay as written."""
+    from embedcyto.errors import with_options
+
+    actions = {a.dest: a for a in make_parser("recipe", "")._actions if a.option_strings}
+
+    def option_for(name: str, value: str, at: int) -> str | None:
+        action = actions.get(_RECIPE_OPTION_OF.get(name, name))
+        if action is None:
+            return None
+        flag = next(o for o in action.option_strings if o.startswith("--"))
+        if action.nargs == 0:  # a switch
+            return flag if value != "False" else None
+        return f"{flag} {value or action.dest.upper()}"
+
+    return with_options(message, option_for)
+
+
 def run_main(body, argv=None) -> int:
-    """Run a recipe body; library errors print as one message and exit with status 2."""
+    """Run a recipe body; library errors print as one message (its parameter suggestions as
+    the recipes' options where they have one) and exit with status 2."""
     try:
         with one_thread("--smoke" in (sys.argv[1:] if argv is None else argv)):
             body(argv)
     except EmbedcytoError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {recipe_wording(str(err))}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -91,7 +91,21 @@ def test_not_found_message_lists_places_and_commands(tmp_path):
     assert "https://huggingface.co/MahmoodLab/UNI" in message
     assert "hf auth login" in message
     assert f"hf download MahmoodLab/UNI pytorch_model.bin --local-dir {tmp_path / 'uni'}" in message
-    assert "--weights PATH" in message
+    assert "`weights=PATH`" in message and f"`weights_dir={tmp_path}`" in message
+    assert "--weights" not in message  # the library names parameters; the CLI says its flags
+
+
+def test_the_not_found_message_names_the_flags_on_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from embedcyto.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["models", "show", "uni", "--weights-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "1. --weights PATH (not given)" in result.output
+    assert f"then pass --weights-dir {tmp_path}" in result.output
+    assert "or pass --weights PATH (a weights file" in result.output
+    assert "`weights" not in result.output
 
 
 def test_ungated_message_does_not_ask_for_a_licence(tmp_path):

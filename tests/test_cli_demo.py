@@ -25,13 +25,14 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
     for model in ("tiny-clip", "tiny-vit"):
         assert f"| {model} |" in report
         assert f"| {model} · LoRA |" in report and f"| {model} · SimpleShot |" in report
-    assert "Random-weight models" in report
+    assert "Random-weight models" in report and "**Generated data (sipakmed)" in report
     runs = sorted(p.name for p in (out / "runs" / "lora" / "sipakmed" / "tiny-clip").iterdir())
     assert runs == ["shots-1", "shots-2", "shots-4"]
     figure = out / "report" / "figures" / "fewshot_sipakmed.png"
     with Image.open(figure) as image:
         assert image.format == "PNG"
         legend = image.info["Description"].split("\n")
+        assert "generated data (sipakmed)" in image.info["Warning"]
     # LoRA, SimpleShot and linear-probe line for each model; LP++ and zero-shot for tiny-clip
     assert len(legend) == 8 and {"tiny-clip LP++", "tiny-clip zero-shot"} <= set(legend)
     assert (out / "report" / "tables" / "table1_accuracy_zeroshot.csv").is_file()

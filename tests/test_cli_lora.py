@@ -199,7 +199,7 @@ def test_kill_9_mid_training_leaves_no_finished_looking_folder(trained, tmp_path
 @pytest.mark.parametrize("extra, fragment", [
     (["--shots", "40"], "training images, fewer than shots=40"),
     (["--shots", "1", "--targets", "q,x"], "unknown LoRA target"),
-    (["--fraction", "0"], "(0, 100]"),
+    (["--fraction", "0"], "e.g. --fraction 10 trains on 10% of each class"),
     (["--fraction", "120"], "(0, 100]"),
     (["--shots", "1", "--fraction", "10"], "exactly one of"),
     ([], "exactly one of"),
@@ -278,3 +278,4 @@ def test_hicervix_label_space_is_a_named_choice(tmp_path):
         tmp_path / "cache", "--runs", tmp_path / "runs2", "--shots", "1", "--label-space",
         "level_9", *FAST]])
     assert bad.exit_code != 0 and "level_3_study25" in bad.output
+    assert "choose --label-space LABEL_SPACE from classes" in bad.output

@@ -32,6 +32,7 @@ def test_probe_errors_are_one_clean_line(tmp_path):
                                       "--results", str(tmp_path / "res")])
     assert result.exit_code != 0
     assert "no complete feature store" in result.output and "Traceback" not in result.output
+    assert "give the folder holding the stores (--store DIR)" in result.output
     bad = CliRunner().invoke(cli, ["probe", "--methods", "svm", "--store", str(tmp_path)])
     assert bad.exit_code == 2 and "unknown method" in bad.output
     bad = CliRunner().invoke(cli, ["probe", "--shots", "1,x", "--store", str(tmp_path)])

@@ -71,7 +71,7 @@ def test_report_has_a_which_model_section_with_csv_tables(results, tmp_path):
     assert len(pairs) == 3 and {p["test"] for p in pairs} == {"paired-t"}
 
 
-def _fake_run(runs, model, seed, correct, classes=("a", "b")):
+def _fake_run(runs, model, seed, correct, classes=("a", "b"), y=None, settings=None):
     """A finished LoRA run folder whose test predictions are right where ``correct`` is."""
     import json
 
@@ -81,14 +81,15 @@ def _fake_run(runs, model, seed, correct, classes=("a", "b")):
 
     folder = runs / "lora" / "toy" / model / "all" / f"seed-{seed}"
     folder.mkdir(parents=True)
-    y = np.arange(correct.size) % 2
-    pred = np.where(correct, y, 1 - y)
+    y = np.arange(correct.size) % 2 if y is None else y
+    pred = np.where(y < 0, 0, np.where(correct, y, 1 - y))
     proba = np.eye(2)[pred] * 0.8 + 0.1
     P.write_predictions(folder / "predictions.npz", P.pack(
         [f"img{i:05d}.png" for i in range(y.size)], y, proba, classes, {}))
-    acc = float(correct.mean())
+    acc = float(correct[y >= 0].mean())
     (folder / "config.json").write_text(json.dumps({"config": {
-        "dataset": "toy", "model": model, "shots": None, "fraction": None, "seed": seed}}))
+        "dataset": "toy", "model": model, "shots": None, "fraction": None, "seed": seed,
+        **(settings or {})}}))
     (folder / "metrics.json").write_text(json.dumps({"test": {
         "accuracy": acc, "balanced_accuracy": acc, "macro_f1": acc}}))
     (folder / "COMPLETE").write_text("")
@@ -127,3 +128,40 @@ def test_a_damaged_run_folder_is_a_clean_error(tmp_path):
     out = CliRunner().invoke(cli, ["compare", "--dataset", "toy", "--runs",
                                    str(tmp_path / "runs"), "--results", str(tmp_path / "none")])
     assert out.exit_code == 1 and "config.json" in out.output and "Traceback" not in out.output
+
+
+def test_runs_on_another_label_space_are_their_own_comparison_and_unlabelled_cells_dont_count(
+        tmp_path):
+    import numpy as np
+
+    correct = np.arange(400) % 4 != 0  # 75 % right
+    labels = np.arange(400) % 2
+    unlabelled = np.where(np.arange(400) < 100, -1, labels)  # 100 cells without a label there
+    for seed in (1, 2):
+        _fake_run(tmp_path / "runs", "a", seed, correct)
+        _fake_run(tmp_path / "runs", "b", seed, correct)
+        _fake_run(tmp_path / "runs", "c", seed, correct, y=unlabelled,
+                  settings={"label_space": "level_3"})
+        _fake_run(tmp_path / "runs", "d", seed, np.ones(400, bool), y=unlabelled,
+                  settings={"label_space": "level_3"})
+    comps = compare_dataset("toy", tmp_path / "none", tmp_path / "runs", method="lora")
+    by_label = {c.label: c for c in comps}
+    assert set(by_label) == {"lora", 'lora {"label_space": "level_3"}'}
+    assert set(by_label["lora"].accuracy) == {"a", "b"}
+    other = by_label['lora {"label_space": "level_3"}']
+    assert set(other.accuracy) == {"c", "d"}
+    (pair,) = other.pairs
+    assert pair.n == 300  # the 100 cells without a label in that space are not paired
+    assert pair.diff == pytest.approx(1 - float(correct[100:].mean()))
+
+
+def test_seeds_run_with_other_settings_are_separate_entries(tmp_path):
+    import numpy as np
+
+    correct = np.arange(200) % 5 != 0
+    for seed in (1, 2):
+        _fake_run(tmp_path / "runs", "a", seed, correct)
+    _fake_run(tmp_path / "runs", "b", 1, correct, settings={"lr": 0.001})
+    _fake_run(tmp_path / "runs", "b", 2, correct, settings={"lr": 0.02})
+    (comp,) = compare_dataset("toy", tmp_path / "none", tmp_path / "runs", method="lora")
+    assert set(comp.accuracy) == {"a", "b [lr 0.001]", "b [lr 0.02]"}

@@ -68,8 +68,16 @@ def test_sipakmed_wrong_layout_names_expected_and_found(tmp_path):
 
 def test_sipakmed_root_one_level_too_high_gets_hint(tmp_path):
     make_fixture("sipakmed", tmp_path / "SIPaKMeD", per_class=3)
-    with pytest.raises(DatasetError, match="did you mean --root .*SIPaKMeD"):
+    with pytest.raises(DatasetError, match="did you mean `root=.*SIPaKMeD`"):
         open_dataset("sipakmed", tmp_path)
+    from click.testing import CliRunner
+
+    from embedcyto.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["datasets", "check", "--dataset", "sipakmed", "--root",
+                                      str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"did you mean --root {tmp_path / 'SIPaKMeD'}?" in result.output
 
 
 def test_sipakmed_empty_class_and_missing_cropped(tmp_path):

@@ -212,3 +212,30 @@ def _config_like():
 
     return LoraRunConfig(model="tiny-vit", dataset="sipakmed", shots=2, seed=1,
                          settings=LoraSettings(), batch_size=5, iterations=6, warmup=2)
+
+
+TEXT_ARGS = ["--model", "tiny-clip", "--dataset", "sipakmed", "--shots", "2", "--seed", "1",
+             "--random-weights", "--workers", "0", "--precision", "fp32", "--device", "cpu",
+             "--iterations", "4", "--warmup", "1", "--batch-size", "5", "--lr", "2e-2",
+             "--eval-every", "0", "--quiet", "--head", "text", "--text-lora"]
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_text_side_like_one_process(fixture_root, tmp_path, one_thread):
+    """Text-side LoRA dropout is not cut per rank: every rank embeds every prompt with the
+    same masks, so two ranks still give the single-process run."""
+    where = ["--root", str(fixture_root), "--store", str(tmp_path / "cache")]
+    ddp = torchrun(TEXT_ARGS + where + ["--runs", str(tmp_path / "ddp")])
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    single = CliRunner().invoke(cli, ["lora", *TEXT_ARGS, *where, "--runs",
+                                      str(tmp_path / "one")])
+    assert single.exit_code == 0, single.output
+    folders = [next((tmp_path / d).glob("lora/sipakmed/tiny-clip/shots-2-textlora/seed-1"))
+               for d in ("ddp", "one")]
+    logs = [read_log(f) for f in folders]
+    np.testing.assert_allclose([e["loss"] for e in logs[0]], [e["loss"] for e in logs[1]],
+                               rtol=1e-4)
+    text = [load_file(str(f / "text_adapter" / "adapter_model.safetensors")) for f in folders]
+    assert any(v.abs().max() > 0 for k, v in text[1].items() if "lora_B" in k)
+    for key in text[1]:
+        torch.testing.assert_close(text[0][key], text[1][key], rtol=1e-4, atol=1e-5)

@@ -62,5 +62,5 @@ def test_training_view_relabels_and_keeps_the_whole_test_split(hicervix):
     # the level maps follow the new classes: each level-3 class is itself at level 3
     assert view.level_maps["level_3"] == tuple(range(23))
     assert training_view(hicervix, "classes") is hicervix
-    with pytest.raises(LoraError, match="choose --label-space from classes, level_1"):
+    with pytest.raises(LoraError, match="choose `label_space=` from classes, level_1"):
         training_view(hicervix, "level_9")

@@ -84,7 +84,7 @@ def test_default_warmup_scales_with_short_runs_and_keeps_the_studys_50_steps():
     assert LoraRunConfig(model="clip", dataset="x", iterations=1).resolved_warmup(1) == 0
     # an explicit warm-up is kept, and still refused when not shorter than the run
     assert LoraRunConfig(model="clip", dataset="x", warmup=7).resolved_warmup(20) == 7
-    with pytest.raises(LoraError, match="lower --warmup"):
+    with pytest.raises(LoraError, match="lower `warmup=`"):
         LoraRunConfig(model="clip", dataset="x", warmup=30, epochs=1).resolved_iterations(64)
 
 
@@ -114,7 +114,7 @@ def test_from_dict_and_unknown_keys_share_one_helper_and_one_message():
     (dict(fraction=0), "(0, 100]"),
     (dict(fraction=150), "(0, 100]"),
     (dict(shots=0), "shots must be an integer >= 1"),
-    (dict(iterations=10, warmup=10), "lower --warmup"),
+    (dict(iterations=10, warmup=10), "lower `warmup=` or raise `iterations=`"),
     (dict(lr=-1.0), "lr must be"),
     (dict(min_lr=1.0), "must not exceed lr"),
     (dict(batch_size=0), "batch_size"),
@@ -246,6 +246,8 @@ def test_training_is_reproducible_for_a_seed(toy):
     for name in ("a", "b"):
         result = train_lora(dataset, config, runs_dir=base / f"repro-{name}", split_dir=split_dir)
         heads.append(load_file(str(result.run_dir / runs.HEAD_FILE)))
+        info = json.loads((result.run_dir / runs.CONFIG_FILE).read_text())
+        assert info["generated_data"] is True  # a fixture: the report will say so
         logged = [json.loads(x) for x in (result.run_dir / runs.LOG_FILE).read_text().split("\n")
                   if x]
         assert [e["step"] for e in logged] == list(range(1, 13))

@@ -2,7 +2,10 @@
 
 Command modules may name their own flags (or those of a command or recipe they name); library
 modules name parameters, written `name=value`, which the CLI rewrites into the flags of the
-command that was run (``embedcyto.cli.main.cli_wording``).
+command that was run, or of the command the message names just before it
+(``embedcyto.cli.main.cli_wording``), and the recipes into theirs
+(``pipelines.common.recipe_wording``). Other programs' options (`hf download --local-dir`) are
+theirs to name.
 """
 
 from __future__ import annotations
@@ -22,32 +25,6 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]+")
 NAMED = re.compile(rf"embedcyto ({'|'.join(main.COMMANDS)})\b|pipelines\.(\w+)|"
                    r"(hf|huggingface-cli|torchrun) ")
 PARAMETER = main.PARAMETER
-
-# Library modules that still spell CLI flags in their messages. Each must name only flags that
-# a command reaching it has; the list only shrinks (convert a module to `name=value` wording,
-# then remove it here).
-STILL_NAMING_FLAGS = {
-    "embedcyto.backbones.hf", "embedcyto.compare", "embedcyto.predict", "embedcyto.predictions",
-    "embedcyto.saved_probe",
-    "embedcyto.backbones.weights", "embedcyto.datasets._common",
-    "embedcyto.datasets.check",
-    "embedcyto.datasets.hicervix", "embedcyto.datasets.sipakmed",
-    "embedcyto.datasets.table", "embedcyto.lora.config",
-    "embedcyto.lora.data", "embedcyto.lora.export", "embedcyto.lora.model", "embedcyto.lora.runs",
-    "embedcyto.lora.train", "embedcyto.parallel", "embedcyto.probes.runner",
-    "embedcyto.probes.checks", "embedcyto.probes.evaluate", "embedcyto.lora.labels",
-    "embedcyto.report.records",
-    "embedcyto.store.catalog", "embedcyto.store.export", "embedcyto.store.integrity",
-    "embedcyto.store.lock",
-    "embedcyto.store.merge", "embedcyto.store.paths",
-    "embedcyto.store.shards",
-    # The workspace, text-side and import/export modules speak to command-line users today.
-    "embedcyto.backbones.text.build", "embedcyto.store.bulk",
-    "embedcyto.probes.text_inputs", "embedcyto.textembed", "embedcyto.workspace.config",
-    "embedcyto.workspace.current", "embedcyto.workspace.datasets", "embedcyto.workspace.lora_plan",
-    "embedcyto.workspace.preflight", "embedcyto.workspace.run",
-}
-
 
 def _flags(command: click.Command) -> set[str]:
     found = {"--help"}
@@ -121,22 +98,18 @@ def _library_modules():
     return [m for m in modules() if m.startswith("embedcyto.") and not m.startswith("embedcyto.cli")]
 
 
+def _names_cli_flags(module: str) -> bool:
+    """Whether a module's strings spell an embedcyto flag (another program's, such as `hf
+    download ... --local-dir`, is that program's business)."""
+    return any(_owner_flags(text, match.start(), set()) is not None
+               for _, text in strings(modules()[module]) for match in FLAG.finditer(text))
+
+
 def test_library_messages_name_parameters_not_flags():
-    naming = {m for m in _library_modules()
-              if any(FLAG.search(text) for _, text in strings(modules()[m]))}
-    assert naming <= STILL_NAMING_FLAGS, f"new CLI flags in library messages: {naming - STILL_NAMING_FLAGS}"
-    assert STILL_NAMING_FLAGS <= naming, ("converted, remove from STILL_NAMING_FLAGS: "
-                                          f"{STILL_NAMING_FLAGS - naming}")
-
-
-def test_flags_left_in_library_messages_exist_on_some_command():
-    # Library modules are shared (adapters are even loaded by name), so which command shows a
-    # message is not static: these must at least be real options; converting them is the fix.
-    offered = set().union(*COMMAND_FLAGS.values()) | GROUP_FLAGS
-    wrong = []
-    for module in sorted(STILL_NAMING_FLAGS):
-        wrong += _wrong_flags(module, offered)
-    assert not wrong, "\n".join(wrong)
+    # Library messages are read by Python callers too; the CLI and the recipes turn the
+    # parameters into their own flags.
+    naming = sorted(m for m in _library_modules() if _names_cli_flags(m))
+    assert not naming, f"CLI flags in library messages (name the parameter instead): {naming}"
 
 
 def test_library_suggestions_name_real_parameters():
@@ -184,3 +157,43 @@ def test_a_library_error_reaches_the_command_line_with_its_flags(tmp_path):
         "--store", str(tmp_path)])
     assert result.exit_code == 1
     assert "choose --backend dask" in result.output and "backend=" not in result.output
+
+
+def test_a_parameter_after_a_named_command_becomes_that_commands_flag():
+    report = main.cli.get_command(None, "report")
+    text = main.cli_wording("rerun it with `embedcyto lora` and `rerun=True`; or `runs_dir=`",
+                            report)
+    assert text == "rerun it with `embedcyto lora` and --rerun; or --runs RUNS_DIR"
+    merge = main.cli_wording("run `embedcyto store merge` with `force=True`", report)
+    assert merge == "run `embedcyto store merge` with --force"
+
+
+
+def test_a_stand_in_is_the_first_flag_the_command_has():
+    probe = main.cli.get_command(None, "probe")
+    store = main.cli.get_command(None, "store").commands["export"]
+    message = "save one with `embedcyto probe` and `out_dir=DIR`"
+    assert main.cli_wording(message, store) == "save one with `embedcyto probe` and --save-model DIR"
+    assert main.cli_wording("choose another `out_dir=`", store) == "choose another --out DIR"
+    assert main.cli_wording("choose another `out_dir=`", probe) == (
+        "choose another --save-model DIR")
+
+
+def test_log_messages_of_a_command_get_its_flags(caplog):
+    import logging
+
+    from embedcyto.parallel import resolve_n_jobs
+
+    @click.command()
+    @click.option("--n-jobs", type=int)
+    def jobs(n_jobs):
+        resolve_n_jobs("dask", n_jobs)
+
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(main._with_clean_errors(jobs), ["--n-jobs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "--n-jobs 1 runs everything in this process, not on the dask cluster" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve_n_jobs("dask", 1)  # a Python caller: the parameter, no filter left behind
+    assert "`n_jobs=1` runs everything" in caplog.text

@@ -151,7 +151,8 @@ def test_weights_missing_alone_are_listed(recipes, tmp_path, capsys):
     places = [line.strip() for line in looked.splitlines() if line.strip().startswith("- ")]
     assert any("weights folder" in p for p in places) and any("Hugging Face cache" in p
                                                             for p in places)
-    assert "--weights PATH" not in err and "--weights: not given" not in err
+    assert "--weights PATH" not in err and "weights=PATH" not in err
+    assert "then pass --weights-dir " in err and "`weights_dir=" not in err  # the recipe's flag
 
 
 def test_smoke_never_writes_into_real_data(recipes, tmp_path, capsys):

@@ -158,3 +158,48 @@ def test_saved_linear_probes_reproduce_the_rows_test_predictions(tmp_path, metho
     X = feats.X[[list(feats.ids).index(i) for i in pred.ids]]
     np.testing.assert_allclose(probe.predict_proba(X), pred.proba, atol=1e-5)
     assert not list((tmp_path / "models").rglob("*.pkl"))
+
+
+def test_predict_runs_the_backbone_in_the_precision_of_the_training_features(tmp_path):
+    """A bf16 store's probe: new images are embedded in bf16 too, so the same images get the
+    same probabilities as the probe's own test predictions (in fp32 they would drift)."""
+    from embedcyto.backbones.runtime import torch_threads
+
+    root = make_fixture("sipakmed", tmp_path / "data", per_class=8)
+    runner = CliRunner()
+    with torch_threads(1):
+        out = runner.invoke(cli, ["extract", "--model", "tiny-clip", "--dataset", "sipakmed",
+                                  "--root", str(root), "--store", str(tmp_path / "cache"),
+                                  "--quiet", "--workers", "0", "--precision", "bf16"])
+        assert out.exit_code == 0, out.output
+        out = runner.invoke(cli, ["probe", "--dataset", "sipakmed", "--store",
+                                  str(tmp_path / "cache"), "--methods", "linear", "--seeds", "1",
+                                  "--results", str(tmp_path / "res"),
+                                  "--save-model", str(tmp_path / "models")])
+        assert out.exit_code == 0, out.output
+        probe_dir = tmp_path / "models" / "sipakmed" / "tiny-clip" / "linear"
+        assert load_probe(probe_dir).signature.get("precision") == "bfloat16"
+        row = json.loads((tmp_path / "res" / "sipakmed.jsonl").read_text().splitlines()[0])
+        pred = row_predictions(tmp_path / "res", row)
+        new = tmp_path / "new"
+        for image_id in pred.ids:
+            (new / image_id).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(root / image_id, new / image_id)
+        out = runner.invoke(cli, ["predict", str(new), "--probe", str(probe_dir), "--out",
+                                  str(tmp_path / "pred.csv")])
+    assert out.exit_code == 0, out.output
+    rows = {r["path"]: r for r in _read(tmp_path / "pred.csv")}
+    proba = np.array([[float(rows[i][f"p_{c}"]) for c in pred.classes] for i in pred.ids])
+    np.testing.assert_allclose(proba, pred.proba, atol=1e-5)
+
+
+def test_fp16_features_are_not_reproduced_on_the_cpu():
+    from embedcyto.predict import PredictError, _training_dtype
+
+    with pytest.raises(PredictError, match="float16 on a GPU"):
+        _training_dtype("float16", "cpu")
+    with pytest.raises(PredictError, match="unknown feature precision"):
+        _training_dtype("int8", "cpu")
+    import torch
+
+    assert _training_dtype(None, "cpu") == torch.float32  # probes saved before it was recorded

@@ -57,7 +57,7 @@ def test_unreadable_or_missing_files_are_refused(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(P.PredictionsError, match="not a readable predictions file"):
         P.read_predictions(tmp_path / "bad.npz")
-    with pytest.raises(P.PredictionsError, match="--rerun"):
+    with pytest.raises(P.PredictionsError, match="`embedcyto probe` and `rerun=True`"):
         P.row_predictions(tmp_path, {"method": "linear", "model": "m", "dataset": "d"})
 
 

@@ -94,7 +94,7 @@ def test_non_finite_features_are_refused_before_any_work_naming_rows(tmp_path, m
     ids = load_features(path).ids
     _with_bad_rows(monkeypatch, {3: np.nan, 7: np.inf})
     with pytest.raises(ProbeError, match=rf"2 row\(s\) hold NaN or infinite.*{ids[3]}, "
-                                         rf"{ids[7]}.*extract --force"):
+                                         rf"{ids[7]}.*`embedcyto extract` with `force=True`"):
         grid(tmp_path / "cache", results_dir=tmp_path / "res", seeds=(1,), **GRID)
     assert not (tmp_path / "res").exists()  # refused before any probe ran
 

@@ -175,10 +175,10 @@ def test_merge_refuses_mixed_runs_other_batch_sizes_and_nothing(data, tmp_path):
         merge_shards(path)
     run_shard(data, store, Shard(0, 2), batch_size=3)
     run_shard(data, store, Shard(1, 2), batch_size=4)
-    with pytest.raises(StoreError, match=r"shard 1/2 covers rows 8..20 .*implies 9..20 .*--batch-size 3"):
+    with pytest.raises(StoreError, match=r"shard 1/2 covers rows 8..20 .*implies 9..20 .*`batch_size=3`"):
         merge_shards(path)
     run_shard(data, store, Shard(0, 3))
-    with pytest.raises(StoreError, match=r"different runs \(2, 3 shards\).*--shards N"):
+    with pytest.raises(StoreError, match=r"different runs \(2, 3 shards\).*`count=N`"):
         merge_shards(path)
     with pytest.raises(StoreError, match="shard 1/3 is missing"):
         merge_shards(path, count=3)
@@ -194,8 +194,11 @@ def test_a_stale_merged_store_is_refused_by_shards_and_merge(data, tmp_path):
         run_shard(data, store, Shard(0, 2), precision="bf16")
     for i in range(2):
         run_shard(data, store, Shard(i, 2), precision="bf16", force=True)
-    with pytest.raises(StaleStoreError, match="--force"):
+    with pytest.raises(StaleStoreError, match="`force=True`"):
         merge_shards(path)
+    merged = CliRunner().invoke(cli, ["store", "merge", "--dataset", "sipakmed", "--model",
+                                      MODEL, "--store", str(store)])
+    assert merged.exit_code == 1 and "; pass --force to replace it" in merged.output
     assert merge_shards(path, force=True).merged
     assert load_features(path).provenance["precision"] == "bfloat16"
 

@@ -59,7 +59,7 @@ def test_list_stores_shows_complete_partial_and_damaged(tmp_path, store):
         "partial 4/9 rows",
     )
     assert infos[("toy", "junk")].status.startswith("damaged: ")
-    assert "--force" in infos[("toy", "junk")].status
+    assert "`force=True`" in infos[("toy", "junk")].status
     assert list_stores(tmp_path / "absent") == []
 
 
@@ -132,7 +132,7 @@ def test_export_refuses_to_overwrite_and_bad_format(store, tmp_path):
     path, _, _ = store
     out = tmp_path / "x.npz"
     out.write_bytes(b"keep me")
-    with pytest.raises(StoreError, match="already exists; pass --overwrite"):
+    with pytest.raises(StoreError, match="already exists; pass `overwrite=True`"):
         export_store(path, out)
     assert out.read_bytes() == b"keep me"
     export_store(path, out, overwrite=True)

@@ -52,10 +52,10 @@ def test_corrupted_store_is_refused_everywhere_and_force_recovers(tmp_path, dama
     path, ds, feats = _store(tmp_path)
     DAMAGES[damage](path)
     for read in (verify_store, load_features):
-        with pytest.raises(StoreError, match="--force") as err:
+        with pytest.raises(StoreError, match="`force=True`") as err:
             read(path)
         assert "Traceback" not in str(err.value)
-    with pytest.raises(StoreError, match="--force"):  # never a cache hit
+    with pytest.raises(StoreError, match="`force=True`"):  # never a cache hit
         open_writer(path, dataset=ds, provenance=PROV, embed_dim=8)
     listed = list_stores(tmp_path)  # the listing itself never fails
     assert [i.model for i in listed] == ["m"]
@@ -71,12 +71,12 @@ def test_one_damaged_store_is_listed_with_its_fix_and_others_still_work(tmp_path
     DAMAGES["truncate"](bad)
     states = {i.model: i for i in list_stores(tmp_path)}
     assert states["good"].state == "complete"
-    assert states["bad"].state == "damaged" and "--force" in states["bad"].status
+    assert states["bad"].state == "damaged" and "`force=True`" in states["bad"].status
     np.testing.assert_array_equal(load_features(good).X, feats)
     runner = CliRunner()
     listing = runner.invoke(cli, ["store", "ls", "--store", str(tmp_path)])
     assert listing.exit_code == 0, listing.output
-    assert "damaged" in listing.output and "extract --force" in listing.output
+    assert "damaged" in listing.output and "`embedcyto extract` with --force" in listing.output
     checked = runner.invoke(cli, ["store", "verify", "--store", str(tmp_path)])
     assert checked.exit_code == 1
     assert f"ok  {good}" in checked.output and f"BAD {bad}" in checked.output
@@ -99,7 +99,7 @@ def test_store_written_before_checksums_is_readable_and_says_unverified(tmp_path
     with caplog.at_level(logging.WARNING):
         got = load_features(path)
     np.testing.assert_array_equal(got.X, feats)
-    assert "unverified" in caplog.text and "extract --force" in caplog.text
+    assert "unverified" in caplog.text and "`embedcyto extract` with `force=True`" in caplog.text
     assert not verify_store(path).verified
     info = list_stores(tmp_path)[0]
     assert info.state == "complete" and "unverified" in info.status
@@ -189,7 +189,7 @@ def test_a_plain_probe_reports_a_damaged_store_and_probes_the_others(tmp_path, d
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert f"{bad}" in result.output and "damaged" in result.output
-    assert "extract --force" in result.output
+    assert "`embedcyto extract` with --force" in result.output
     assert "skipped 1 damaged store" in result.output
     rows = [json.loads(line) for name in ("other", "toy")
             for line in (tmp_path / "res" / f"{name}.jsonl").read_text().splitlines()]
@@ -200,7 +200,7 @@ def test_a_plain_probe_reports_a_damaged_store_and_probes_the_others(tmp_path, d
     got = run_probe_grid(config)
     assert {(r["dataset"], r["model"]) for r in got} == {("other", "alpha"), ("toy", "beta")}
     assert [(s.dataset, s.model, s.path) for s in got.skipped] == [("toy", "alpha", bad)]
-    assert "--force" in got.skipped[0].problem
+    assert "`force=True`" in got.skipped[0].problem
     with pytest.raises(ProbeError, match=r"(?s)skipped 1 damaged store.*toy/alpha"):
         got.raise_for_skipped()  # what the CLI and the pipelines call once the rows are written
 

@@ -130,7 +130,7 @@ def test_second_writer_is_locked_out_while_the_first_lives(tmp_path):
     ds = make_dataset(6)
     path = store_path(tmp_path, "toy", "m")
     first = _open(path, ds)
-    with pytest.raises(StoreLockedError, match=rf"process {os.getpid()} on host .*wait.*--store"):
+    with pytest.raises(StoreLockedError, match=rf"process {os.getpid()} on host .*wait.*`store_dir=`"):
         _open(path, ds)
     first.close()
     with _open(path, ds) as second:

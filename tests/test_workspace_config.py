@@ -108,7 +108,7 @@ def test_find_workspace_explicit_env_and_parent_folders(tmp_path):
     assert find_workspace(cwd=nested, environ={"EMBEDCYTO_WORKSPACE": str(other)}) == other
     with pytest.raises(WorkspaceError, match=r"\$EMBEDCYTO_WORKSPACE names .*typo.toml"):
         find_workspace(cwd=nested, environ={"EMBEDCYTO_WORKSPACE": str(tmp_path / "typo.toml")})
-    with pytest.raises(WorkspaceError, match="--workspace names"):
+    with pytest.raises(WorkspaceError, match=r"the workspace given \(`workspace=`\) names"):
         find_workspace(tmp_path / "missing", environ={})
 
 
@@ -118,3 +118,17 @@ def test_plans_keep_settings_order_independent():
     assert a == b
     assert Workspace(base=__import__("pathlib").Path("/x"), lora=(a,)).to_dict()["lora"]["p"][
         "settings"] == {"lr": 0.1, "rank": 4}
+
+
+def test_a_datasets_prompts_file_round_trips_and_resolves_against_the_workspace(tmp_path):
+    ws = empty_workspace(tmp_path).with_dataset(
+        DatasetEntry(name="cells", layout="folder", root="images", prompts="p/cells.json"))
+    ws = ws.with_dataset(DatasetEntry(name="pap", layout="sipakmed", root="pap"))
+    back = load_workspace(save_workspace(ws, tmp_path / "embedcyto.toml"))
+    assert back == ws and back.dataset("cells").prompts == "p/cells.json"
+    assert back.prompts_files() == {"cells": tmp_path.resolve() / "p" / "cells.json"}
+    assert 'prompts = "p/cells.json"' in (tmp_path / "embedcyto.toml").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[datasets.cells]\nlayout = "folder"\nroot = "x"\nprompts = 3\n')
+    with pytest.raises(WorkspaceError, match=r"prompts must be the path of a JSON prompts file"):
+        load_workspace(bad)

@@ -115,7 +115,8 @@ def test_dataset_means_a_name_and_the_old_adapter_meaning_says_what_to_type(fold
     old = CliRunner().invoke(cli, ["extract", "--model", "tiny-clip", "--dataset", "folder",
                                    "--root", "images/cells"])
     assert old.exit_code == 1
-    assert "--dataset NAME --layout folder --root images/cells" in old.output
+    assert "give --dataset NAME, --layout folder and --root images/cells" in old.output
+    assert "`" + "dataset=" not in old.output
     run("init")
     run("datasets", "add", "cells", "--layout", "folder", "--root", "images/cells")
     unknown = CliRunner().invoke(cli, ["extract", "--model", "tiny-clip", "--dataset", "cels"])
@@ -124,6 +125,10 @@ def test_dataset_means_a_name_and_the_old_adapter_meaning_says_what_to_type(fold
     layout = CliRunner().invoke(cli, ["lora", "--model", "tiny-clip", "--dataset", "folder",
                                       "--shots", "1"])
     assert layout.exit_code == 1 and "is a layout" in layout.output
+    assert "or --dataset NAME with --layout folder and --root PATH for other" in layout.output
+    nowhere = CliRunner().invoke(cli, ["--workspace", "nowhere.toml", "status"])
+    assert nowhere.exit_code == 1
+    assert "the workspace given (--workspace WORKSPACE) names" in nowhere.output
 
 
 def test_adhoc_dataset_without_workspace_and_save(folder):

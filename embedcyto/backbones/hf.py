@@ -106,6 +106,7 @@ def load_transformers_weights(encoder: TransformersEncoder, card: Card, path: Pa
             if keys:
                 shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
-        parts.append("Is this the checkpoint for this model? Check --weights / the card.")
+        parts.append("Is this the checkpoint for this model? Check the file (`weights=PATH`) and "
+                     "the card.")
         raise BackboneError(" ".join(parts))
     encoder.model.load_state_dict(loaded.state_dict(), strict=True)

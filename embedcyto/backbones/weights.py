@@ -33,7 +33,7 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 # The first place searched: an explicit weights path (the CLI's --weights), absent.
-NOT_GIVEN = "--weights: not given"
+NOT_GIVEN = "`weights=PATH`: not given"
 
 def default_weights_dir() -> Path | None:
     """The local weights directory named by ``EMBEDCYTO_WEIGHTS``, or None when unset."""
@@ -75,7 +75,7 @@ def pick_weights_file(folder: Path, preferred: tuple[str, ...] = ()) -> Path:
         )
     raise BackboneError(
         f"{folder} holds several weights files ({', '.join(p.name for p in found)}) and none is "
-        f"named {' or '.join(preferred) or 'as expected'}; pass the file itself with --weights"
+        f"named {' or '.join(preferred) or 'as expected'}; pass the file itself as `weights=PATH`"
     )
 
 
@@ -192,7 +192,7 @@ def resolve_weights(
     looked = [NOT_GIVEN]
     wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
     if wdir is None:
-        looked.append(f"weights folder: none set (use --weights-dir or {WEIGHTS_ENV})")
+        looked.append(f"weights folder: none set (use `weights_dir=DIR` or {WEIGHTS_ENV})")
     elif (wdir / card.name).is_dir():
         return pick_weights_file(wdir / card.name, card.weights_files)
     else:
@@ -251,13 +251,13 @@ def weights_instructions(card: Card, weights_dir: Path | None = None, *,
         steps.append(
             f"`hf download {repo} {first} --local-dir {target}` (older clients: "
             f"`huggingface-cli download {repo} {first} --local-dir {target}`), then pass "
-            f"--weights-dir {target.parent} or set {WEIGHTS_ENV}={target.parent}"
+            f"`weights_dir={target.parent}` or set {WEIGHTS_ENV}={target.parent}"
         )
         steps.append(
             f"or fill the Hugging Face cache on a connected machine: `hf download {repo} {first}`"
         )
     if offer_weights_path:
-        steps.append("or pass --weights PATH (a weights file, or a folder holding exactly one)")
+        steps.append("or pass `weights=PATH` (a weights file, or a folder holding exactly one)")
     return steps
 
 
@@ -267,12 +267,12 @@ def search_plan(
     """Where :func:`resolve_weights` would look, in order, without touching the network."""
     if card.random:
         return ["none: random-weight demonstration card"]
-    plan = [f"--weights {weights}" if weights else "--weights PATH (not given)"]
+    plan = [f"`weights={weights}`" if weights else "`weights=PATH` (not given)"]
     wdir = Path(weights_dir).expanduser() if weights_dir else default_weights_dir()
     plan.append(
         f"{wdir / card.name}/"
         if wdir
-        else f"WEIGHTS_DIR/{card.name}/ (--weights-dir or {WEIGHTS_ENV})"
+        else f"WEIGHTS_DIR/{card.name}/ (`weights_dir=DIR` or {WEIGHTS_ENV})"
     )
     if card.hub_repo:
         files = ", ".join(card.weights_files)
@@ -399,7 +399,8 @@ def load_strict(module, state: dict, *, what: str) -> None:
             if keys:
                 shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
                 parts.append(f"{len(keys)} {label} ({shown})")
-        parts.append("Is this the checkpoint for this model? Check --weights / the card.")
+        parts.append("Is this the checkpoint for this model? Check the file (`weights=PATH`) and "
+                     "the card.")
         raise BackboneError(" ".join(parts))
     module.load_state_dict(state, strict=True)
 

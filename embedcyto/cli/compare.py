@@ -24,9 +24,11 @@ def compare(dataset, method, shots, results_dir, runs_dir, seed) -> None:
     Models in one group are not significantly different (p < 0.05 after Holm) from the best
     model of the group; '*' marks significant pairs.
     """
+    from embedcyto.cli.main import cli_wording
     from embedcyto.compare import compare_dataset, format_comparison
     from embedcyto.folders import output_folder
 
     for comp in compare_dataset(dataset, output_folder("results", results_dir),
                                 output_folder("runs", runs_dir), method, shots, seed):
-        click.echo(format_comparison(comp) + "\n")
+        click.echo(cli_wording(format_comparison(comp), click.get_current_context().command)
+                   + "\n")

@@ -82,8 +82,10 @@ def _check(entry, ws, split_dir, verify_images, on_bad_image, strict) -> None:
                            split_dir=split_dir, seed=entry.split_seed, ratios=entry.ratios,
                            verify_images=verify_images, on_bad_image=on_bad_image,
                            **dict(entry.options))
+    from embedcyto.cli.main import cli_wording
+
     for line in report.lines():
-        click.echo(line)
+        click.echo(cli_wording(line, click.get_current_context().command))
     if strict and (report.problems or report.skipped):
         raise click.ClickException(f"{len(report.problems)} problem(s) found (--strict)")
 
@@ -108,8 +110,11 @@ def _as_written(root: str, ws) -> str:
 @click.option("--verify-images/--no-verify-images", default=True, show_default=True,
               help="Decode every image now, as extraction will.")
 @click.option("--replace", is_flag=True, help="Replace a workspace dataset of the same name.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON file of class phrases and prompt templates for this dataset (text "
+                   "probes, `embedcyto lora --head text`; docs/text.md).")
 @_layout_options
-def add_command(name, layout, root, verify_images, replace, split_seed, ratios,
+def add_command(name, layout, root, verify_images, replace, prompts, split_seed, ratios,
                 options) -> None:
     """Check a dataset root (as `datasets check` does), then add it to the workspace as NAME."""
     from embedcyto.workspace import DatasetEntry, save_workspace
@@ -120,7 +125,8 @@ def add_command(name, layout, root, verify_images, replace, split_seed, ratios,
         ws.with_dataset(DatasetEntry(name=name, layout=layout, root=root))  # says what to do
     entry = DatasetEntry(name=name, layout=layout, root=_as_written(root, ws),
                          options=tuple(_parse_options(options).items()), split_seed=split_seed,
-                         ratios=_parse_ratios(ratios))
+                         ratios=_parse_ratios(ratios),
+                         prompts=None if prompts is None else _as_written(prompts, ws))
     _check(entry, ws, None, verify_images, "skip", False)
     save_workspace(ws.with_dataset(entry, replace_existing=replace))
     click.echo(f"added dataset {name} ({layout}, {entry.root}) to {ws.path}")

@@ -12,13 +12,14 @@ from embedcyto.cli._common import (
     weights_options,
 )
 from embedcyto.cli._workspace import dataset_options, resolve_job
-from embedcyto.lora.config import DEFAULT_EPOCHS, LoraRunConfig, LoraSettings, default
+from embedcyto.lora.config import DEFAULT_EPOCHS, HEADS, LoraRunConfig, LoraSettings, default
 from embedcyto.schedule import STUDY_WARMUP
 
 #: Options that say what a run learns: in plan mode they come from the workspace's plan.
 TRAINING_OPTIONS = ("label_space", "targets", "rank", "alpha", "dropout", "scaling", "lr",
                     "weight_decay", "warmup", "min_lr", "iterations", "epochs", "batch_size",
-                    "eval_every", "best_val", "grad_checkpointing", "seeds")
+                    "eval_every", "best_val", "grad_checkpointing", "seeds", "head",
+                    "text_lora")
 
 
 def _targets(ctx, param, value: str) -> tuple[str, ...]:
@@ -138,6 +139,16 @@ def _show(name: str):
               help="Test the adapters and head of the step with the best validation accuracy.")
 @click.option("--grad-checkpointing", is_flag=True,
               help="Recompute activations in the backward pass: less memory, more compute.")
+@click.option("--head", type=click.Choice(HEADS), **_show("head"),
+              help="linear: the study's trained linear head; text: the model's own zero-shot "
+                   "classifier (cosine to its prompt-ensembled class text embeddings times its "
+                   "logit scale, kept fixed; vision-language models only).")
+@click.option("--text-lora", is_flag=True,
+              help="With --head text: LoRA on the text encoder's attention too (same settings), "
+                   "the class embeddings recomputed from it at every step.")
+@click.option("--prompts", type=click.Path(dir_okay=False), default=None,
+              help="JSON file of class phrases and prompt templates for --head text (default: "
+                   "the workspace dataset's prompts, else those shipped for the dataset).")
 @weights_options
 @runtime_options
 @store_option
@@ -153,8 +164,9 @@ def _show(name: str):
 def lora(ctx, models, datasets, layout, root, save, plans, dry_run, shots, fractions, all_data,
          seeds, label_space, targets, rank, alpha, dropout, scaling, lr, weight_decay, warmup,
          min_lr, iterations, epochs, batch_size, eval_every, best_val, grad_checkpointing,
-         device, precision, workers, weights, weights_dir, random_weights, store, runs_dir,
-         export_features, rerun, quiet, split_seed, ratios, on_bad_image, options) -> None:
+         head, text_lora, prompts, device, precision, workers, weights, weights_dir,
+         random_weights, store, runs_dir, export_features, rerun, quiet, split_seed, ratios,
+         on_bad_image, options) -> None:
     """Fine-tune LoRA adapters (q and v by default) and a linear head; test; save the run.
 
     In a workspace with [lora] plans, plain `embedcyto lora` trains every planned run not yet
@@ -203,7 +215,7 @@ def lora(ctx, models, datasets, layout, root, save, plans, dry_run, shots, fract
                        "warmup": warmup, "min_lr": min_lr, "batch_size": batch_size,
                        "iterations": iterations, "epochs": epochs, "eval_every": eval_every,
                        "best_val": best_val, "grad_checkpointing": grad_checkpointing,
-                       **runtime}
+                       "head": head, "text_lora": text_lora, **runtime}
         runs = _adhoc_runs(job, _amounts(shots, fractions, all_data), seeds, settings,
                            run_options, runs_dir)
     if dry_run:
@@ -214,7 +226,8 @@ def lora(ctx, models, datasets, layout, root, save, plans, dry_run, shots, fract
         return
     _start(runs, job, {"runs_dir": runs_dir, "weights": weights, "random": random_weights,
                        "rerun": rerun, "export": export_features, "workers": workers,
-                       "on_bad_image": on_bad_image, "device": device}, quiet)
+                       "on_bad_image": on_bad_image, "device": device, "prompts": prompts},
+           quiet)
 
 
 def _plan_runs(ws, runs_dir, plans, models, datasets, shots, fractions, runtime) -> list:
@@ -236,6 +249,9 @@ def _start(runs: list, job, run: dict, quiet: bool) -> None:
     from embedcyto.lora.runs import conflicts
 
     names = {r.config.model for r in runs}
+    if run["prompts"] and not any(r.config.head == "text" for r in runs):
+        raise click.UsageError("--prompts sets the class prompts of a text head: add --head "
+                               "text, or drop --prompts (the linear head uses no prompts)")
     if run["weights"] and len(names) > 1:
         raise click.UsageError("--weights names one model's file: use it with one --model")
     clashes = [] if run["rerun"] else conflicts(run["runs_dir"], [r.config for r in runs])
@@ -300,6 +316,9 @@ def _run_all(runs: list, job, run: dict, ranks, progress: bool) -> None:
             state = "cache hit" if out.cache_hit else f"{out.computed} rows computed"
             click.echo(f"  adapted features ({out.rows} rows, {state}) -> {out.path}")
 
+    from embedcyto.workspace.run import dataset_prompts
+
     train_runs(runs, opened, runs_dir=run["runs_dir"], weights=run["weights"],
                weights_dir=job.weights_dir, random_init=run["random"], rerun=run["rerun"],
-               progress=progress, ranks=ranks, on_result=finished)
+               progress=progress, ranks=ranks, on_result=finished,
+               prompts=dataset_prompts(job.workspace, run["prompts"]))

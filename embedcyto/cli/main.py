@@ -17,6 +17,8 @@ import re
 
 import click
 
+from embedcyto.errors import PARAMETER, with_options
+
 # name -> "module:attribute"; one module per command.
 COMMANDS = {
     "datasets": "embedcyto.cli.datasets:datasets",
@@ -45,13 +47,17 @@ KEPT_ON_INTERRUPT = {
 INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a SIGINT
 
 # Library messages name a parameter to change as `name=value` (Python's spelling, right for a
-# Python caller); the CLI rewrites each into the flag of the command that was run.
-PARAMETER = re.compile(r"`([a-z_][a-z0-9_]*)=([^`]*)`")
-# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording).
-STANDS_IN = {"split_dir": ("--dataset", "another --dataset NAME (each dataset name has its own "
-                                        "split folder in the store)"),
-             "store_dir": ("--store", "--store DIR"),
-             "name": ("--dataset", "--dataset NAME")}
+# Python caller); the CLI rewrites each into the flag of the command that was run, or of the
+# command the message names just before it (`embedcyto lora` and `rerun=True`).
+NAMED_COMMAND = re.compile(rf"embedcyto ({'|'.join(COMMANDS)})\b(?: ([a-z][a-z-]*))?")
+# Parameters a command has no flag for, but another flag of it decides: name -> (flag, wording)
+# pairs, the first whose flag the command has is used.
+STANDS_IN = {"split_dir": (("--dataset", "another --dataset NAME (each dataset name has its own "
+                                         "split folder in the store)"),),
+             "store_dir": (("--store", "--store DIR"),),
+             # a folder to write: probe's saved probe (`fit_and_save`'s out_dir) or an output
+             "out_dir": (("--out", "--out DIR"), ("--save-model", "--save-model DIR")),
+             "name": (("--dataset", "--dataset NAME"),)}
 
 
 def _available(target: str) -> bool:
@@ -84,29 +90,64 @@ class LazyGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
-def cli_wording(message: str, command: click.Command) -> str:
-    """Rewrite the library's `name=value` suggestions as this command's flags."""
+def _flag_table(command: click.Command) -> dict[str, tuple[str, click.Option]]:
+    """Parameter name (and flag spelled as one) -> (long flag, option) of a command."""
     flags = {}
     for param in command.params:
         long = [o for o in getattr(param, "opts", ()) if o.startswith("--")]
         if isinstance(param, click.Option) and long:
             flags[param.name] = (long[0], param)
             flags[long[0][2:].replace("-", "_")] = (long[0], param)
+    return flags
 
-    def rewrite(match: re.Match) -> str:
-        name, value = match.group(1), match.group(2).strip("'\"")
+
+def _named_command(message: str, at: int) -> click.Command | None:
+    """The command (or sub-command) named last before position ``at`` in its clause (a line,
+    cut at "; " and ", or ": the next alternative is the command's own again)."""
+    start = max(message.rfind(cut, 0, at) + len(cut) for cut in ("\n", "; ", ", or "))
+    named = list(NAMED_COMMAND.finditer(message, start, at))
+    if not named:
+        return None
+    command = cli.get_command(None, named[-1].group(1))
+    sub = named[-1].group(2)
+    if isinstance(command, click.Group) and sub in command.commands:
+        return command.commands[sub]
+    return command
+
+
+def cli_wording(message: str, command: click.Command) -> str:
+    """Rewrite the library's `name=value` suggestions as flags: those of the command named just
+    before the suggestion in its clause (`embedcyto lora` ... `rerun=True` -> --rerun), else
+    those of ``command``, the one that was run (and the group's own, such as --workspace)."""
+    def option_for(name: str, value: str, at: int) -> str | None:
+        other = _named_command(message, at)
+        # the group's own options (--workspace) come before any command's
+        flags = {**_flag_table(cli), **_flag_table(other if other is not None else command)}
         if name in flags:
             flag, param = flags[name]
             if param.is_flag:
                 off = [o for o in param.secondary_opts if o.startswith("--")]
                 return off[0] if value == "False" and off else flag
             return f"{flag} {value or name.upper()}"
-        stand_in = STANDS_IN.get(name)
-        if stand_in and stand_in[0] in {f for f, _ in flags.values()}:
-            return stand_in[1]
-        return match.group(0)
+        offered = {f for f, _ in flags.values()}
+        return next((wording for flag, wording in STANDS_IN.get(name, ()) if flag in offered),
+                    None)
 
-    return PARAMETER.sub(rewrite, message)
+    return with_options(message, option_for)
+
+
+class _CliWording(logging.Filter):
+    """Rewrites the `name=value` suggestions of log records emitted while a command runs."""
+
+    def __init__(self, command: click.Command):
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if PARAMETER.search(text):
+            record.msg, record.args = cli_wording(text, self.command), None
+        return True
 
 
 def _interrupted(name: str) -> click.exceptions.Exit:
@@ -131,12 +172,19 @@ def _with_clean_errors(command: click.Command) -> click.Command:
         def callback(*args, **kwargs):
             from embedcyto.errors import EmbedcytoError
 
+            wording = _CliWording(command)
+            handlers = list(logging.getLogger().handlers)
+            for handler in handlers:
+                handler.addFilter(wording)
             try:
                 return original(*args, **kwargs)
             except EmbedcytoError as err:
                 raise click.ClickException(cli_wording(str(err), command)) from err
             except KeyboardInterrupt:
                 raise _interrupted(name) from None
+            finally:
+                for handler in handlers:
+                    handler.removeFilter(wording)
 
         command.callback = callback
     command._embedcyto_wrapped = True

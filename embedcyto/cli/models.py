@@ -123,8 +123,10 @@ def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: boo
         search_plan,
         weights_instructions,
     )
+    from embedcyto.cli.main import cli_wording
     from embedcyto.errors import WeightsNotFoundError
 
+    here = click.get_current_context().command
     card = get_card(name)
     click.echo(card.to_json())
     if as_json:
@@ -134,7 +136,7 @@ def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: boo
         click.echo(f"gated: accept the terms at {card.page}, then `hf auth login`")
     click.echo("\nweights are looked for in this order:")
     for i, place in enumerate(search_plan(card, weights, weights_dir=weights_dir), 1):
-        click.echo(f"  {i}. {place}")
+        click.echo(f"  {i}. {cli_wording(place, here)}")
     if card.random:
         return
     try:
@@ -143,7 +145,7 @@ def show(name: str, weights_dir: Path | None, weights: Path | None, as_json: boo
     except WeightsNotFoundError:
         click.echo("found: nothing on this machine. To get them:")
         for step in weights_instructions(card, weights_dir):
-            click.echo(f"  - {step}")
+            click.echo(f"  - {cli_wording(step, here)}")
 
 
 @models.command("add")

@@ -115,7 +115,8 @@ def _existing_keys(folder) -> set[str]:
 @click.option("--prompts", type=click.Path(dir_okay=False), default=None,
               help="JSON file of class phrases and prompt templates for the text methods "
                    "(zeroshot, textlinear, clap, tipadapter, tipadapter_f, lppp); default: "
-                   "the prompts shipped for the dataset (folder/csv datasets: class names).")
+                   "the workspace dataset's prompts file, else the prompts shipped for the "
+                   "dataset (folder/csv datasets: class names).")
 @click.option("--weights-dir", type=click.Path(file_okay=False), default=None,
               help="Where a vision-language model's weights and tokenizer are (text methods; "
                    "default: $EMBEDCYTO_WEIGHTS).")
@@ -137,7 +138,7 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
     from embedcyto.probes.runner import ProbeGridConfig, run_probe_grid
     from embedcyto.store import default_store_dir
     from embedcyto.workspace.current import current_workspace
-    from embedcyto.workspace.run import probe_datasets
+    from embedcyto.workspace.run import dataset_prompts, probe_datasets
 
     ws = current_workspace()
     store = default_store_dir(store)
@@ -147,7 +148,7 @@ def probe(datasets, models, store, episodes, shots, seeds, methods, centre, n_jo
                              episodes=episodes, n_jobs=n_jobs,
                              results_dir=results_dir, rerun=rerun,
                              options=options, backend=backend, scheduler=scheduler,
-                             prompts=prompts, weights_dir=weights_dir)
+                             prompts=dataset_prompts(ws, prompts), weights_dir=weights_dir)
     before = _existing_keys(config.results_folder)
     rows = run_probe_grid(config)
     click.echo(format_table(rows))

@@ -42,6 +42,13 @@ def store() -> None:
     """Inspect, verify, export and merge feature stores (one HDF5 file per dataset and model)."""
 
 
+def _wording(text: str) -> str:
+    """A library text with its parameter suggestions as flags (of the command it names)."""
+    from embedcyto.cli.main import cli_wording
+
+    return cli_wording(text, click.get_current_context().command)
+
+
 @store.command("ls")
 @_store_option
 def ls(store_dir: Path | None) -> None:
@@ -64,7 +71,7 @@ def ls(store_dir: Path | None) -> None:
                 i.dtype or "",
                 _human_size(i.size_bytes),
                 i.created_at or "",
-                i.status,
+                _wording(i.status),
             )
         )
     echo_columns(rows)
@@ -121,10 +128,10 @@ def verify(path, dataset, model, store_dir) -> None:
     failed = 0
     for target in targets:
         try:
-            click.echo(f"ok  {verify_store(target).status}")
+            click.echo(f"ok  {_wording(verify_store(target).status)}")
         except StoreError as err:
             failed += 1
-            click.echo(f"BAD {err}")
+            click.echo(f"BAD {_wording(str(err))}")
     if failed:
         raise click.ClickException(f"{failed} of {len(targets)} store(s) failed verification")
 

@@ -53,6 +53,7 @@ def status(models, weights_dir) -> None:
     """Where the study stands: per dataset and model, the store (complete, partial k/N,
     missing, stale, damaged), probe rows, LoRA runs done/planned; then missing weights."""
     from embedcyto.workspace.current import current_workspace
+    from embedcyto.cli.main import cli_wording
     from embedcyto.workspace.status import format_status, workspace_status
 
     ws = current_workspace(required=True)
@@ -62,4 +63,4 @@ def status(models, weights_dir) -> None:
         return
     result = workspace_status(ws, models or None, weights_dir=weights_dir)
     for line in format_status(result):
-        click.echo(line)
+        click.echo(cli_wording(line, click.get_current_context().command))

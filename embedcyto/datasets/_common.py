@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from embedcyto.datasets.generated import is_generated
 from embedcyto.datasets.records import SPLITS, Dataset, Record
 from embedcyto.errors import DatasetError
 from embedcyto.names import has_control_characters, name_problem
@@ -45,11 +46,11 @@ def require_root(root: str | os.PathLike, layout: str) -> Path:
     """Return ``root`` as a Path, or explain that it is missing and which layout is expected."""
     path = Path(root).expanduser()
     if not path.exists():
-        raise DatasetError(f"dataset root {path} does not exist; point --root at the folder that "
-                           f"holds {layout}")
+        raise DatasetError(f"dataset root {path} does not exist; the root (`root=PATH`) must be "
+                           f"the folder that holds {layout}")
     if not path.is_dir():
-        raise DatasetError(f"dataset root {path} is a file, not a folder; point --root at the "
-                           f"folder that holds {layout}")
+        raise DatasetError(f"dataset root {path} is a file, not a folder; the root (`root=PATH`) "
+                           f"must be the folder that holds {layout}")
     return path
 
 
@@ -86,8 +87,8 @@ def file_problem(path: Path) -> str | None:
 def _outside(path: Path, root: Path, target: Path) -> DatasetError:
     return DatasetError(
         f"{path} is a symlink to {target}, outside the dataset root {root}; embedcyto reads only "
-        "files inside the root: copy the files into the root, or point --root at a folder that "
-        "holds them")
+        "files inside the root: copy the files into the root, or choose a root (`root=PATH`) "
+        "that holds them")
 
 
 def check_inside(folder: Path, root: Path) -> None:
@@ -282,4 +283,4 @@ def finish(name: str, adapter: str, root: Path, classes: tuple[str, ...],
         raise DatasetError(f"{root}: some images have no split although the layout is pre-split")
     return Dataset(name=name, adapter=adapter, root=root, classes=tuple(classes),
                    records=records, official_split=official_split,
-                   skipped=sorted(skipped or []), **extra)
+                   skipped=sorted(skipped or []), generated=is_generated(root), **extra)

@@ -67,8 +67,8 @@ class DatasetReport:
                 out.append(f"  ... and {len(self.skipped) - max_skipped} more")
         out.extend(f"problem: {p}" for p in self.problems)
         if not self.images_opened:
-            out.append("images: not opened (--no-verify-images), so corrupt or truncated images "
-                       "are not found by this check")
+            out.append("images: not opened (`verify_images=False`), so corrupt or truncated "
+                       "images are not found by this check")
         if not self.problems and not self.skipped:
             out.append("no problems found" if self.images_opened else
                        "no layout problems found; the images themselves were not checked")

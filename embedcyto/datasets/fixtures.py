@@ -2,7 +2,9 @@
 
 The real datasets cannot be shipped, so tests, demos and users trying embedcyto out get exact
 copies of their folder layouts and file names with procedurally drawn cells
-(:mod:`embedcyto.datasets._draw`). Everything is deterministic for a seed.
+(:mod:`embedcyto.datasets._draw`). Everything is deterministic for a seed. Every fixture root
+gets the generated-data marker (:mod:`embedcyto.datasets.generated`), so what is computed on it
+is flagged as such up to the report.
 
 ``image_size``: None (default) draws 64 px images for speed; an int draws square images of that
 size; ``"real"`` uses each dataset's real sizes (SIPaKMeD crops 100-250 px BMP, MLCC
@@ -20,6 +22,7 @@ from PIL import Image
 
 from embedcyto.datasets import bcfc, mlcc, sipakmed
 from embedcyto.datasets._draw import draw_cell, draw_cluster
+from embedcyto.datasets.generated import write_marker
 from embedcyto.datasets.hicervix_labels import CLASSES as HICERVIX_CLASSES
 from embedcyto.datasets.hicervix_labels import COLUMNS as HICERVIX_COLUMNS
 from embedcyto.datasets.hicervix_labels import bundled_csv_dir
@@ -187,6 +190,8 @@ def make_fixture(adapter: str, dest, *, per_class: int = 4, image_size=None, see
             ``layout="presplit"`` writes ``train/ val/ test/`` with ``benign_*`` names; folder
             and csv ``presplit=True`` add split folders or a split column; hicervix ``csv_dir``.
 
+    The root also gets ``embedcyto-generated.json`` (see :mod:`embedcyto.datasets.generated`).
+
     Raises:
         DatasetError: unknown adapter, bad image_size or options.
     """
@@ -205,4 +210,6 @@ def make_fixture(adapter: str, dest, *, per_class: int = 4, image_size=None, see
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     writer(dest, painter, per_class, **options)
+    write_marker(dest, adapter=adapter, per_class=per_class, image_size=image_size, seed=seed,
+                 options={k: str(v) for k, v in options.items()})
     return dest

@@ -77,8 +77,8 @@ def read_hicervix(root, *, name: str = "hicervix", csv_dir=None,
             reasons.append(f"listed in the CSV but {problem}")
     if missing and not kept:
         raise DatasetError(f"none of the {len(missing)} images listed in the CSVs exists under "
-                           f"{root} (e.g. {missing[0]}); point --root at the folder holding "
-                           "train/ val/ test/")
+                           f"{root} (e.g. {missing[0]}); the root (`root=PATH`) must be the "
+                           "folder holding train/ val/ test/")
     if missing and on_bad_image == "error":
         raise DatasetError(f"{len(missing)} image(s) listed in the CSVs are missing under {root}:"
                            f" {short_list(missing, 5)}; restore them or use on_bad_image='skip' "

@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from embedcyto.datasets._common import read_utf8
+from embedcyto.datasets.generated import is_generated
 from embedcyto.datasets.records import SPLITS, Dataset, LabelSpace, Record
 from embedcyto.errors import DatasetError
 
@@ -191,7 +192,8 @@ def read_hicervix_labels(csv_dir=None, *, root=None, name: str = "hicervix") -> 
         name=name, adapter="hicervix", root=Path(root) if root is not None else csv_dir,
         classes=CLASSES, records=sorted(records, key=lambda r: r.path),
         label_spaces=dict(LABEL_SPACES), level_names=LEVEL_NAMES, hierarchy=dict(HIERARCHY),
-        level_maps={k: LEVEL_MAPS[k] for k in LEVEL_NAMES}, official_split=True)
+        level_maps={k: LEVEL_MAPS[k] for k in LEVEL_NAMES}, official_split=True,
+        generated=is_generated(root))
 
 
 def hicervix_study25_labels(dataset: Dataset) -> np.ndarray:

@@ -31,6 +31,11 @@ class Record:
     levels: tuple[int, ...] | None = None
 
 
+#: The name of the label space "the dataset's own classes" (``Dataset.classes``), beside the
+#: named ``Dataset.label_spaces`` (a LoRA run's ``label_space`` defaults to it).
+DATASET_CLASSES = "classes"
+
+
 @dataclass(frozen=True)
 class LabelSpace:
     """A named list of classes; labels are indices into ``classes``."""
@@ -65,6 +70,9 @@ class Dataset:
         split_hash: identity of the split the records carry: "official", the hash of the saved
             split file they were given (see :func:`embedcyto.datasets.splits.assign_splits`),
             or None for a split that was not saved.
+        generated: True when the root holds the generated-data marker
+            (:mod:`embedcyto.datasets.generated`): the images were drawn by a program
+            (fixtures, ``embedcyto demo``), so results on them are flagged in the report.
         file_digests: image path -> content digest, filled as digests are computed (by the
             image check or by :meth:`fingerprint`); a cache, not part of the dataset's value.
     """
@@ -81,6 +89,7 @@ class Dataset:
     official_split: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_hash: str | None = None
+    generated: bool = False
     file_digests: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def fingerprint(self) -> str:
@@ -91,7 +100,9 @@ class Dataset:
         modification time. Each file enters through its content digest
         (:func:`embedcyto.datasets.digest.file_digest`: size and sampled blocks), not its mtime,
         so copying a dataset to another disk keeps its fingerprint. Digests already in
-        ``file_digests`` (filled by the image check of ``open_dataset``) are reused.
+        ``file_digests`` (filled by the image check of ``open_dataset``) are reused. A generated
+        dataset's fingerprint also says so (other datasets' fingerprints are unchanged by this),
+        so removing the marker makes stores and LoRA runs made from the folder stale.
         """
         from embedcyto.datasets.digest import digests
 
@@ -101,6 +112,8 @@ class Dataset:
                 self.file_digests[path] = digest
         hasher = hashlib.sha256()
         hasher.update(json.dumps([self.name, list(self.classes)]).encode())
+        if self.generated:
+            hasher.update(b"generated")
         for rec in self.records:
             row = [rec.path, rec.label, rec.split, rec.group, list(rec.levels or ()),
                    self.file_digests.get(rec.path, "missing")]

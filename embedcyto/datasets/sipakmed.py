@@ -68,8 +68,9 @@ def _class_dirs(root: Path) -> dict[str, Path]:
     if missing:
         partly = f"missing {', '.join(missing)}; " if len(missing) < len(FOLDERS) else ""
         below = [d.name for d in present.values() if (d / FOLDERS[0]).is_dir()]
-        hint = (f"; did you mean --root {root / below[0]}?" if below else
-                ". Point --root at the folder that holds the five im_* class folders")
+        hint = (f"; did you mean `root={root / below[0]}`?" if below else
+                ". The root (`root=PATH`) must be the folder that holds the five im_* class "
+                "folders")
         raise DatasetError(
             f"{root} is not a SIPaKMeD root: expected folders {', '.join(FOLDERS)}; "
             f"{partly}found: {short_list(visible_names(root))}{hint}")

@@ -180,7 +180,7 @@ def _labels(rows: list[tuple[int, dict]], column: str, csv_path: Path) -> list[s
 def _check_missing(root: Path, missing: list[str], records: list[Record], on_bad_image: str):
     if missing and not records:
         raise DatasetError(f"none of the {len(missing)} images listed in the CSV exists under "
-                           f"{root} (e.g. {missing[0]}); check --root")
+                           f"{root} (e.g. {missing[0]}); check the root (`root=PATH`)")
     if missing and on_bad_image == "error":
         raise DatasetError(f"{len(missing)} image(s) listed in the CSV are missing under {root}: "
                            f"{short_list(missing, 5)}; restore them or use on_bad_image='skip'")

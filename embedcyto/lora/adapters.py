@@ -126,7 +126,7 @@ def save_adapter(model, directory: str | Path) -> Path:
 def _targets_of(names) -> tuple[str, ...]:
     """Recover the q/k/v/o targets from peft's list of layer names."""
     suffix = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "out_proj": "o", "proj": "o",
-              "o_proj": "o"}
+              "o_proj": "o", "query": "q", "key": "k", "value": "v", "dense": "o"}
     found = {suffix[n.rsplit(".", 1)[-1]] for n in names if n.rsplit(".", 1)[-1] in suffix}
     return tuple(t for t in TARGETS if t in found)
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from embedcyto import configs
+from embedcyto.datasets.records import DATASET_CLASSES
 from embedcyto.errors import LoraError
 from embedcyto.schedule import scaled_warmup
 
@@ -40,8 +41,9 @@ MIN_DEFAULT_ITERATIONS = 100
 RUNTIME_KEYS = ("device", "num_workers")
 #: Precisions of the frozen backbone (:func:`embedcyto.backbones.runtime.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16")
-#: The training label space meaning "the dataset's own classes" (``Dataset.classes``).
-DATASET_CLASSES = "classes"
+#: Classification heads: the study's trained linear layer, or the cosine classifier made from
+#: the model's own prompt-ensembled class text embeddings (CLIP-LoRA's; vision-language cards).
+HEADS = ("linear", "text")
 
 
 def _positive_int(name: str, value, *, allow_zero: bool = False) -> None:
@@ -149,6 +151,13 @@ class LoraRunConfig:
         precision: "auto", "fp32", "bf16" or "fp16": dtype of the frozen backbone weights, as
             in extraction (the trained parameters stay float32).
         num_workers: image decoding processes; None picks ``min(4, cpus - 1)``.
+        head: ``"linear"`` (the study's ``nn.Linear`` on the embedding, trained) or ``"text"``:
+            logits = s * cos(embedding, class text embedding), the class embeddings the
+            prompt-ensembled embeddings of the model's own text tower and s its learned logit
+            scale, both kept fixed (as CLIP-LoRA does; vision-language cards only).
+        text_lora: with ``head="text"``, LoRA on the text tower's attention too (same settings
+            as the image side), the class embeddings recomputed from the adapted text tower at
+            every step (CLIP-LoRA's default).
     """
 
     model: str
@@ -171,6 +180,8 @@ class LoraRunConfig:
     device: str = "auto"
     precision: str = "auto"
     num_workers: int | None = None
+    head: str = "linear"
+    text_lora: bool = False
 
     def __post_init__(self):
         if isinstance(self.settings, Mapping):
@@ -188,8 +199,8 @@ class LoraRunConfig:
             if getattr(self, name) is not None:
                 _positive_int(name, getattr(self, name), allow_zero=name == "warmup")
         if self.iterations is not None and self.epochs is not None:
-            raise LoraError("give either iterations or epochs, not both (--iterations or "
-                            "--epochs)")
+            raise LoraError("give either iterations or epochs, not both (`iterations=` or "
+                            "`epochs=`)")
         if str(self.precision).strip().lower() not in PRECISIONS:
             raise LoraError(f"unknown precision {self.precision!r}; use one of "
                             f"{', '.join(PRECISIONS)}")
@@ -198,10 +209,30 @@ class LoraRunConfig:
         if self.num_workers is not None:
             _positive_int("num_workers", self.num_workers, allow_zero=True)
         self._check_rates()
+        self._check_head()
+
+    def _check_head(self) -> None:
+        """``head="text"`` needs a card with a text tower; ``text_lora`` needs the text head."""
+        if self.head not in HEADS:
+            raise LoraError(f"unknown head {self.head!r}; choose `head=` from "
+                            f"{', '.join(HEADS)}")
+        if not isinstance(self.text_lora, bool):
+            raise LoraError(f"text_lora must be true or false, got {self.text_lora!r}")
+        if self.text_lora and self.head != "text":
+            raise LoraError("`text_lora=True` adapts the text tower that makes the text head: "
+                            "add `head=text` (or drop `text_lora=True`)")
+        if self.head == "text":
+            from embedcyto.backbones.text import has_text, text_cards
+
+            if not has_text(self.model):
+                raise LoraError(f"`head=text` needs a vision-language model, and {self.model!r} "
+                                f"has no text encoder; models with one: {', '.join(text_cards())}"
+                                " (or use `head=linear`)")
 
     def _check_amount(self) -> None:
         if self.shots is not None and self.fraction is not None:
-            raise LoraError("give either shots or fraction, not both (--shots or --fraction)")
+            raise LoraError("give either shots or fraction, not both (`shots=` or "
+                            "`fraction=`)")
         if self.shots is not None:
             _positive_int("shots", self.shots)
         if self.fraction is not None:
@@ -209,7 +240,7 @@ class LoraRunConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     math.isfinite(value) and 0 < value <= 100):
                 raise LoraError(f"fraction is a percentage in (0, 100], got {value!r}; "
-                                "e.g. --fraction 10 trains on 10% of each class")
+                                "e.g. `fraction=10` trains on 10% of each class")
             object.__setattr__(self, "fraction", float(value))
 
     def _check_rates(self) -> None:
@@ -225,18 +256,24 @@ class LoraRunConfig:
         if self.warmup is not None and self.iterations is not None \
                 and self.warmup >= self.iterations:
             raise LoraError(f"warmup ({self.warmup} steps) must be shorter than iterations "
-                            f"({self.iterations}); lower --warmup or raise --iterations")
+                            f"({self.iterations}); lower `warmup=` or raise `iterations=`")
 
     # -- names ---------------------------------------------------------------------------------
 
     @property
     def mode(self) -> str:
-        """``shots-K``, ``frac-P`` or ``all``: names the run folder and the exported features."""
+        """``shots-K``, ``frac-P`` or ``all``, followed by ``-texthead`` (text head) or
+        ``-textlora`` (text head and text LoRA): names the run folder and the exported
+        features, so runs with different heads never share a folder or a store."""
         if self.shots is not None:
-            return f"shots-{self.shots}"
-        if self.fraction is not None:
-            return f"frac-{_format_fraction(self.fraction)}"
-        return "all"
+            amount = f"shots-{self.shots}"
+        elif self.fraction is not None:
+            amount = f"frac-{_format_fraction(self.fraction)}"
+        else:
+            amount = "all"
+        if self.head == "text":
+            return f"{amount}-textlora" if self.text_lora else f"{amount}-texthead"
+        return amount
 
     @property
     def variant(self) -> str:
@@ -263,8 +300,8 @@ class LoraRunConfig:
             steps = max(MIN_DEFAULT_ITERATIONS, DEFAULT_EPOCHS * per_epoch)
         if self.warmup is not None and self.warmup >= steps:
             raise LoraError(f"warmup ({self.warmup} steps) must be shorter than the run's "
-                            f"{steps} iterations; lower --warmup (or leave it out: the default "
-                            "scales with the run) or raise --iterations")
+                            f"{steps} iterations; lower `warmup=` (or leave it out: the default "
+                            "scales with the run) or raise `iterations=`")
         return steps
 
     def resolved_warmup(self, iterations: int) -> int:

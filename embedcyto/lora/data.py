@@ -119,7 +119,7 @@ def select_rows(dataset: Dataset, config: LoraRunConfig) -> RunRows:
     _check_train_classes(dataset, train)
     if test.size == 0:
         raise LoraError(f"{dataset.name} has no test images: re-split it so that test is not "
-                        "empty (--ratios)")
+                        "empty (`ratios=`)")
     return RunRows(train=train, val=val, test=test)
 
 
@@ -154,7 +154,7 @@ def rank_bounds(size: int, world_size: int) -> list[tuple[int, int]]:
         raise LoraError(f"the number of ranks must be an integer >= 1, got {world_size!r}")
     if size < world_size:
         raise LoraError(f"a training step has {size} image(s), fewer than the {world_size} "
-                        "ranks: raise --batch-size (or train on more images) or start fewer "
+                        "ranks: raise `batch_size=` (or train on more images) or start fewer "
                         "ranks (torchrun --nproc-per-node)")
     base, extra = divmod(size, world_size)
     bounds, start = [], 0

@@ -95,7 +95,7 @@ def export_features(dataset: Dataset, run_dir, *, store_dir, split_dir=None, wei
                              embed_dim=info["card"]["embed_dim"], force=force)
     except StaleStoreError as err:
         raise LoraError(f"{path} holds features of another LoRA run or backbone ({err}); "
-                        "delete that file or export into another --store") from err
+                        "delete that file or export into another store folder (`store_dir=`)") from err
     with writer:
         result.resumed = writer.resumed_rows
         result.cache_hit = writer.is_cache_hit

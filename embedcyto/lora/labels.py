@@ -20,13 +20,12 @@ import dataclasses
 
 import numpy as np
 
+from embedcyto import study25
 from embedcyto.datasets.records import Dataset
 from embedcyto.errors import LoraError
 from embedcyto.lora.config import DATASET_CLASSES
+from embedcyto.study25 import STUDY25
 
-#: The study's 25-class HiCervix variant (see :mod:`embedcyto.datasets.hicervix_labels`).
-STUDY25 = "level_3_study25"
-_FINE, _MIDDLE = "level_3", "level_2"
 
 
 def class_map(dataset: Dataset, space: str) -> np.ndarray:
@@ -44,46 +43,33 @@ def class_map(dataset: Dataset, space: str) -> np.ndarray:
     valid = [DATASET_CLASSES, *dataset.level_maps]
     if STUDY25 in dataset.label_spaces:
         valid.append(STUDY25)
-    raise LoraError(f"{dataset.name} has no label space {space!r}; choose --label-space from "
+    raise LoraError(f"{dataset.name} has no label space {space!r}; choose `label_space=` from "
                     f"{', '.join(valid)}")
 
 
-def study25_map(level_maps, label_spaces) -> np.ndarray:
-    """Class -> study-25 class: the class's level-3 name if it has one, else its level-2 name.
+def _spaces(dataset: Dataset) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(space.classes) for name, space in dataset.label_spaces.items()}
 
-    That is the Dausort et al. label (the level-3 annotation if set, else the level-2 one):
-    official level 3 names a childless level-2 class (``Normal``) itself, and a level-2 class
-    with subtypes (``AGC-NOS``) has no level-3 name but is a study-25 class of its own.
-    """
-    names = label_spaces[STUDY25].classes
-    fine, middle = (np.asarray(level_maps[k], dtype=np.int64) for k in (_FINE, _MIDDLE))
-    out = np.full(fine.size, -1, dtype=np.int64)
-    for c in range(fine.size):
-        if fine[c] >= 0:
-            out[c] = names.index(label_spaces[_FINE].classes[fine[c]])
-        elif middle[c] >= 0:
-            out[c] = names.index(label_spaces[_MIDDLE].classes[middle[c]])
-    return out
+
+def study25_map(level_maps, label_spaces) -> np.ndarray:
+    """Class -> study-25 class (:func:`embedcyto.study25.study25_map`) for a dataset's
+    ``label_spaces`` (:class:`~embedcyto.datasets.records.LabelSpace` values)."""
+    return study25.study25_map(level_maps, {n: tuple(s.classes) for n, s in label_spaces.items()})
 
 
 def study25_truth(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
     """Each row's true study-25 class from its level labels (-1: labelled ``AGC`` only)."""
-    names = dataset.label_spaces[STUDY25].classes
-    fine_i, mid_i = (dataset.level_names.index(k) for k in (_FINE, _MIDDLE))
-    out = np.full(len(rows), -1, dtype=np.int64)
-    for n, row in enumerate(rows):
-        levels = dataset.records[int(row)].levels
-        if levels[fine_i] >= 0:
-            out[n] = names.index(dataset.label_spaces[_FINE].classes[levels[fine_i]])
-        elif levels[mid_i] >= 0:
-            out[n] = names.index(dataset.label_spaces[_MIDDLE].classes[levels[mid_i]])
-    return out
+    return study25.study25_truth(_levels(dataset, rows), dataset.level_names, _spaces(dataset))
+
+
+def _levels(dataset: Dataset, rows: np.ndarray) -> np.ndarray:
+    return np.array([dataset.records[int(r)].levels for r in rows],
+                    dtype=np.int64).reshape(len(rows), len(dataset.level_names))
 
 
 def has_study25(dataset: Dataset) -> bool:
     """Whether the study's 25-class accuracy can be computed (HiCervix-like datasets)."""
-    return STUDY25 in dataset.label_spaces and all(
-        k in dataset.level_maps and k in dataset.level_names for k in (_FINE, _MIDDLE))
+    return study25.has_study25(_spaces(dataset), dataset.level_maps, dataset.level_names)
 
 
 def training_view(dataset: Dataset, space: str) -> Dataset:
@@ -123,18 +109,7 @@ def _compose(mapping: np.ndarray, level_map: np.ndarray, n: int, space: str,
 
 
 def study25_metrics(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict:
-    """The study's flat 25-class accuracy (and its other metrics) from the run's predictions.
-
-    The probabilities of the trained classes are summed into the 25 classes (a class without a
-    study-25 name, ``AGC``, contributes nothing) and scored on the test rows that have a
-    study-25 label (7,644 of HiCervix's 8,051).
-    """
-    from embedcyto.metrics import classification_metrics, coarse_proba
-
-    truth = study25_truth(dataset, rows)
-    keep = truth >= 0
-    k = len(dataset.label_spaces[STUDY25].classes)
-    p = coarse_proba(proba[keep], study25_map(dataset.level_maps, dataset.label_spaces), k)
-    metrics = classification_metrics(truth[keep], p.argmax(axis=1), p, k)
-    metrics["n"] = int(keep.sum())
-    return metrics
+    """The study's flat 25-class accuracy (and its other metrics) of a run's test predictions
+    (:func:`embedcyto.study25.study25_metrics`; 7,644 of HiCervix's 8,051 test rows count)."""
+    return study25.study25_metrics(proba, _levels(dataset, rows), dataset.level_names,
+                                   dataset.level_maps, _spaces(dataset))

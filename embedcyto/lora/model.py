@@ -1,8 +1,10 @@
-"""The model a LoRA run trains: a LoRA-wrapped backbone followed by a linear head.
+"""The model a LoRA run trains: a LoRA-wrapped backbone followed by a head.
 
 Only the LoRA matrices and the head receive gradients; the backbone's own weights stay frozen
 (peft freezes them). The head sits on the card's embedding, the same vector the store holds, so
-the adapted features written back to the store are exactly what the head saw.
+the adapted features written back to the store are exactly what the head saw. The head is the
+study's linear layer, or (``head="text"``) the model's own text classifier
+(:mod:`embedcyto.lora.texthead`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ class LoraClassifier(nn.Module):
 
     Attributes:
         encoder: the peft model around an unfused copy of the backbone.
-        head: ``nn.Linear(embed_dim, n_classes)``.
+        head: ``nn.Linear(embed_dim, n_classes)``, or a text head
+            (:class:`embedcyto.lora.texthead.CosineHead`, ``TextLoraHead``); its parameters
+            are float32 whatever the backbone's precision.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Linear):
+    def __init__(self, encoder: nn.Module, head: nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
@@ -34,7 +38,7 @@ class LoraClassifier(nn.Module):
         return self.encoder(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(images).to(self.head.weight.dtype))
+        return self.head(self.embed(images).float())
 
 
 def make_head(embed_dim: int, n_classes: int, seed: int) -> nn.Linear:
@@ -50,13 +54,36 @@ def make_head(embed_dim: int, n_classes: int, seed: int) -> nn.Linear:
 
 def build_classifier(backbone: nn.Module, settings: LoraSettings, n_classes: int,
                      seed: int) -> LoraClassifier:
-    """LoRA on an unfused copy of ``backbone`` (left unchanged) plus a fresh head."""
+    """LoRA on an unfused copy of ``backbone`` (left unchanged) plus a fresh linear head."""
     if n_classes < 2:
         raise LoraError(f"a classifier needs at least 2 classes, the dataset has {n_classes}")
     encoder = apply_lora(backbone, settings)
     device = next(backbone.parameters()).device
     head = make_head(backbone.card.embed_dim, n_classes, seed).to(device)
     return LoraClassifier(encoder, head)
+
+
+def build_run_model(card, config, n_classes: int, device, dtype, inputs) -> LoraClassifier:
+    """The model a run trains: LoRA on the backbone, and the linear or text head.
+
+    ``inputs``: (weights path, its sha256, weights folder, class prompts of a text head). The
+    image side is built first, so its LoRA initialisation (drawn from the seeded global
+    generator) is the same whatever the head.
+    """
+    from embedcyto.backbones import build_backbone
+
+    wpath, sha, weights_dir, prompts = inputs
+    backbone = build_backbone(card, weights=wpath, random_init=wpath is None, device=device,
+                              dtype=dtype)
+    model = build_classifier(backbone, config.settings, n_classes, config.seed)
+    if config.head == "text":
+        from embedcyto.lora.texthead import build_text_head
+
+        model.head = build_text_head(card, prompts, config.settings,
+                                     text_lora=config.text_lora, weights_path=wpath,
+                                     weights_sha256=sha, weights_dir=weights_dir,
+                                     device=device, dtype=dtype)
+    return model
 
 
 def enable_grad_checkpointing(model: nn.Module) -> str:
@@ -83,10 +110,10 @@ def enable_grad_checkpointing(model: nn.Module) -> str:
                 switch(True)
             except (NotImplementedError, AssertionError) as err:
                 raise LoraError(f"{type(module).__name__} refused gradient checkpointing: "
-                                f"{err}; run without --grad-checkpointing") from err
+                                f"{err}; run without `grad_checkpointing=True`") from err
             return type(module).__name__
     raise LoraError("this backbone offers no gradient checkpointing; run without "
-                    "--grad-checkpointing")
+                    "`grad_checkpointing=True`")
 
 
 def _is_transformers_model(module: nn.Module) -> bool:
@@ -143,10 +170,15 @@ def load_classifier(run_dir, *, weights=None, weights_dir=None, device="cpu",
             raise LoraError(
                 f"the run in {run_dir} was trained on weights with sha256 "
                 f"{info['weights_sha256'][:12]}..., but {backbone.weights_path} has "
-                f"{str(backbone.weights_sha256)[:12]}...; pass --weights with the original file")
+                f"{str(backbone.weights_sha256)[:12]}...; pass the original file as `weights=PATH`")
     encoder = load_adapter(backbone, run_dir / runs.ADAPTER_DIR)
     state = load_file(str(run_dir / runs.HEAD_FILE))
-    head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-    head.load_state_dict(state)
+    if info["config"].get("head", "linear") == "text":
+        from embedcyto.lora.texthead import CosineHead
+
+        head = CosineHead(state["weight"], float(state["logit_scale"]))
+    else:
+        head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
+        head.load_state_dict(state)
     model = LoraClassifier(encoder, head.to(device))
     return model.eval()

@@ -4,7 +4,9 @@ Layout (``runs`` is ``./runs`` unless ``--runs DIR``)::
 
     runs/lora/<dataset>/<model>/<shots-K | frac-P | all>/seed-S/
         adapter/             peft safetensors + embedcyto_lora.json (save_adapter)
-        head.safetensors     the linear head
+        head.safetensors     the head: the linear layer, or the text head's class vectors
+                             and logit scale
+        text_adapter/        the text tower's adapter (``--text-lora`` runs only)
         config.json          the run config, the card, hashes of the support set, split, weights
         rows.json            image ids (and labels) of the train / val rows
         metrics.json         test metrics (per level for HiCervix), validation, timings
@@ -77,7 +79,7 @@ def read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
-        raise LoraError(f"cannot read {path}: {err}; run again with --rerun to redo the run") \
+        raise LoraError(f"cannot read {path}: {err}; run again with `rerun=True` to redo the run") \
             from err
 
 
@@ -108,6 +110,22 @@ def identity_differences(old: dict, new: dict) -> str:
     return what_differs(_settings(old), _settings(new))
 
 
+def _current(config: dict) -> dict:
+    """A recorded run config as today's :meth:`LoraRunConfig.identity`: settings added since it
+    was written take their defaults (which is what the run used), so an older finished run is
+    still recognised. A config that no longer reads is compared as written."""
+    try:
+        return LoraRunConfig.from_dict(config).identity()
+    except LoraError:
+        return config
+
+
+def _current_identity(identity: dict) -> dict:
+    if not isinstance(identity.get("config"), dict):
+        return identity
+    return {**identity, "config": _current(identity["config"])}
+
+
 def conflicts(runs_root: str | os.PathLike, configs: list[LoraRunConfig]) -> list[str]:
     """Finished runs in the folders of ``configs`` made with other settings, one line each
     naming the folder and only what differs (a quick check on the settings alone, made before
@@ -117,7 +135,7 @@ def conflicts(runs_root: str | os.PathLike, configs: list[LoraRunConfig]) -> lis
         path = run_dir(runs_root, config)
         if not is_complete(path):
             continue
-        old = read_json(path / CONFIG_FILE).get("identity", {}).get("config", {})
+        old = _current(read_json(path / CONFIG_FILE).get("identity", {}).get("config", {}))
         if old != config.identity():
             out.append(f"{path}: {what_differs(old, config.identity())}")
     return out
@@ -133,13 +151,13 @@ def check_existing(path: Path, identity: dict, rerun: bool) -> bool:
         return False
     if not is_complete(path):
         raise LoraError(f"{path} exists but is not a finished run (no {COMPLETE} marker); "
-                        "remove it or pass --rerun to replace it")
-    old = read_json(path / CONFIG_FILE).get("identity", {})
+                        "remove it or pass `rerun=True` to replace it")
+    old = _current_identity(read_json(path / CONFIG_FILE).get("identity", {}))
     if old == identity:
         return True
     raise LoraError(f"{path} holds a finished run made with other inputs "
-                    f"({identity_differences(old, identity)}); pass --rerun to replace it, or --runs "
-                    "DIR to keep both")
+                    f"({identity_differences(old, identity)}); pass `rerun=True` to replace it, or "
+                    "`runs_dir=DIR` to keep both")
 
 
 def clean_leftovers(path: Path) -> list[Path]:
@@ -222,30 +240,41 @@ def _fsync_tree(folder: Path) -> None:
 # -- what a run folder holds ------------------------------------------------------------------
 
 def run_identity(dataset, config: LoraRunConfig, card, weights_sha256, split_hash,
-                 train_ids) -> dict:
+                 train_ids, prompts_sha256: str | None = None) -> dict:
     """What decides a run's result; a finished run is reused only when this matches.
 
-    ``train_ids`` are the training images' paths. The number of ranks is not part of it: a
-    distributed run gives a single process's result.
+    ``train_ids`` are the training images' paths; ``prompts_sha256`` the digest of the class
+    prompts of a text head (other prompts, another run). The number of ranks is not part of
+    it: a distributed run gives a single process's result.
     """
     train_ids = sorted(train_ids)
-    return {"config": config.identity(), "card": card.identity_dict(),
-            "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
-            "dataset_fingerprint": dataset.fingerprint(),
-            "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
+    out = {"config": config.identity(), "card": card.identity_dict(),
+           "weights_sha256": weights_sha256 or "random-init", "split_hash": split_hash,
+           "dataset_fingerprint": dataset.fingerprint(),
+           "train_ids_sha256": hashlib.sha256("\n".join(train_ids).encode()).hexdigest()}
+    if prompts_sha256 is not None:
+        out["prompts_sha256"] = prompts_sha256
+    return out
 
 
 def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device, dtype, wpath,
              model, ckpt_module) -> dict:
     """The content of ``config.json``: settings, identity, what was resolved, parameter counts."""
+    from embedcyto.lora.adapters import expected_lora_parameters
+    from embedcyto.lora.texthead import expected_text_lora, head_parameters
     from embedcyto.store.provenance import library_versions
-    from embedcyto.lora.adapters import expected_lora_parameters, trainable_parameters
 
-    lora = sum(p.numel() for n, p in model.encoder.named_parameters() if p.requires_grad)
+    counts = head_parameters(model)
+    rank, targets = config.settings.rank, config.settings.targets
+    expected = None
+    if card.width:
+        expected = (expected_lora_parameters(card.width, card.depth, rank, len(targets))
+                    + expected_text_lora(model, rank, targets))
     return {
         "config": config.to_dict(), "identity": identity, "card": card.to_dict(),
         "support_ids_sha256": identity["train_ids_sha256"],
         "weights_sha256": identity["weights_sha256"],
+        "generated_data": bool(dataset.generated),
         "weights_path": str(wpath) if wpath else None,
         "dataset": {"name": dataset.name, "adapter": dataset.adapter, "root": str(dataset.root),
                     "classes": list(dataset.classes)},
@@ -254,10 +283,8 @@ def run_info(dataset, config: LoraRunConfig, card, identity, iterations, device,
                      "eval_every": config.resolved_eval_every(iterations),
                      "device": str(device), "precision": str(dtype).replace("torch.", ""),
                      "grad_checkpointing_module": ckpt_module},
-        "parameters": {"trainable": trainable_parameters(model), "lora": lora,
-                       "lora_expected": expected_lora_parameters(
-                           card.width, card.depth, config.settings.rank,
-                           len(config.settings.targets)) if card.width else None},
+        "parameters": {**counts, "lora": counts["lora_image"] + counts["lora_text"],
+                       "lora_expected": expected},
         "versions": library_versions(),
     }
 
@@ -275,8 +302,14 @@ def save_outputs(folder: Path, model, dataset, rows, proba: np.ndarray,
                 "labels": [int(dataset.records[i].label) for i in idx]}
 
     save_adapter(model.encoder, folder / ADAPTER_DIR)
-    head = {k: v.detach().float().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    save_file(head, str(folder / HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
+    head = model.head
+    if hasattr(head, "cosine_head"):  # --text-lora: the adapted text side, and its classifier
+        from embedcyto.lora.texthead import TEXT_ADAPTER_DIR
+
+        save_adapter(head.text, folder / TEXT_ADAPTER_DIR)
+        head = head.cosine_head()
+    state = {k: v.detach().float().cpu().contiguous() for k, v in head.state_dict().items()}
+    save_file(state, str(folder / HEAD_FILE), metadata={"format": "embedcyto-lora-head"})
     write_json(folder / ROWS_FILE, {"train": part(rows.train), "val": part(rows.val),
                                     "n_test": int(len(rows.test))})
     test, val = part(rows.test), part(rows.val)

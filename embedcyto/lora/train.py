@@ -51,6 +51,7 @@ from embedcyto.lora.data import (
     select_rows,
 )
 from embedcyto.lora.labels import has_study25, study25_metrics, training_view
+from embedcyto.study25 import RESULT_KEY
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ def _raise_read_errors(errors: list[str], dataset: Dataset) -> None:
     if bad:
         path, _, reason = bad[0].partition(": ")
         raise ImageReadError(dataset.root / path, f"{reason}; replace the file, or read the "
-                             "dataset with --on-bad-image skip to leave it out")
+                             "dataset with `on_bad_image='skip'` to leave it out")
 
 
 def predict_proba(model: LoraClassifier, dataset: Dataset, rows: np.ndarray, *,
@@ -144,7 +145,7 @@ def score(dataset: Dataset, rows: np.ndarray, proba: np.ndarray) -> dict[str, An
         out["levels"] = hierarchical_metrics(proba, levels, dataset.level_maps,
                                              dataset.level_names, sizes)
     if has_study25(dataset):
-        out["study25"] = study25_metrics(dataset, rows, proba)
+        out[RESULT_KEY] = study25_metrics(dataset, rows, proba)
     return out
 
 
@@ -221,14 +222,16 @@ def _fit(model, dataset, rows: RunRows, config: LoraRunConfig, iterations: int, 
     net = team.wrap(model, device)
     losses, start = [], time.perf_counter()
     model.train()
-    with _log_writer(log_path) as write, team.global_dropout(model), tqdm(
+    # Only the image side's dropout sees this rank's slice of the batch; the text side (a
+    # --text-lora head) embeds the same prompts on every rank and draws its own masks.
+    with _log_writer(log_path) as write, team.global_dropout(model.encoder), tqdm(
             total=iterations, disable=not progress, unit="step", leave=False) as bar:
         for step, (images, labels, errors) in enumerate(loader, start=1):
             lr_now = optimizer.param_groups[0]["lr"]
             loss, value = _step_loss(net, images, labels, errors, dataset, device, team)
             if not np.isfinite(value):
-                raise LoraError(f"the training loss became {value} at step {step}; lower --lr "
-                                "or use --precision fp32")
+                raise LoraError(f"the training loss became {value} at step {step}; lower `lr=` "
+                                "or use `precision='fp32'`")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -271,7 +274,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
                weights: str | os.PathLike | None = None,
                weights_dir: str | os.PathLike | None = None, random_init: bool = False,
                rerun: bool = False, progress: bool = False,
-               ranks: Ranks | None = None) -> LoraResult:
+               ranks: Ranks | None = None,
+               prompts_file: str | os.PathLike | None = None) -> LoraResult:
     """Fine-tune ``config.model`` with LoRA on ``dataset`` and write its run folder.
 
     Args:
@@ -286,6 +290,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
             every rank trains its slice of each batch (:mod:`embedcyto.lora.ddp`), rank 0
             alone validates, tests and writes the run folder, and every rank returns the same
             result. ``config.device`` is this rank's device.
+        prompts_file: class phrases and templates of a text head (``config.head == "text"``),
+            laid over the prompts shipped for the dataset (:mod:`embedcyto.prompts`).
 
     Returns:
         The run folder and its metrics; ``skipped`` when an identical run was already done.
@@ -310,15 +316,22 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
     rows = select_rows(view, config)
     iterations = config.resolved_iterations(len(rows.train))
     if config.best_val and len(rows.val) == 0:
-        raise LoraError(f"{dataset.name} has no validation images, so --best-val cannot pick a "
-                        "step; drop --best-val or re-split with a validation part (--ratios)")
+        raise LoraError(f"{dataset.name} has no validation images, so `best_val=True` cannot "
+                        "pick a step; drop `best_val=True` or re-split with a validation part "
+                        "(`ratios=`)")
     team = make_team(ranks, min(config.batch_size, len(rows.train)))
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     wpath, sha = resolve_model_weights(card, weights, weights_dir, random_init=random_init)
+    prompts = None
+    if config.head == "text":
+        from embedcyto.lora.texthead import run_prompts
+
+        prompts = run_prompts(view, dataset, prompts_file)
     identity = runs.run_identity(dataset, config, card, sha,
                                  dataset_split_hash(dataset, split_dir),
-                                 [view.records[i].path for i in rows.train])
+                                 [view.records[i].path for i in rows.train],
+                                 prompts.digest() if prompts is not None else None)
     final = runs.run_dir(runs.default_runs_dir(runs_dir), config)
     done = team.from_rank0(lambda: _finished(final, identity, rerun))
     if done is not None:
@@ -329,7 +342,8 @@ def train_lora(dataset: Dataset, config: LoraRunConfig, *,
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.seed)
             metrics = _train_and_test(view, config, card, rows, iterations, device, dtype,
-                                      wpath, identity, stage.tmp if stage else None,
+                                      (wpath, sha, weights_dir, prompts), identity,
+                                      stage.tmp if stage else None,
                                       progress and team.is_main, team)
         team.from_rank0(lambda: stage.publish())
     return LoraResult(final, config, metrics, seconds=time.perf_counter() - start)
@@ -344,28 +358,29 @@ def _finished(final: Path, identity: dict, rerun: bool) -> dict | None:
     return None
 
 
-def _train_and_test(dataset, config, card, rows, iterations, device, dtype, wpath, identity,
+def _train_and_test(dataset, config, card, rows, iterations, device, dtype, inputs, identity,
                     folder: Path | None, progress: bool, team: Team) -> dict:
     """Build, train, test and save everything into ``folder`` (the staging folder).
 
+    ``inputs``: (weights path, its sha256, weights folder, class prompts of a text head).
     Under torchrun every rank builds and trains; rank 0 (whose ``folder`` is the staging
     folder; the others get None) writes the files, tests, and shares the metrics.
     """
-    from embedcyto.backbones import build_backbone
-    from embedcyto.lora.model import build_classifier, enable_grad_checkpointing
+    from embedcyto.lora.model import build_run_model, enable_grad_checkpointing
 
     def build():
-        model = build_classifier(build_backbone(card, weights=wpath, random_init=wpath is None,
-                                                 device=device, dtype=dtype), config.settings,
-                                 len(dataset.classes), config.seed)
+        model = build_run_model(card, config, len(dataset.classes), device, dtype, inputs)
         ckpt = enable_grad_checkpointing(model.encoder) if config.grad_checkpointing else None
         return model, ckpt
 
     model, ckpt = team.together(build)
     if folder is not None:
-        info = runs.run_info(dataset, config, card, identity, iterations, device, dtype, wpath,
-                             model, ckpt)
+        info = runs.run_info(dataset, config, card, identity, iterations, device, dtype,
+                             inputs[0], model, ckpt)
         info["resolved"]["world_size"] = team.world_size
+        if inputs[3] is not None:
+            info["prompts"] = {**inputs[3].to_dict(), "sha256": inputs[3].digest()}
+            info["text_tokenizer"] = getattr(model.head, "tokenizer_id", None)
         runs.write_json(folder / runs.CONFIG_FILE, info)
     fit = _fit(model, dataset, rows, config, iterations, device, dtype,
                None if folder is None else folder / runs.LOG_FILE, progress, team)

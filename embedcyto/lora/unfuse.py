@@ -16,7 +16,9 @@ equivalent module that owns one ``nn.Linear`` per projection, which peft can the
 Module names after unfusing, per target: q = ``...attn.q_proj`` / ``...attn.qkv.q_proj``,
 k and v likewise, o = ``...attn.out_proj`` (open_clip) / ``...attn.proj`` (timm).
 transformers models need no unfusing: their attention already owns ``q_proj``, ``k_proj``,
-``v_proj`` and ``o_proj`` (CLIP: ``out_proj``), which are targeted as they are.
+``v_proj`` and ``o_proj`` (CLIP: ``out_proj``), which are targeted as they are; BERT (the text
+tower of BiomedCLIP) names them ``attention.self.query``, ``.key``, ``.value`` and
+``attention.output.dense``.
 """
 
 from __future__ import annotations
@@ -214,6 +216,17 @@ def _separate_projections(module: nn.Module) -> dict[str, str] | None:
     return None
 
 
+def _bert_projections(module: nn.Module) -> dict[str, str] | None:
+    """q/k/v/o names inside a transformers BERT attention (``self.query``, ``self.key``,
+    ``self.value``, ``output.dense``), or None for any other module."""
+    names = {"q": "self.query", "k": "self.key", "v": "self.value", "o": "output.dense"}
+    try:
+        layers = [module.get_submodule(n) for n in names.values()]
+    except AttributeError:
+        return None
+    return names if all(isinstance(layer, nn.Linear) for layer in layers) else None
+
+
 def target_module_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
     """Full names of the linear layers for ``targets`` (subset of q, k, v, o) in an unfused model.
 
@@ -231,7 +244,7 @@ def target_module_names(model: nn.Module, targets: tuple[str, ...]) -> list[str]
         elif isinstance(getattr(module, "qkv", None), SplitQKV):
             parts = {"q": "qkv.q_proj", "k": "qkv.k_proj", "v": "qkv.v_proj", "o": "proj"}
             names += [_join(name, parts[t]) for t in targets]
-        elif (parts := _separate_projections(module)) is not None:
+        elif (parts := _separate_projections(module) or _bert_projections(module)) is not None:
             names += [_join(name, parts[t]) for t in targets]
     if not names:
         raise LoraError("no unfused attention found: call unfuse_attention(model) first")

@@ -73,7 +73,7 @@ def _check_validation(path: Path, features, methods: Sequence[str]) -> None:
         raise ProbeError(
             f"{path} has no validation rows, which {', '.join(needing)} need to choose their "
             "hyper-parameter: re-split the dataset with a validation share and extract again, "
-            f"or probe with --methods {rest}")
+            f"or probe with `methods={rest}`")
 
 
 def inspect_stores(store_dir: Path, dataset: str, models: Sequence[str],

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from embedcyto import study25
 from embedcyto.errors import ProbeError
 from embedcyto.metrics import classification_metrics, hierarchical_metrics, mean_ci
 from embedcyto.predictions import PENDING
@@ -52,7 +53,7 @@ def check_finite(X, ids, where: str) -> None:
             raise ProbeError(
                 f"{where}: {rows.size} row(s) hold {what} feature values ({shown}"
                 f"{', ...' if rows.size > 5 else ''}); no probe can use them: re-extract the "
-                "store (`embedcyto extract --force`) or leave those images out")
+                "store (`embedcyto extract` with `force=True`) or leave those images out")
 
 
 def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
@@ -120,6 +121,11 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     if _has_levels(features):
         row["levels"] = hierarchical_metrics(proba, test["levels"], features.level_maps,
                                              features.level_names, _level_sizes(features))
+        if study25.has_study25(features.label_spaces, features.level_maps,
+                               features.level_names):  # the paper's HiCervix number
+            row[study25.RESULT_KEY] = study25.study25_metrics(
+                proba, test["levels"], features.level_names, features.level_maps,
+                features.label_spaces)
     row["seconds"] = round(time.perf_counter() - start, 3)
     row[PENDING] = _kept(features, test, proba, val, est)
     return row

@@ -75,8 +75,9 @@ class ProbeGridConfig:
         backend: joblib backend: "loky" (default), "threading", "dask" or "ray" (see
             :mod:`embedcyto.parallel`); results do not depend on it.
         scheduler: Dask or Ray cluster address; None starts a local cluster.
-        prompts: JSON file of class phrases and templates for the text methods (default: the
-            prompts shipped for the dataset, see docs/text.md).
+        prompts: JSON file of class phrases and templates for the text methods, or a mapping
+            dataset name -> file (a workspace's per-dataset prompts); default: the prompts
+            shipped for the dataset, see docs/text.md.
         weights_dir: where text towers' weights and tokenizers are looked for (default:
             ``EMBEDCYTO_WEIGHTS``); the store's own weights file is tried first.
     """
@@ -94,7 +95,7 @@ class ProbeGridConfig:
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     backend: str | None = None
     scheduler: str | None = None
-    prompts: str | Path | None = None
+    prompts: str | Path | Mapping[str, str | Path] | None = None
     weights_dir: str | Path | None = None
 
     def __post_init__(self) -> None:
@@ -118,6 +119,12 @@ class ProbeGridConfig:
             raise ProbeError(f"give at least one seed, each 0 or more; got {list(self.seeds)}")
         if int(self.episodes) < 1 and any(s.episodic for s in specs):
             raise ProbeError(f"episodes must be at least 1, got {self.episodes}")
+
+    def prompts_for(self, dataset: str) -> str | Path | None:
+        """The prompts file of one dataset's text methods (None: the shipped prompts)."""
+        if isinstance(self.prompts, Mapping):
+            return self.prompts.get(dataset)
+        return self.prompts
 
     @property
     def shot_grid(self) -> tuple[int, ...]:
@@ -197,7 +204,8 @@ def _models_for(store_dir: Path, dataset: str,
         log.warning("skipping a damaged store %s: %s", skip.path, skip.problem)
     if not complete and not damaged:
         raise ProbeError(f"no complete feature store for dataset {dataset!r} in {store_dir}; "
-                         f"run `embedcyto extract --dataset {dataset} --model NAME` first")
+                         f"run `embedcyto extract` with `dataset={dataset}` and `model=NAME` "
+                         "first")
     return complete, damaged
 
 
@@ -208,7 +216,7 @@ def _datasets_in(store_dir: Path) -> list[str]:
                     if s.state in ("complete", "damaged")})
     if not names:
         raise ProbeError(f"no complete feature store in {store_dir}; run `embedcyto extract` "
-                         "first or point --store at the folder holding the stores")
+                         "first, or give the folder holding the stores (`store_dir=`)")
     return names
 
 
@@ -233,17 +241,20 @@ def plan_tasks(dataset: str, model: str, methods: Sequence[str], shots: Sequence
 
 
 def _run_unit(path: Path, method: str, runs, episodes: int, options: Mapping[str, Any]):
-    """Worker body: load one store, evaluate one method; return (store identity, rows).
+    """Worker body: load one store, evaluate one method; return (store stamp, rows).
 
-    The identity comes from the same open that read the features, so a row is bound to the
-    data it was computed on even if the store is rebuilt while the grid runs.
+    The stamp (the store's identity and whether its images were generated) comes from the same
+    open that read the features, so a row is bound to the data it was computed on even if the
+    store is rebuilt while the grid runs.
     """
     from embedcyto.probes.evaluate import evaluate_unit
     from embedcyto.store import load_features
+    from embedcyto.store.provenance import GENERATED_DATA, is_generated_data
 
     features = load_features(path)
-    return (store_identity(features.provenance),
-            evaluate_unit(features, method, runs, episodes, options))
+    stamp = {"store_identity": store_identity(features.provenance),
+             GENERATED_DATA: is_generated_data(features.provenance)}
+    return stamp, evaluate_unit(features, method, runs, episodes, options)
 
 
 def _deterministic(method: str) -> bool:
@@ -269,10 +280,10 @@ def _units(tasks: Sequence[ProbeTask], stores, done: set[str], rerun: bool):
     return list(units.values())
 
 
-def _rows_of(unit: dict, identity: str, results: list[dict]) -> list[dict]:
+def _rows_of(unit: dict, stamp: dict, results: list[dict]) -> list[dict]:
     from embedcyto import __version__
 
-    if identity != unit["identity"]:
+    if stamp["store_identity"] != unit["identity"]:
         log.warning("%s changed while probing (re-extracted?): its rows are recorded with the "
                     "identity of the store that was actually read", unit["path"])
     by_run = dict(zip(unit["runs"], results))
@@ -280,7 +291,7 @@ def _rows_of(unit: dict, identity: str, results: list[dict]) -> list[dict]:
     for task in unit["tasks"]:
         deterministic = _deterministic(task.method)
         result = by_run[(task.shots, None if deterministic else task.seed)]
-        rows.append({**task.key(), "store_identity": identity,
+        rows.append({**task.key(), **stamp,
                      "store_path": str(unit["path"]), "deterministic": deterministic,
                      "embedcyto_version": __version__, **result})
     return rows
@@ -310,13 +321,14 @@ def _plan(config: ProbeGridConfig,
     for check in checks:
         for model, info in check.stores.items():
             stores[(check.dataset, model)] = info
-            methods, options = prepare_text_methods(info[0], model, config)
+            methods, options = prepare_text_methods(info[0], model, config, check.dataset)
             tasks += plan_tasks(check.dataset, model, methods, shots[check.dataset],
                                 config.seeds, options)
     return tasks, stores, tuple(skipped)
 
 
-def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
+def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig,
+                         dataset: str | None = None):
     """The methods to run on one store and their options: text methods are dropped (with a
     warning) for a model without a text encoder; otherwise the store's class text embeddings
     are computed or reused now, in this process, and their prompts' digest is added to the
@@ -333,7 +345,7 @@ def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig):
     from embedcyto.store import load_features
     from embedcyto.textembed import ensure_text_embeddings
 
-    entry = ensure_text_embeddings(load_features(path), prompts_file=config.prompts,
+    entry = ensure_text_embeddings(load_features(path), prompts_file=config.prompts_for(dataset),
                                    weights_dir=config.weights_dir)["classes"]
     options = {m: dict(o) for m, o in config.options.items()}
     for method in text:
@@ -374,9 +386,9 @@ def run_probe_grid(config: ProbeGridConfig) -> GridRows:
         if units:  # no cluster is started when every row is already there
             n_jobs = stack.enter_context(joblib_backend(config.backend, n_jobs=n_jobs,
                                                         scheduler=config.scheduler))
-        for unit, (identity, results) in zip(units, Parallel(n_jobs=n_jobs,
-                                                             return_as="generator")(jobs)):
-            new = keep_row_predictions(folder, _rows_of(unit, identity, results))
+        for unit, (stamp, results) in zip(units, Parallel(n_jobs=n_jobs,
+                                                          return_as="generator")(jobs)):
+            new = keep_row_predictions(folder, _rows_of(unit, stamp, results))
             merged = merge_rows(results_file(folder, unit["tasks"][0].dataset), new)
             keys = {row_key(r) for r in new}
             computed.update((task_key(r), r) for r in merged if row_key(r) in keys)

@@ -33,7 +33,7 @@ def text_inputs(features, *, with_val: bool = False) -> dict[str, Any]:
         raise ProbeError(
             f"{features.path} has no class text embeddings for its classes; text-aware methods "
             "need a vision-language model's store, and `embedcyto probe` computes them first "
-            "(pass --weights-dir where its weights and tokenizer are)")
+            "(pass `weights_dir=` where its weights and tokenizer are)")
     out: dict[str, Any] = {"text": np.asarray(entry.embeddings), "logit_scale": entry.logit_scale}
     if with_val:
         mask = np.asarray(features.splits) == "val"

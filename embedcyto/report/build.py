@@ -28,6 +28,7 @@ from embedcyto.report.figures import (
     stamp_warning,
 )
 from embedcyto.report.records import (
+    GENERATED_DATA,
     LEVELS,
     LORA,
     VAL_ACCURACY,
@@ -111,6 +112,22 @@ def random_weights_warning(records: list[dict]) -> str | None:
             "real model")
 
 
+def generated_data_warning(records: list[dict]) -> str | None:
+    """The warning every table and figure with numbers from generated images carries, or None
+    (whatever the weights: a real model scored on drawn cells says nothing about real ones)."""
+    generated = agg.dataset_order({r["dataset"] for r in records if r.get(GENERATED_DATA)})
+    if not generated:
+        return None
+    return (f"generated data ({', '.join(generated)}): computed on images drawn by a program, "
+            "not real cells; their numbers say nothing about any real dataset")
+
+
+def data_warning(records: list[dict]) -> str | None:
+    """Every warning that applies to ``records`` (random weights, generated data), or None."""
+    found = [w for w in (random_weights_warning(records), generated_data_warning(records)) if w]
+    return "; ".join(found) or None
+
+
 def _val_table(records: list[dict], method: str) -> agg.Table:
     table = agg.model_dataset_table(records, method, VAL_ACCURACY)
     missing = any(r[VAL_ACCURACY] is None for r in records
@@ -134,8 +151,8 @@ def draw_figures(records: list[dict], figures_dir: Path,
                  paper_table1=None) -> list[FigureSummary]:
     """The Experiment 2 figure of every dataset with few-shot results (with the study's
     published full-data value of each model, where shipped), and the Experiment 3 figure of
-    every dataset with fraction runs; each carries the random-weights warning of the records it
-    draws."""
+    every dataset with fraction runs; each carries the warnings (random weights, generated data)
+    of the records it draws."""
     from embedcyto.metrics import HIERSWIN
 
     out = []
@@ -148,7 +165,7 @@ def draw_figures(records: list[dict], figures_dir: Path,
         drawn = [r for r in records if r["dataset"] == dataset]
         out.append(plot_shot_curves(curves, refs, f"{label}: accuracy vs shots per class",
                                     figures_dir / f"fewshot_{dataset}.png",
-                                    warning=random_weights_warning(drawn)))
+                                    warning=data_warning(drawn)))
     fractions = {r["dataset"] for r in records if r["method"] == LORA
                  and r["fraction"] is not None}
     for dataset in agg.dataset_order(fractions):
@@ -163,7 +180,7 @@ def draw_figures(records: list[dict], figures_dir: Path,
         out.append(plot_fraction_curves(by_level, reference,
                                         f"{label}: LoRA accuracy vs training data used",
                                         figures_dir / f"fractions_{dataset}.png",
-                                        warning=random_weights_warning(chosen)))
+                                        warning=data_warning(chosen)))
     return out
 
 
@@ -202,6 +219,9 @@ def _markdown(result: ReportResult, results_dir, runs_dir, records: list[dict]) 
     if random:
         lines += [(f"**Random-weight models ({', '.join(random)}): their numbers say nothing "
                    "about any real model.**"), ""]
+    generated = generated_data_warning(records)
+    if generated:
+        lines += [f"**{generated[0].upper()}{generated[1:]}.**", ""]
     if result.notes:
         lines += [f"- {note}" for note in result.notes] + [""]
     if result.skipped:
@@ -279,7 +299,7 @@ def build_report(results_dir=None, runs_dir=None, out_dir=None, *,
     result.sections = ((["## Which model?", ""] + which if which else []) +
                        (["## Per class and calibration", ""] + diagnostics if diagnostics else []))
     result.csv_files.update({p.stem: p for p in written})
-    warning = random_weights_warning(records)
+    warning = data_warning(records)
     result.figures += [stamp_warning(f, warning) for f in figures] if warning else figures
     result.skipped += skipped
     result.markdown.write_text(_markdown(result, results_dir, runs_dir, records),

@@ -8,7 +8,8 @@ is normalised here into a *record*, a plain dict with the same keys whatever its
     dataset, model, method, shots (int | None), fraction (float | None), seed (int | None),
     accuracy, balanced_accuracy, macro_f1 (fractions in [0, 1]),
     levels ({"level_1": acc, ..., "average": acc, and "study25": the study's flat 25-class
-        accuracy where it was computed; or None), variant (str), source (str)
+        accuracy where it was computed; or None), variant (str), source (str),
+    generated_data (bool: computed on generated images)
 
 ``method`` is a probe method (a row of :mod:`embedcyto.probes.registry`) or "lora".
 ``variant`` is a canonical JSON of the settings that change a result without being part
@@ -25,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedcyto.errors import ReportError
-from embedcyto.lora.config import RUNTIME_KEYS
+from embedcyto import study25
+from embedcyto.errors import LoraError, ReportError
+from embedcyto.lora.config import RUNTIME_KEYS, LoraRunConfig
 from embedcyto.lora.runs import COMPLETE, CONFIG_FILE, METRICS_FILE, RUN_GLOB, RUNS_SUBDIR
 from embedcyto.probes.registry import HEADLINE_METRICS
 
@@ -34,8 +36,11 @@ METRICS = tuple(HEADLINE_METRICS)
 VAL_ACCURACY = "val_accuracy"  # full-data probes: the kept model's accuracy on validation
 LEVELS = ("level_1", "level_2", "level_3", "average")
 #: The study's flat 25-class HiCervix accuracy, kept beside the official levels of a record.
-STUDY25 = "study25"
+STUDY25 = study25.RESULT_KEY
 LORA = "lora"
+#: True when a record's numbers come from generated images (a fixture or the demo's data);
+#: rows and runs written before embedcyto recorded it read as real data.
+GENERATED_DATA = "generated_data"
 #: LoRA config fields that place a run in the grid or say where it executed; the others are
 #: the settings that name a variant.
 _LORA_RUNTIME = {"model", "dataset", "shots", "fraction", "seed", *RUNTIME_KEYS}
@@ -70,6 +75,13 @@ def _levels(levels: Mapping | None, where: str) -> dict[str, float] | None:
     return out
 
 
+def _add_study25(record: dict, found: Mapping, where: str) -> None:
+    """The study's flat 25-class accuracy, kept beside the levels it was computed from."""
+    if record["levels"] is not None and isinstance(found.get(STUDY25), Mapping):
+        record["levels"][STUDY25] = _number(found[STUDY25].get("accuracy"),
+                                            f"{where} {STUDY25}.accuracy")
+
+
 def _canonical(data: Mapping) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
@@ -94,11 +106,13 @@ def probe_record(row: Mapping[str, Any], source: str = "") -> dict:
             raise ReportError(f"{where}: no {name} in its metrics")
         record[name] = _number(metrics[name], f"{where} {name}")
     record["levels"] = _levels(row.get("levels"), where)
+    _add_study25(record, row, where)
     val = row.get("val_metrics") or {}
     record[VAL_ACCURACY] = _number(val["accuracy"], f"{where} val_metrics") if "accuracy" in val \
         else None
     record["variant"] = _canonical(row.get("options") or {})
     record["source"] = source
+    record[GENERATED_DATA] = row.get(GENERATED_DATA) is True
     return record
 
 
@@ -113,7 +127,7 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     test = metrics.get("test")
     if run is None or not isinstance(test, Mapping):
         raise ReportError(f"{where}: config.json has no 'config' or metrics.json no 'test' "
-                          "entry; rerun it with `embedcyto lora --rerun`")
+                          "entry; rerun it with `embedcyto lora` and `rerun=True`")
     try:
         record = {"dataset": str(run["dataset"]), "model": str(run["model"]), "method": LORA,
                   "shots": run.get("shots"), "fraction": run.get("fraction"),
@@ -123,12 +137,15 @@ def lora_record(config: Mapping[str, Any], metrics: Mapping[str, Any], source: s
     for name in METRICS:
         record[name] = _number(test.get(name), f"{where} test.{name}")
     record["levels"] = _levels(metrics.get("levels"), where)
-    if record["levels"] is not None and isinstance(metrics.get(STUDY25), Mapping):
-        record["levels"][STUDY25] = _number(metrics[STUDY25].get("accuracy"),
-                                            f"{where} {STUDY25}.accuracy")
+    _add_study25(record, metrics, where)
     record[VAL_ACCURACY] = None
+    try:  # settings added since the run was written take their defaults (what it used)
+        run = LoraRunConfig.from_dict(run).to_dict()
+    except LoraError:
+        pass
     record["variant"] = _canonical({k: v for k, v in run.items() if k not in _LORA_RUNTIME})
     record["source"] = source
+    record[GENERATED_DATA] = config.get(GENERATED_DATA) is True
     return record
 
 
@@ -161,7 +178,7 @@ def _read(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise ReportError(f"cannot read {path} ({err}); rerun that LoRA run with "
-                          "`embedcyto lora --rerun`") from err
+                          "`embedcyto lora` and `rerun=True`") from err
     if not isinstance(data, dict):
         raise ReportError(f"{path} does not hold a JSON object")
     return data

@@ -25,7 +25,7 @@ def _parquet_table(feats):
         import pyarrow as pa
     except ImportError as err:
         raise StoreError("parquet export needs pyarrow: `pip install pyarrow` (or "
-                         "`pip install embedcyto[parquet]`), or export --format npz or csv") \
+                         "`pip install embedcyto[parquet]`), or export as `fmt=npz` or `fmt=csv`") \
             from err
     classes = np.array(list(feats.classes) + [""], dtype=str)
     labels = np.asarray(feats.labels)
@@ -84,7 +84,7 @@ def export_all(store_dir: str | os.PathLike, out_dir: str | os.PathLike, fmt: st
     existing = [str(t) for _, t in targets if t.exists()]
     if existing and not overwrite:
         raise StoreError(f"{len(existing)} file(s) already exist (e.g. {existing[0]}); pass "
-                         "--overwrite to replace them or choose another --out")
+                         "`overwrite=True` to replace them or choose another `out_dir=`")
     written = []
     for info, target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -204,15 +204,15 @@ def missing_store_message(path: Path) -> str:
     if shards.is_dir():
         return (
             f"{path} is not merged yet: its shards are in {shards}; once every shard has "
-            f"finished, run `embedcyto store merge --dataset {path.parent.name} --model "
-            f"{path.stem} --store {path.parent.parent}`"
+            f"finished, merge them with `embedcyto store merge` and `dataset={path.parent.name}`, "
+            f"`model={path.stem}`, `store_dir={path.parent.parent}`"
         )
     store_dir = path.parent.parent
     found = [f"{s.dataset}/{s.model} ({s.status})" for s in list_stores(store_dir)]
     listing = ", ".join(found) if found else "none"
     return (
         f"no feature store at {path}; stores in {store_dir}: {listing}. Run `embedcyto extract` "
-        f"for that dataset and model first, or point --store at the right folder"
+        "for that dataset and model first, or give the right store folder (`store_dir=`)"
     )
 
 

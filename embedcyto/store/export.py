@@ -44,7 +44,8 @@ def export_store(
     out = Path(out)
     if out.exists() and not overwrite:
         raise StoreError(
-            f"{out} already exists; pass --overwrite to replace it or choose another --out"
+            f"{out} already exists; pass `overwrite=True` to replace it or choose another "
+            "`out=`"
         )
     if not out.parent.is_dir():
         raise StoreError(f"folder {out.parent} does not exist; create it first")

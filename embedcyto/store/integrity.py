@@ -37,13 +37,13 @@ PER_ROW = ("image_id", "label", "split", "group", "levels")
 _BLOCK_ROWS = 4096
 
 REBUILD_FIX = (
-    "rebuild it with --force (`embedcyto extract --force` with the same options for a frozen "
-    "model; for an adapted one `embedcyto lora --export-features --rerun` with the same "
-    "options, which trains the run again), or delete the file"
+    "rebuild it (a frozen model's: `embedcyto extract` with `force=True` and the same options; "
+    "an adapted model's: `embedcyto lora` with `rerun=True` and the same options, features "
+    "exported, which trains the run again), or delete the file"
 )
 UNVERIFIED = (
     "unverified: written by an embedcyto without checksums; `embedcyto store verify` checks "
-    "what it can, `embedcyto extract --force` rewrites it with checksums"
+    "what it can, `embedcyto extract` with `force=True` rewrites it with checksums"
 )
 
 

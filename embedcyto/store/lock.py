@@ -68,7 +68,7 @@ class StoreLock:
         except OSError as err:
             raise StoreError(
                 f"cannot create lock file {self.lock_file}: {err}; check that the store folder "
-                f"is writable or choose another one with --store"
+                "is writable or choose another one (`store_dir=`)"
             ) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,7 +78,7 @@ class StoreLock:
             raise StoreLockedError(
                 f"{self.target} is being written by {holder}; wait for that run to finish, or "
                 f"stop it (an interrupted run resumes where it stopped), or write to another "
-                f"store folder with --store"
+                "store folder (`store_dir=`)"
             ) from None
         except OSError as err:
             os.close(fd)

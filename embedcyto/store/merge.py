@@ -53,17 +53,18 @@ def _choose_count(path: Path, found: dict[int, dict[int, str]], count: int | Non
     if count is not None:
         if count not in found:
             raise StoreError(f"no shard of {count} found in {shards_dir(path)}; run "
-                             f"`embedcyto extract ... --shard 0/{count}` (and the others) first")
+                             f"`embedcyto extract` with `shard=0/{count}` (and the others) first")
         return count
     if not found:
         if path.exists():
             return None
         raise StoreError(f"no shards of {path} to merge in {shards_dir(path)}: run `embedcyto "
-                         "extract ... --shard I/N` for every I first (or extract without --shard)")
+                         "extract` with `shard=I/N` for every I first (or extract without "
+                         "`shard=`)")
     if len(found) > 1:
         counts = ", ".join(str(c) for c in sorted(found))
         raise StoreError(f"{shards_dir(path)} holds shards of different runs ({counts} shards); "
-                         "pass --shards N to merge one of them, or delete the other run's files")
+                         "pass `count=N` to merge one of them, or delete the other run's files")
     return next(iter(found))
 
 
@@ -81,7 +82,7 @@ def _without_shard(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_hint(shard: Shard) -> str:
-    return f"run `embedcyto extract ... --shard {shard}` with the same options"
+    return f"run `embedcyto extract` with `shard={shard}` and the same options"
 
 
 def _check_parts(path: Path, count: int, states: dict[int, str]) -> list[tuple[Shard, dict]]:
@@ -110,13 +111,13 @@ def _check_parts(path: Path, count: int, states: dict[int, str]) -> list[tuple[S
                 f"shard {shard} covers rows {meta['start']}..{meta['stop']} of {meta['rows']} "
                 f"(batch size {meta['block']}) but shard {ref_index}/{count} implies "
                 f"{start}..{stop} of {ref['rows']} (batch size {ref['block']}): {_run_hint(shard)}"
-                f", --batch-size {ref['block']} and the same dataset")
+                f", `batch_size={ref['block']}` and the same dataset")
             continue
         diffs = prov.differences(_without_shard(finished[ref_index]), _without_shard(finished[i]))
         if diffs:
             problems.append(
                 f"shard {shard} was made from other inputs than shard {ref_index}/{count} "
-                f"({prov.describe_differences(diffs)}): {_run_hint(shard)} and --force")
+                f"({prov.describe_differences(diffs)}): {_run_hint(shard)} and `force=True`")
             continue
         parts.append((shard, finished[i]))
     if problems:
@@ -128,10 +129,10 @@ def _absent(path: Path, shard: Shard, state: str | None) -> str:
     if state == "unfinished":
         done = unfinished_rows(path, shard)
         rows = f" ({done[0]}/{done[1]} rows done)" if done else ""
-        return (f"shard {shard} is unfinished{rows}: run `embedcyto extract ... --shard {shard}` "
-                "again, it resumes where it stopped")
-    return (f"shard {shard} is missing: run `embedcyto extract ... --shard {shard}` (every shard "
-            "must write to the same store folder)")
+        return (f"shard {shard} is unfinished{rows}: run `embedcyto extract` with "
+                f"`shard={shard}` again, it resumes where it stopped")
+    return (f"shard {shard} is missing: run `embedcyto extract` with `shard={shard}` (every "
+            "shard must write to the same store folder)")
 
 
 def _describe_unfinished(path: Path, count: int, states: dict[int, str]) -> str:
@@ -162,7 +163,7 @@ def _read_parts(path: Path, parts: list[tuple[Shard, dict]]):
     for shard_feats, (shard, _) in zip(feats[1:], parts[1:]):
         if shard_feats.classes != first.classes or shard_feats.level_names != first.level_names:
             raise StoreError(f"shard {shard} has other class names than shard {parts[0][0]}; "
-                             f"run it again with --force")
+                             "run it again (`embedcyto extract` with `force=True`)")
     levels = None if first.levels is None else np.concatenate([f.levels for f in feats])
     table = RowTable(
         ids=np.concatenate([f.ids for f in feats]).astype(str),
@@ -209,13 +210,14 @@ def merge_shards(path: str | os.PathLike, *, count: int | None = None,
             if diffs:
                 raise StaleStoreError(
                     f"{path} exists and was made from other inputs than its shards "
-                    f"({prov.describe_differences(diffs)}); pass --force to replace it")
+                    f"({prov.describe_differences(diffs)}); pass `force=True` to replace it")
             shutil.rmtree(shards_dir(path))
             return MergeResult(path, len(load_features(path, mmap=True)), chosen, merged=False)
         labels, table, features = _read_parts(path, parts)
         if table.n_rows != int(parts[0][1][SHARD_KEY]["rows"]):
             raise StoreError(f"the shards of {path} hold {table.n_rows} rows, expected "
-                             f"{parts[0][1][SHARD_KEY]['rows']}; run them again with --force")
+                             f"{parts[0][1][SHARD_KEY]['rows']}; run them again (`embedcyto extract` "
+                             "with `force=True`)")
         final["created_at"] = utc_now()
         write_store_file(path, table, labels, features, final)
         shutil.rmtree(shards_dir(path))

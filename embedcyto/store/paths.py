@@ -98,6 +98,6 @@ def resolve_store_file(
     if not dataset or not model:
         raise StoreError(
             f"{base} is a store folder: also give the dataset and the model "
-            f"(e.g. --dataset sipakmed --model quilt), or pass the path of a .h5 store file"
+            "(e.g. `dataset=sipakmed` and `model=quilt`), or pass the path of a .h5 store file"
         )
     return store_path(base, dataset, model)

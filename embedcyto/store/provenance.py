@@ -30,7 +30,16 @@ IDENTITY_KEYS = (
     "dataset_fingerprint",
     "split_hash",
     "rows_sha256",
+    "generated_data",
 )
+
+#: The key that says the features were computed from generated images (a dataset root holding
+#: :data:`embedcyto.datasets.generated.GENERATED_MARKER`); stores written before embedcyto
+#: recorded it have no such key and read as made from real data.
+GENERATED_DATA = "generated_data"
+#: Identity keys added after stores existed, with the value an old store without them stands
+#: for: a store is not made stale by a key it could not have recorded.
+IDENTITY_DEFAULTS = {GENERATED_DATA: False}
 
 # Keys that describe how a store was made but not what it contains.
 INFORMATIONAL_KEYS = frozenset(
@@ -81,19 +90,27 @@ def normalize(provenance: dict[str, Any]) -> dict[str, Any]:
     return json.loads(text)
 
 
+def is_generated_data(provenance: dict[str, Any]) -> bool:
+    """Whether a store's features come from generated images (False for stores without the
+    key, written before embedcyto recorded it)."""
+    return provenance.get(GENERATED_DATA) is True
+
+
 def identity(provenance: dict[str, Any]) -> dict[str, Any]:
     """The part of a provenance dict that decides whether a store can be reused."""
     return {k: v for k, v in provenance.items() if not is_informational(k)}
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
-    """Identity keys whose values differ, as (key, old, new); absent values are ``<missing>``."""
+    """Identity keys whose values differ, as (key, old, new); absent values are ``<missing>``
+    (or, for keys of :data:`IDENTITY_DEFAULTS`, the value they stand for)."""
     old_id, new_id = identity(old), identity(new)
     keys = [k for k in IDENTITY_KEYS if k in old_id or k in new_id]
     keys += sorted(k for k in set(old_id) | set(new_id) if k not in IDENTITY_KEYS)
     diffs = []
     for key in keys:
-        a, b = old_id.get(key, _MISSING), new_id.get(key, _MISSING)
+        default = IDENTITY_DEFAULTS.get(key, _MISSING)
+        a, b = old_id.get(key, default), new_id.get(key, default)
         if a != b:
             diffs.append((key, a, b))
     return diffs

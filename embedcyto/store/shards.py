@@ -58,7 +58,7 @@ class Shard:
         ):
             raise StoreError(
                 f"shard index must be in 0..{self.count - 1} for {self.count} shards, got "
-                f"{self.index!r} (shards are numbered from 0: --shard 0/{self.count} is the first)"
+                f"{self.index!r} (shards are numbered from 0: `shard=0/{self.count}` is the first)"
             )
 
     @classmethod
@@ -66,7 +66,8 @@ class Shard:
         """``"1/4"`` → ``Shard(1, 4)``; a clear error for anything else."""
         match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
         if match is None:
-            raise StoreError(f"--shard takes INDEX/COUNT such as 0/4 (0-based), got {text!r}")
+            raise StoreError(f"a shard is INDEX/COUNT such as 0/4 (0-based: `shard=0/4` is the "
+                             f"first of four), got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     def __str__(self) -> str:
@@ -154,15 +155,15 @@ def final_is_current(path: Path, expected: dict[str, Any], *, force: bool) -> bo
     try:
         old = read_store_provenance(path)
     except StoreError as err:
-        raise StoreError(f"{err}; pass --force to replace it") from err
+        raise StoreError(f"{err}; pass `force=True` to replace it") from err
     diffs = prov.differences(old, expected)
     if not diffs:
         verify_store(path)
         return True
     raise StaleStoreError(
         f"{path} was made from other inputs than requested ({prov.describe_differences(diffs)}); "
-        "pass --force to every shard to rebuild it (the old store stays until the merge), or "
-        "write to another store folder with --store"
+        "pass `force=True` to every shard to rebuild it (the old store stays until the merge), "
+        "or write to another store folder (`store_dir=`)"
     )
 
 

@@ -59,7 +59,8 @@ def complete_provenance(path: str | os.PathLike, dataset: Dataset, provenance: d
     """The caller's provenance plus what the writer itself knows, checked for conflicts.
 
     Adds ``dataset``, ``model`` (default: the file stem), ``dtype``, ``embed_dim``,
-    ``rows_sha256`` and, when absent, ``dataset_fingerprint``: exactly the provenance a store
+    ``rows_sha256``, ``generated_data`` (True whenever the dataset is generated, whatever the
+    caller says) and, when absent, ``dataset_fingerprint``: exactly the provenance a store
     written at ``path`` will hold, so it can be compared with an existing store beforehand.
     """
     full = prov.normalize(provenance)
@@ -80,6 +81,7 @@ def complete_provenance(path: str | os.PathLike, dataset: Dataset, provenance: d
         raise StoreError(f"the card {card.get('name')!r} gives {card['embed_dim']}-wide "
                          f"features but the writer was given embed_dim={embed_dim}")
     full["rows_sha256"] = rows_sha256(dataset)
+    full[prov.GENERATED_DATA] = bool(dataset.generated or full.get(prov.GENERATED_DATA) is True)
     if "dataset_fingerprint" not in full:
         full["dataset_fingerprint"] = dataset.fingerprint()
     return full

@@ -73,6 +73,9 @@ class DatasetEntry:
         options: adapter options (e.g. ``csv_file`` for the csv layout).
         split_seed: seed of a generated split (datasets without an official one).
         ratios: train, val, test fractions of a generated split.
+        prompts: a JSON file of class phrases and prompt templates (docs/text.md) used for
+            this dataset by the text probes and ``embedcyto lora --head text``, as written
+            (may be relative to the workspace); None: the prompts shipped for its layout.
     """
 
     name: str
@@ -81,6 +84,7 @@ class DatasetEntry:
     options: tuple[tuple[str, str], ...] = ()
     split_seed: int = 0
     ratios: tuple[float, float, float] = DEFAULT_RATIOS
+    prompts: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
@@ -104,12 +108,19 @@ class DatasetEntry:
             out["ratios"] = list(self.ratios)
         if self.options:
             out["options"] = dict(self.options)
+        if self.prompts is not None:
+            out["prompts"] = self.prompts
         return out
 
     @classmethod
     def from_dict(cls, name: str, table: Mapping) -> "DatasetEntry":
         where = f"[datasets.{name}]"
-        _check_keys(table, ("layout", "root", "split_seed", "ratios", "options"), where)
+        _check_keys(table, ("layout", "root", "split_seed", "ratios", "options", "prompts"),
+                    where)
+        prompts = table.get("prompts")
+        if prompts is not None and (not isinstance(prompts, str) or not prompts.strip()):
+            raise WorkspaceError(f"{where} prompts must be the path of a JSON prompts file, "
+                                 f"e.g. prompts = \"prompts/{name}.json\", not {prompts!r}")
         for required in ("layout", "root"):
             if required not in table:
                 raise WorkspaceError(f"{where} needs {required} = ...")
@@ -122,7 +133,7 @@ class DatasetEntry:
             raise WorkspaceError(f"{where} split_seed must be an integer, not {seed!r}")
         return cls(name=name, layout=str(table["layout"]), root=str(table["root"]),
                    options=tuple(sorted((str(k), str(v)) for k, v in options.items())),
-                   split_seed=seed, ratios=tuple(float(r) for r in ratios))
+                   split_seed=seed, ratios=tuple(float(r) for r in ratios), prompts=prompts)
 
 
 @dataclass(frozen=True)
@@ -251,11 +262,15 @@ class Workspace:
                 return entry
         known = ", ".join(self.dataset_names) or "none yet"
         raise WorkspaceError(f"no dataset {name!r} in the workspace{_suggest(name, self.dataset_names)}"
-                             f" (it has: {known}); add it with `embedcyto datasets add {name} "
-                             "--layout LAYOUT --root PATH`")
+                             f" (it has: {known}); add it with `embedcyto datasets add {name}` "
+                             "and `layout=LAYOUT`, `root=PATH`")
 
     def dataset_root(self, name: str) -> Path:
         return self.resolve(self.dataset(name).root)
+
+    def prompts_files(self) -> dict[str, Path]:
+        """Dataset name -> its resolved prompts file, for the datasets that name one."""
+        return {d.name: self.resolve(d.prompts) for d in self.datasets if d.prompts is not None}
 
     def with_dataset(self, entry: DatasetEntry, *, replace_existing: bool = False) -> "Workspace":
         if entry.name in self.dataset_names and not replace_existing:
@@ -337,7 +352,7 @@ def find_workspace(path: str | os.PathLike | None = None, *, cwd: str | os.PathL
         if candidate.is_dir():
             candidate = candidate / WORKSPACE_FILE
         if not candidate.is_file():
-            source = "--workspace" if path else f"${WORKSPACE_ENV}"
+            source = "the workspace given (`workspace=`)" if path else f"${WORKSPACE_ENV}"
             raise WorkspaceError(f"{source} names {candidate}, which does not exist; create it "
                                  f"with `embedcyto init` in {candidate.parent}, or fix the path")
         return candidate.resolve()

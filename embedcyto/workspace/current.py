@@ -35,7 +35,7 @@ def current_workspace(*, required: bool = False) -> Workspace | None:
         if required:
             raise WorkspaceError(
                 f"no workspace here ({Path.cwd()} and the folders above hold no embedcyto.toml); "
-                "name one with --workspace PATH (or $EMBEDCYTO_WORKSPACE), or create one with "
+                "name one with `workspace=PATH` (or $EMBEDCYTO_WORKSPACE), or create one with "
                 "`embedcyto init`")
         return None
     return load_workspace(path)

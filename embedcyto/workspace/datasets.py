@@ -32,15 +32,15 @@ def adhoc_entry(name: str, *, layout: str | None, root: str, options=(), split_s
     if layout is None:
         if name in GENERIC_LAYOUTS:
             raise WorkspaceError(
-                f"--dataset names the dataset now, and {name!r} is a layout: type "
-                f"`--dataset NAME --layout {name} --root {root}` (NAME: what to call it, e.g. "
+                f"a dataset is given by its name now, and {name!r} is a layout: give "
+                f"`dataset=NAME`, `layout={name}` and `root={root}` (NAME: what to call it, e.g. "
                 f"{Path(root).expanduser().resolve().name!r})")
         if name not in KNOWN_DATASETS:
             close = difflib.get_close_matches(name, KNOWN_DATASETS, n=1)
             hint = f"Did you mean {close[0]}? Otherwise its" if close else "Its"
             raise WorkspaceError(
                 f"dataset {name!r} is not a study dataset. {hint} layout must be given: "
-                f"`--dataset {name} --layout folder --root {root}` (layouts: "
+                f"`dataset={name}`, `layout=folder` and `root={root}` (layouts: "
                 "`embedcyto datasets list`)")
         layout = name
     return DatasetEntry(name=name, layout=layout, root=str(Path(root).expanduser().resolve()),
@@ -62,32 +62,33 @@ def select_entries(workspace: Workspace | None, names: Sequence[str] = (), *,
     """
     if root is not None:
         if len(names) != 1:
-            raise WorkspaceError("--root gives the images of one dataset: use it with exactly "
-                                 "one --dataset NAME (and --layout)")
+            raise WorkspaceError("a root (`root=`) gives the images of one dataset: use it with "
+                                 "exactly one dataset name (`dataset=NAME`, and `layout=`)")
         return [adhoc_entry(names[0], layout=layout, root=root, options=options,
                             split_seed=split_seed, ratios=ratios)]
     if layout is not None:
-        raise WorkspaceError("--layout describes a dataset given by --root: add --root PATH, "
-                             "or drop --layout to use the workspace's datasets")
+        raise WorkspaceError("a layout (`layout=`) describes a dataset given by its root: add "
+                             "`root=PATH`, or drop the layout to use the workspace's datasets")
     if workspace is None:
         what = f"dataset {names[0]!r}" if names else "which datasets to use"
         raise WorkspaceError(
             f"no workspace here to say {what}: run `embedcyto init` and `embedcyto datasets add "
-            "NAME --layout LAYOUT --root PATH`, or give the images directly with `--dataset NAME "
-            "--layout LAYOUT --root PATH`")
+            "NAME` with `layout=LAYOUT` and `root=PATH`, or give the images directly with "
+            "`dataset=NAME`, `layout=LAYOUT` and `root=PATH`")
     if not names:
         if not workspace.datasets:
             raise WorkspaceError(f"the workspace {workspace.path} has no datasets yet: add one "
-                                 "with `embedcyto datasets add NAME --layout LAYOUT --root PATH`")
+                                 "with `embedcyto datasets add NAME` and `layout=LAYOUT`, "
+                                 "`root=PATH`")
         return list(workspace.datasets)
     out = []
     for name in names:
         if name not in workspace.dataset_names and name in GENERIC_LAYOUTS:
             raise WorkspaceError(
-                f"--dataset names the dataset now, and {name!r} is a layout: type "
-                f"`--dataset NAME` for a workspace dataset (it has: "
-                f"{', '.join(workspace.dataset_names) or 'none yet'}), or `--dataset NAME "
-                f"--layout {name} --root PATH` for other images")
+                f"a dataset is given by its name now, and {name!r} is a layout: give "
+                f"`dataset=NAME` for a workspace dataset (it has: "
+                f"{', '.join(workspace.dataset_names) or 'none yet'}), or `dataset=NAME` with "
+                f"`layout={name}` and `root=PATH` for other images")
         out.append(workspace.dataset(name))
     return out
 

@@ -67,7 +67,8 @@ def planned_runs(workspace: Workspace, runs_dir, *, plans: Sequence[str] = (),
     if not workspace.lora:
         raise WorkspaceError(f"the workspace {workspace.path} has no LoRA plan: add a "
                              "[lora.NAME] table (models, shots or fractions, seeds; see "
-                             "docs/workspace.md), or run `embedcyto init --study` for the study's")
+                             "docs/workspace.md), or use the study's (`embedcyto init` with "
+                             "`study=True`)")
     known = [p.name for p in workspace.lora]
     for name in plans:
         if name not in known:
@@ -90,8 +91,9 @@ def planned_runs(workspace: Workspace, runs_dir, *, plans: Sequence[str] = (),
             path = run_dir(runs_dir, config)
             out.append(PlannedRun(plan.name, config, path, is_complete(path)))
     if not out:
-        raise WorkspaceError("the filters leave no LoRA run of the workspace's plans; "
-                             "`embedcyto lora --dry-run` lists them all")
+        raise WorkspaceError("the filters leave no LoRA run of the workspace's plans: drop them "
+                             "to run every planned one (`embedcyto status` counts them per "
+                             "dataset and model)")
     return out
 
 

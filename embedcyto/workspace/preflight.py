@@ -30,15 +30,19 @@ def missing_roots(entries: Sequence[DatasetEntry], workspace: Workspace | None) 
         state = "is empty" if root.is_dir() else "does not exist"
         out.append(f"dataset {entry.name}: root {root} {state}; it must hold "
                    f"{get_adapter(entry.layout).layout} (fix root = in the workspace, or "
-                   f"`embedcyto datasets add {entry.name} --layout {entry.layout} --root PATH`)")
+                   f"`embedcyto datasets add {entry.name}` with `layout={entry.layout}` and "
+                   "`root=PATH`)")
     return out
 
 
 def missing_weights(models: Sequence[str], weights_dir=None, *, weights=None,
-                    allow_download: bool = False) -> list[str]:
-    """One entry per model whose weights are nowhere on this machine, with how to get them."""
+                    allow_download: bool = False, offer_weights_path: bool = True) -> list[str]:
+    """One entry per model whose weights are nowhere on this machine: the places looked and
+    how to get them. ``offer_weights_path=False`` for callers that take no weights path (the
+    recipes), whose steps then only name the weights folder and the hub."""
     from embedcyto.backbones import get_card
     from embedcyto.backbones.weights import (
+        NOT_GIVEN,
         default_weights_dir,
         resolve_weights,
         weights_instructions,
@@ -54,10 +58,14 @@ def missing_weights(models: Sequence[str], weights_dir=None, *, weights=None,
             resolve_weights(card, weights, weights_dir=weights_dir, allow_download=allow_download)
         except BackboneError as err:
             wdir = weights_dir or default_weights_dir()
-            steps = "\n".join(f"      - {s}" for s in weights_instructions(card, wdir))
+            looked = "\n".join(f"      - {place}" for place in getattr(err, "looked", ())
+                               if place != NOT_GIVEN)
+            steps = "\n".join(f"      - {s}" for s in weights_instructions(
+                card, wdir, offer_weights_path=offer_weights_path))
             head = str(err).splitlines()[0].removesuffix(" Looked in:")
+            where = f" Looked in:\n{looked}" if looked else ""
             out.append(f"weights of {model} ({card.license}{', gated' if card.gated else ''}): "
-                       f"{head}\n{steps}")
+                       f"{head}{where}\n    To get them:\n{steps}")
     return out
 
 

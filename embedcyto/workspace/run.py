@@ -123,8 +123,8 @@ def probe_datasets(workspace: Workspace | None, store_dir, names: Sequence[str] 
             if name not in have:
                 raise EmbedcytoError(
                     f"no complete store of dataset {name!r} in {store_dir} (stores there: "
-                    f"{', '.join(sorted(have)) or 'none'}); run `embedcyto extract --dataset "
-                    f"{name}` first")
+                    f"{', '.join(sorted(have)) or 'none'}); run `embedcyto extract` with "
+                    f"`dataset={name}` first")
         return list(names)
     if workspace is None:
         return None
@@ -169,17 +169,46 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def dataset_prompts(workspace: Workspace | None, given=None):
+    """The prompts files of the text methods and text heads: ``given`` (``--prompts FILE``) for
+    every dataset, else each workspace dataset's ``prompts`` (a dict name -> file), else None
+    (the prompts shipped for each dataset)."""
+    if given is not None:
+        return Path(given)
+    if workspace is None:
+        return None
+    return workspace.prompts_files() or None
+
+
+def prompts_for(prompts, dataset: str) -> Path | None:
+    """One dataset's prompts file from what :func:`dataset_prompts` returned."""
+    if isinstance(prompts, dict):
+        return prompts.get(dataset)
+    return prompts
+
+
+def _check_prompts(runs, opened: dict, prompts) -> None:
+    """Every text-head run's prompts read and checked before any run trains."""
+    from embedcyto.lora.texthead import run_prompts
+
+    for name in sorted({r.config.dataset for r in runs if r.config.head == "text"}):
+        dataset = opened[name][0]
+        run_prompts(dataset, dataset, prompts_for(prompts, name))
+
+
 def train_runs(runs, opened: dict, *, runs_dir, weights=None, weights_dir=None,
                random_init: bool = False, rerun: bool = False, progress: bool = False,
-               ranks=None, on_result: Callable | None = None) -> list:
+               ranks=None, on_result: Callable | None = None, prompts=None) -> list:
     """Train every run not yet complete, in the given order.
 
     Finished runs go through :func:`train_lora` too: it skips an identical finished run without
-    building anything, and refuses one whose folder holds other settings.
+    building anything, and refuses one whose folder holds other settings. ``prompts``: what
+    :func:`dataset_prompts` returned (the class prompts of text-head runs).
     """
     from embedcyto.backbones import get_card
     from embedcyto.lora.train import train_lora
 
+    _check_prompts(runs, opened, prompts)
     results = []
     for run in runs:
         dataset, split_dir = opened[run.config.dataset]
@@ -187,7 +216,8 @@ def train_runs(runs, opened: dict, *, runs_dir, weights=None, weights_dir=None,
         result = train_lora(dataset, run.config, runs_dir=runs_dir, split_dir=split_dir,
                             weights=weights, weights_dir=weights_dir,
                             random_init=random_init or (card.random and weights is None),
-                            rerun=rerun, progress=progress, ranks=ranks)
+                            rerun=rerun, progress=progress, ranks=ranks,
+                            prompts_file=prompts_for(prompts, run.config.dataset))
         results.append(result)
         if on_result is not None:
             on_result(result)

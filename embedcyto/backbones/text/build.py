@@ -154,6 +154,7 @@ def _build_module(spec: TextSpec, hf_folder: Path | None) -> nn.Module:
 
 def _char_tokenizer(context_length: int):
     """A small WordPiece tokenizer over letters, digits and punctuation (random-weight cards)."""
+    _open_clip()  # transformers needs the torchvision shim when it is the first to load
     from open_clip.tokenizer import HFTokenizer
     from transformers import BertTokenizerFast
 
@@ -203,7 +204,7 @@ def _tokenizer_message(card: Card, repo: str | None, folder: Path | None, looked
     lines.append("To get it:")
     if repo:
         lines.append(f"  - `hf download {repo} --local-dir {target}` on a connected machine, "
-                     f"then pass --weights-dir {target.parent.parent}")
+                     f"then pass `weights_dir={target.parent.parent}`")
         lines.append(f"  - or fill the Hugging Face cache there: `hf download {repo}`")
     else:
         lines.append(f"  - put the tokenizer files (tokenizer.json or vocab.txt, with "
