@@ -65,11 +65,11 @@ def test_a_text_head_on_an_image_only_card_names_the_cards_that_have_a_text_towe
     with pytest.raises(LoraError) as err:
         LoraRunConfig(model="uni", dataset="x", shots=1, head="text")
     message = str(err.value)
-    assert "'uni' has no text encoder" in message and "--head linear" in message
+    assert "'uni' has no text encoder" in message and "`head=linear`" in message
     assert all(name in message for name in text_cards())
-    with pytest.raises(LoraError, match="add --head text"):
+    with pytest.raises(LoraError, match="add `head=text`"):
         LoraRunConfig(model="clip", dataset="x", shots=1, text_lora=True)
-    with pytest.raises(LoraError, match="choose --head from linear, text"):
+    with pytest.raises(LoraError, match="choose `head=` from linear, text"):
         LoraRunConfig(model="clip", dataset="x", shots=1, head="cosine")
 
 
