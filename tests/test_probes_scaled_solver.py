@@ -70,7 +70,7 @@ def test_scaled_fit_is_sklearns_optimum(case, C, class_weight):
     X, y = CASES[case]()
     K = int(y.max()) + 1
     sw = class_sample_weight(y, K, class_weight)
-    fit = PreconditionedPath(MultinomialObjective(X, y, K, sw)).fit(C, 1e-8, 5000)
+    fit = PreconditionedPath(X, y, K, sw).fit(C, 1e-8, 5000)
     assert fit.converged, fit.message
     # the same optimality test as scikit-learn's, in scikit-learn's own coefficients
     assert _gradient_inf_norm(X, y, K, C, fit.coef, fit.intercept, sw) <= 1e-8
@@ -92,22 +92,21 @@ def test_scaled_fit_is_sklearns_optimum(case, C, class_weight):
 def test_float32_features_reach_the_gradient_test_in_original_coordinates():
     X, y = _classes(dim=32, dtype=np.float32)
     X = (X - X.mean(0)) / X.std(0)
-    fit = PreconditionedPath(MultinomialObjective(X, y, 5)).fit(1.0, 1e-6, 1000)
+    fit = PreconditionedPath(X, y, 5).fit(1.0, 1e-6, 1000)
     assert fit.converged and fit.coef.dtype == np.float32
     assert _gradient_inf_norm(X, y, 5, 1.0, fit.coef, fit.intercept) <= 2e-6
 
 
 def test_fewer_iterations_than_scipys_lbfgs_on_an_ill_conditioned_problem():
     X, y = CASES["ill_conditioned"]()
-    objective = MultinomialObjective(X, y, 5)
-    scaled = PreconditionedPath(objective).fit(10.0, 1e-6, 5000)
-    plain = objective.fit(10.0, 1e-6, 5000)
+    scaled = PreconditionedPath(X, y, 5).fit(10.0, 1e-6, 5000)
+    plain = MultinomialObjective(X, y, 5).fit(10.0, 1e-6, 5000)
     assert scaled.converged and scaled.n_iter * 5 < plain.n_iter
 
 
 def test_warm_and_extrapolated_starts_reach_the_same_optimum():
     X, y = _classes()
-    path = PreconditionedPath(MultinomialObjective(X, y, 5))
+    path = PreconditionedPath(X, y, 5)
     a, b = path.fit(0.1, 1e-9, 5000), path.fit(0.3, 1e-9, 5000)
     start = extrapolated_start((a.coef, a.intercept), (b.coef, b.intercept), 0.1, 0.3, 0.9)
     cold, warm = path.fit(0.9, 1e-9, 5000), path.fit(0.9, 1e-9, 5000, *start)
@@ -136,7 +135,7 @@ def test_scaled_and_lbfgs_solvers_choose_the_same_c_on_a_path():
 
 def test_iteration_cap_is_reported_as_scipy_does():
     X, y = _classes()
-    fit = PreconditionedPath(MultinomialObjective(X, y, 5)).fit(100.0, 1e-10, 2)
+    fit = PreconditionedPath(X, y, 5).fit(100.0, 1e-10, 2)
     assert not fit.converged and fit.n_iter == 2 and "ITERATIONS REACHED LIMIT" in fit.message
 
 

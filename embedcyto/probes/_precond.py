@@ -86,24 +86,23 @@ class PreconditionedPath:
     """Minimises a :class:`~embedcyto.probes._multinomial.MultinomialObjective` at one C after
     another with the scaled L-BFGS described above; the spectrum is computed once per data."""
 
-    def __init__(self, objective):
-        self.obj = objective
-        self.X = objective._X_array
-        self.spectrum = covariance_spectrum(self.X, objective._sw_array)
-        self.to_features = None  # internal coefficients -> the features' (p x dim), or None
-        if objective._basis is not None:
-            # Fewer rows than features: the data are already a private n x n copy (the row
-            # space), as small as the eigenvectors, so they are rotated once into the
-            # eigenbasis instead of mapping the coefficients through it at every iteration.
-            vectors = self.spectrum.vectors
-            self.X = np.ascontiguousarray(self.X @ vectors.astype(self.X.dtype))
-            self.to_features = objective._basis @ vectors
-            self.spectrum = Spectrum(vectors.T @ self.spectrum.mean, self.spectrum.values, None)
-        sw = objective._sw_array
-        self.sw = None if sw is None else np.asarray(sw, dtype=np.float64)
-        self.S = objective.sw_sum
-        self.onehot = objective._onehot_array.astype(np.float64)
-        self.rows, self.y = np.arange(self.onehot.shape[0]), objective._y
+    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 sample_weight: np.ndarray | None = None):
+        X = np.ascontiguousarray(X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        self.dtype, self.n_classes = X.dtype, int(n_classes)
+        self.sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.S = float(X.shape[0] if self.sw is None else self.sw.sum())
+        self.y = np.asarray(y, dtype=np.intp)
+        self.rows = np.arange(X.shape[0])
+        self.onehot = np.zeros((X.shape[0], self.n_classes))
+        self.onehot[self.rows, self.y] = 1.0
+        self.to_features, self.offset = None, None  # see _centred_row_space
+        if X.shape[0] < X.shape[1]:
+            self.X, self.spectrum, self.to_features, self.offset = _centred_row_space(X, self.sw)
+        else:
+            self.X, self.spectrum = X, covariance_spectrum(X, self.sw)
         self.n_products = 0
 
     # -- the objective along logits -------------------------------------------------------
@@ -143,20 +142,23 @@ class PreconditionedPath:
             intercept=None) -> MultinomialFit:
         """Minimise the objective at ``C`` from (coef, intercept), zeros by default, until
         scikit-learn's optimality test passes (largest gradient entry <= ``tol``)."""
-        obj, first = self.obj, self.n_products
-        rho = 1.0 / (C * self.S)
-        coef_t, b = np.zeros((obj._dim, obj.n_classes)), np.zeros(obj.n_classes)
+        first, rho = self.n_products, 1.0 / (C * self.S)
+        coef_t, b = np.zeros((self.X.shape[1], self.n_classes)), np.zeros(self.n_classes)
         if coef is not None:
             coef = np.asarray(coef, dtype=np.float64)
-            coef_t = (coef if self.to_features is None else coef @ self.to_features).T
-            coef_t = coef_t - coef_t.mean(axis=1, keepdims=True)  # see the module docstring
             b = np.asarray(intercept, dtype=np.float64).copy()
+            if self.to_features is not None:
+                coef, b = coef @ self.to_features, b + coef @ self.offset
+            coef_t = coef.T - coef.T.mean(axis=1, keepdims=True)  # see the module docstring
         state = self._state(coef_t, b, self._logits(coef_t, b), rho)
         scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
         state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
-        coef = state.coef_t.T if self.to_features is None else state.coef_t.T @ self.to_features.T
-        return MultinomialFit(coef=np.ascontiguousarray(coef, dtype=obj.dtype),
-                              intercept=state.intercept.astype(obj.dtype), n_iter=n_iter,
+        coef, b = state.coef_t.T, state.intercept
+        if self.to_features is not None:
+            coef = coef @ self.to_features.T
+            b = b - coef @ self.offset
+        return MultinomialFit(coef=np.ascontiguousarray(coef, dtype=self.dtype),
+                              intercept=b.astype(self.dtype), n_iter=n_iter,
                               converged=converged, message=message,
                               n_evaluations=(self.n_products - first + 1) // 2)
 
@@ -200,20 +202,50 @@ class _Scaling:
         return self.d[:, None] * g_total, self.e * grad_b
 
 
-def _optimality(state: _State, to_features: np.ndarray | None, tol: float) -> bool:
+def _optimality(state: _State, to_features, offset, tol: float) -> bool:
     """scikit-learn's test: the largest gradient entry wrt its own (W, b) at most ``tol``.
 
-    With a row-space basis (``to_features``, orthonormal columns) each entry of the features'
-    gradient ``to_features @ grad`` is at most its class column's norm, and the test asks for
-    that norm to be at most ``tol``: it implies scikit-learn's test and does not depend on the
-    basis. (Testing the features' largest entry itself stopped MLCC's flat C = 100 fit one
-    validation row away from its optimum, which changed the chosen C.)
+    In a centred row space (see :func:`_centred_row_space`) the features' gradient is
+    ``to_features @ grad + offset grad_b^T``: each entry is at most its class column's norm
+    plus ``|offset_j| * |grad_b|``, and the test asks for that bound to be at most ``tol``, so
+    it implies scikit-learn's test and does not depend on the basis. (Testing the features'
+    largest entry itself stopped MLCC's flat C = 100 fit one validation row away from its
+    optimum, which changed the chosen C.)
     """
-    if float(np.abs(state.grad_b).max()) > tol:
+    grad_b = float(np.abs(state.grad_b).max())
+    if grad_b > tol:
         return False
     if to_features is None:
         return float(np.abs(state.grad_t).max()) <= tol
-    return float(np.sqrt(np.sum(state.grad_t ** 2, axis=0)).max()) <= tol
+    norm = float(np.sqrt(np.sum(state.grad_t ** 2, axis=0)).max())
+    return norm + float(np.abs(offset).max()) * grad_b <= tol
+
+
+def _centred_row_space(X: np.ndarray, sw: np.ndarray | None):
+    """Fewer rows than features: the fit's data, spectrum and maps in the centred rows' span.
+
+    With ``A = diag(sqrt(s)) (X - 1 mu^T) / sqrt(S)`` (weighted mean ``mu``) and the n x n
+    eigendecomposition ``A A^T = U diag(lam) U^T``, the covariance's eigenvectors with
+    non-zero eigenvalues are ``V = A^T U lam^-1/2`` and the centred rows in that basis are
+    ``Z = sqrt(S) diag(s^-1/2) U lam^1/2`` (no product with the data). Exact: the logits are
+    ``X W^T + b = Z (W V)^T + c`` with ``c = b + W mu`` for every ``W`` in the span of ``V``, the
+    penalty is the same there (orthonormal ``V``), and the minimiser lies there (outside,
+    only the penalty acts). Directions of variance below ``n * eps`` of the largest (the
+    centring's, duplicated rows') are those of zero variance, left out.
+
+    Returns (Z in X's dtype, its Spectrum, V (p x r), mu).
+    """
+    w = np.ones(X.shape[0]) if sw is None else sw
+    total = float(w.sum())
+    mu = (w @ X.astype(np.float64)) / total
+    A = (X.astype(np.float64) - mu) * np.sqrt(w / total)[:, None]
+    values, U = np.linalg.eigh(A @ A.T)
+    keep = values > values.max() * X.shape[0] * np.finfo(np.float64).eps
+    values, U = values[keep], U[:, keep]
+    Z = np.sqrt(total / w)[:, None] * U * np.sqrt(values)
+    V = (A.T @ U) / np.sqrt(values)
+    spectrum = Spectrum(np.zeros(values.size), values, None)
+    return np.ascontiguousarray(Z, dtype=X.dtype), spectrum, V, mu
 
 
 def _lbfgs(path: PreconditionedPath, state: _State, scale: _Scaling, rho, tol, max_iter):
@@ -222,7 +254,7 @@ def _lbfgs(path: PreconditionedPath, state: _State, scale: _Scaling, rho, tol, m
     g = np.concatenate([a.ravel() for a in scale.grad_to_scaled(state.grad_t, state.grad_b)])
     p, K = state.coef_t.shape
     for it in range(max_iter + 1):
-        if _optimality(state, path.to_features, tol):
+        if _optimality(state, path.to_features, path.offset, tol):
             return state, it, True, "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
         if it == max_iter:
             return state, it, False, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"

@@ -187,9 +187,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """
         n_classes = len(self.classes_)
         if n_classes > 2:
-            objective = MultinomialObjective(
-                X, y, n_classes, class_sample_weight(y, n_classes, self.class_weight))
-            minimiser = objective if self.solver == "lbfgs" else PreconditionedPath(objective)
+            weights = class_sample_weight(y, n_classes, self.class_weight)
+            minimiser = (MultinomialObjective(X, y, n_classes, weights) if self.solver == "lbfgs"
+                         else PreconditionedPath(X, y, n_classes, weights))
             path: list[_Solution] = []
 
             def solve(C: float, start: _Solution | None) -> _Solution:
