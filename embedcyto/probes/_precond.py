@@ -14,8 +14,9 @@ costs no product with the data:
   the softmax's mean curvature at the start point) and the penalty's is ``1 / (C S)``, so in
   ``U`` the problem is close to isotropic. The intercept is taken for centred rows
   (``b = c - W mu``) and scaled by ``1 / sqrt(sigma)``. The map is linear and invertible, so the
-  minimiser is the same point; no row of the data is transformed (the map acts on the
-  ``p x K`` coefficients only).
+  minimiser is the same point. The data are rotated once into the eigenbasis (orthonormal,
+  nothing dropped; with fewer rows than features, into the centred rows' span, see
+  :func:`_centred_row_space`), so an iteration maps no ``p x p`` matrix.
 * **Line search along the logits.** Along a direction, the logits move linearly:
   ``Z(alpha) = Z + alpha * X D``. One product gives ``X D``; the loss, its slope and its
   curvature at any ``alpha`` then cost ``O(n K)`` and are computed in float64, so the line
@@ -54,7 +55,7 @@ class Spectrum:
 
     mean: np.ndarray  # (p,)
     values: np.ndarray  # (p,), >= 0
-    vectors: np.ndarray | None  # (p, p), columns; None: the data are in the eigenbasis
+    vectors: np.ndarray | None  # (p, p), columns; None once the data are in the eigenbasis
 
 
 def covariance_spectrum(X: np.ndarray, sample_weight: np.ndarray | None) -> Spectrum:
@@ -83,8 +84,9 @@ class _State:
 
 
 class PreconditionedPath:
-    """Minimises a :class:`~embedcyto.probes._multinomial.MultinomialObjective` at one C after
-    another with the scaled L-BFGS described above; the spectrum is computed once per data."""
+    """Minimises scikit-learn's multinomial objective (that of
+    :class:`~embedcyto.probes._multinomial.MultinomialObjective`) at one C after another with the
+    scaled L-BFGS described above; the data are rotated and the spectrum computed once."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
                  sample_weight: np.ndarray | None = None):
@@ -194,20 +196,18 @@ class _Scaling:
     """The linear map between scaled variables (U, u) and scikit-learn's (W^T, b)."""
 
     def __init__(self, spectrum: Spectrum, sigma: float, rho: float):
-        self.V, self.mu = spectrum.vectors, spectrum.mean
+        self.mu = spectrum.mean  # in the rotated data's basis (see PreconditionedPath)
         self.d = 1.0 / np.sqrt(sigma * spectrum.values + rho)
         self.e = 1.0 / np.sqrt(sigma)
 
     def to_original(self, U: np.ndarray, u: np.ndarray):
-        """(U, u) -> (W^T, b) with W^T = V diag(d) U, b = c - W mu, c = e u."""
+        """(U, u) -> (W^T, b) with W^T = diag(d) U (in the eigenbasis), b = c - W mu, c = e u."""
         coef_t = self.d[:, None] * U
-        coef_t = coef_t if self.V is None else self.V @ coef_t
         return coef_t, self.e * u - self.mu @ coef_t
 
     def grad_to_scaled(self, grad_t: np.ndarray, grad_b: np.ndarray):
         """Chain rule through :meth:`to_original` (its transpose)."""
         g_total = grad_t - np.outer(self.mu, grad_b)
-        g_total = g_total if self.V is None else self.V.T @ g_total
         return self.d[:, None] * g_total, self.e * grad_b
 
 
