@@ -64,8 +64,36 @@ def sklearn_linear(feats) -> dict:
     scores = Xte @ coef.T + intercept
     pred = (scores[:, 0] > 0).astype(int) if scores.shape[1] == 1 else np.argmax(scores, axis=1)
     acc = float(np.mean(pred == yte))
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu  # untimed below
     return {"C": c, "accuracy": acc, "iterations": iters, "evaluations": sum(evaluations),
-            "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
+            "seconds": seconds, "cpu_seconds": cpu_seconds,
+            "converged_accuracy": _converged_accuracy(c, coef, intercept, Xtr, ytr, Xte, yte)}
+
+
+def _converged_accuracy(c, coef, intercept, Xtr, ytr, Xte, yte) -> float | None:
+    """Test accuracy of scikit-learn's fit at the chosen C carried on in float64 until its
+    gradient test passes (tol 1e-6), from its float32 solution.
+
+    On float32 features scikit-learn's L-BFGS-B stops when float32 can no longer resolve the
+    loss decrease ("RELATIVE REDUCTION OF F"), before its gradient test: on the realistic
+    HiCervix-sized features its C = 1 solution was 4 test rows away from the optimum's
+    predictions (the float64 optimum, found by scikit-learn and by the linear probe alike).
+    The linear probe's solution passes the gradient test, so identity is checked against this
+    converged fit; it is not timed. None for binary problems (the float32 fit is kept).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from embedcyto.probes._multinomial import single_blas_thread
+
+    if coef.shape[0] == 1:
+        return None
+    model = LogisticRegression(C=c, max_iter=5000, tol=1e-6, warm_start=True)
+    model.coef_, model.intercept_ = coef.astype(np.float64), intercept.astype(np.float64)
+    with single_blas_thread(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(Xtr.astype(np.float64), ytr)
+    return float(np.mean(model.predict(Xte.astype(np.float64)) == yte))
 
 
 @contextlib.contextmanager

@@ -193,6 +193,7 @@ class MultinomialObjective:
         onehot = np.zeros((X.shape[0], self.n_classes), dtype=X.dtype)
         onehot[np.arange(X.shape[0]), y] = 1
         sw = None if sample_weight is None else np.asarray(sample_weight, dtype=X.dtype)
+        self._X_array, self._onehot_array, self._sw_array = X, onehot, sw
         if torch is not None:
             self._torch = torch
             self._X, self._onehot = torch.from_numpy(X), torch.from_numpy(onehot)

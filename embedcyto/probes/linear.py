@@ -23,10 +23,12 @@ Protocol (why it is this way):
     * L-BFGS is deterministic: the same data give the same model whatever ``random_state``; the
       seed only matters for the internal holdout.
     * The model is scikit-learn's ``LogisticRegression`` (lbfgs, L2, intercept unpenalised). With
-      more than two classes, every size, its objective is minimised by
-      :mod:`embedcyto.probes._multinomial` (scipy's L-BFGS-B with scikit-learn's options and
-      start dtype, the data prepared once per C path, an exact row-space basis when there are
-      fewer rows than features).
+      more than two classes, every size, its objective (:mod:`embedcyto.probes._multinomial`)
+      is minimised by default to scikit-learn's own optimality test (largest gradient entry
+      <= tol) by an L-BFGS in eigen-scaled variables (:mod:`embedcyto.probes._precond`), each
+      C started from the path's two last solutions extrapolated in log C: the same optimum in
+      several times fewer products with the data. ``solver="lbfgs"`` runs scipy's L-BFGS-B on
+      scikit-learn's variables instead, which follows scikit-learn's iterates.
       Always using it above two classes, rather than above a size threshold, keeps one solver per
       model type, so a result never changes because a dataset crossed a threshold. Binary
       problems stay on scikit-learn, whose binary model has a single coefficient vector.
@@ -49,6 +51,7 @@ from embedcyto.errors import ProbeError
 from embedcyto.probes._base import apply_normaliser, check_normalisation, fit_normaliser
 from embedcyto.probes._multinomial import (MultinomialObjective, class_sample_weight,
                                            single_blas_thread)
+from embedcyto.probes._precond import PreconditionedPath, extrapolated_start
 from embedcyto.probes._sk import (ProbeInputError, require_two_classes, validate_fit,
                                   validate_predict, validate_val)
 
@@ -56,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: The C grid searched when ``Cs`` is None: 13 values, 1e-4 to 1e2 in half decades.
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+#: Multiclass solvers (see ``LinearProbe``'s ``solver``).
+SOLVERS = ("scaled", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         holdout: fraction of training rows held out to choose C when no validation data is given.
         random_state: seed of the internal holdout split (the only randomness).
         patience: stop the C path after this many grid values without improvement (None: never).
+        solver: "scaled" (default): scikit-learn's objective minimised to scikit-learn's
+            optimality test by L-BFGS in eigen-scaled variables (:mod:`._precond`), several
+            times fewer products with the data; "lbfgs": scipy's L-BFGS-B on scikit-learn's own
+            variables, which follows scikit-learn's iterates. Binary problems use scikit-learn.
 
     Attributes:
         classes_, n_features_in_: as in scikit-learn.
@@ -114,7 +123,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, Cs=None, normalisation="standard", class_weight=None, max_iter=1000,
-                 tol=1e-6, holdout=0.2, random_state=0, patience=3):
+                 tol=1e-6, holdout=0.2, random_state=0, patience=3, solver="scaled"):
         self.Cs = Cs
         self.normalisation = normalisation
         self.class_weight = class_weight
@@ -123,6 +132,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.holdout = holdout
         self.random_state = random_state
         self.patience = patience
+        self.solver = solver
 
     def _grid(self) -> np.ndarray:
         grid = np.atleast_1d(np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=float))
@@ -133,6 +143,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def fit(self, X, y, X_val=None, y_val=None):
         """Fit on (X, y); choose C on (X_val, y_val), or on an internal holdout without them."""
         check_normalisation(self.normalisation)
+        if self.solver not in SOLVERS:
+            raise ProbeError(f"unknown linear-probe solver {self.solver!r}: pass `solver=` one "
+                             f"of {', '.join(SOLVERS)}")
         self._unconverged: dict[float, tuple[int, str]] = {}
         X, y = validate_fit(self, X, y)
         require_two_classes(self)
@@ -166,23 +179,30 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def _solver(self, X, y) -> Callable[[float, _Solution | None], _Solution]:
         """A function ``(C, start) -> solution`` fitting (X, y), warm-started from ``start``.
 
-        More than two classes: scikit-learn's multinomial objective minimised by
-        :class:`MultinomialObjective` (same L-BFGS-B and options, faster loss and gradient; the
-        data are prepared once for the whole C path). Two classes: scikit-learn itself, whose
-        binary model has one coefficient vector instead of two.
+        More than two classes: scikit-learn's multinomial objective (:class:`MultinomialObjective`,
+        the data prepared once for the whole C path) minimised by the scaled L-BFGS (started
+        from the path extrapolated in log C when ``start`` is the last solution) or, with
+        ``solver="lbfgs"``, by scipy's L-BFGS-B. Two classes: scikit-learn itself, whose binary
+        model has one coefficient vector instead of two.
         """
         n_classes = len(self.classes_)
         if n_classes > 2:
-            objective = MultinomialObjective(
-                X, y, n_classes, class_sample_weight(y, n_classes, self.class_weight))
+            weights = class_sample_weight(y, n_classes, self.class_weight)
+            minimiser = (MultinomialObjective(X, y, n_classes, weights) if self.solver == "lbfgs"
+                         else PreconditionedPath(X, y, n_classes, weights))
+            path: list[_Solution] = []
 
             def solve(C: float, start: _Solution | None) -> _Solution:
-                fit = objective.fit(C, self.tol, self.max_iter,
-                                    *((start.coef, start.intercept) if start else ()))
+                begin = () if start is None else (start.coef, start.intercept)
+                if self.solver != "lbfgs" and len(path) >= 2 and start is path[-1]:
+                    begin = extrapolated_start((path[-2].coef, path[-2].intercept), begin,
+                                               path[-2].C, path[-1].C, C)
+                fit = minimiser.fit(C, self.tol, self.max_iter, *begin)
                 if not fit.converged:
                     self._warn_convergence(C, fit.n_iter, fit.message)
                 self.n_evaluations_ += fit.n_evaluations
-                return _Solution(C, fit.coef, fit.intercept, fit.n_iter, fit.n_evaluations)
+                path.append(_Solution(C, fit.coef, fit.intercept, fit.n_iter, fit.n_evaluations))
+                return path[-1]
             return solve
 
         def solve_binary(C: float, start: _Solution | None) -> _Solution:

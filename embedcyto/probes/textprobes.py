@@ -20,11 +20,11 @@ The arithmetic is :mod:`embedcyto.probes.textcore`, shared with the batched epis
 from __future__ import annotations
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from embedcyto.probes import textcore as tc
 from embedcyto.probes._base import l2_normalise
+from embedcyto.probes._multinomial import single_blas_thread
 from embedcyto.probes._sk import (
     ProbeInputError,
     require_two_classes,
@@ -72,7 +72,7 @@ class _TextProbe(ClassifierMixin, BaseEstimator):
         self.text_ = self._text(F, yy)
         self.support_ = F
         Y = one_hot(yy, len(self.classes_), F.dtype)
-        with threadpool_limits(limits=1, user_api="blas"):  # see text_episodes.text_scorer
+        with single_blas_thread():  # see text_episodes.text_scorer
             self._fit(F[None], (F @ F.T)[None], (F @ self.text_.T)[None], Y[None], X_val, y_val)
         return self
 
@@ -161,21 +161,21 @@ class TipAdapter(_TextProbe):
     def _fit(self, F, G, S, Y, X_val, y_val):
         self.L_ = Y
         n = G.shape[1]
-        self.M_ = np.zeros_like(G)
+        self.keys_ = np.eye(n, dtype=G.dtype)[None]  # (I + M)ᵀ: the keys are (I + M) F
         if self.finetune:
             lr = float(tc.TIP_F_LR * n / tc.lambda_max(G)[0])
-            self.M_ = tc.tip_finetune(G, S, Y, self.logit_scale, 1.0, 1.0, int(self.steps), lr)
+            self.keys_ = tc.tip_finetune(G, S, Y, self.logit_scale, 1.0, 1.0, int(self.steps), lr)
         if X_val is None:
             self.beta_, self.alpha_, self.val_accuracy_ = 1.0, 1.0, None
             return
         V = l2_normalise(X_val)
-        Av = (V @ F[0].T)[None] @ (np.eye(n) + self.M_).transpose(0, 2, 1)
+        Av = (V @ F[0].T)[None] @ self.keys_
         b, a, acc = tc.tip_search(Av, (V @ self.text_.T)[None], y_val[None], Y,
                                   self.logit_scale, self.betas, self.alphas)
         self.beta_, self.alpha_, self.val_accuracy_ = float(b[0]), float(a[0]), float(acc[0])
 
     def _logits(self, A, Qt):
-        keys = A @ (np.eye(A.shape[2]) + self.M_).transpose(0, 2, 1)
+        keys = A @ self.keys_
         return self.logit_scale * Qt[None] + self.alpha_ * tc.tip_cache_logits(
             keys, self.L_, self.beta_)
 

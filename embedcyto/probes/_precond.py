@@ -1,0 +1,344 @@
+"""Preconditioned L-BFGS for the multinomial objective: scikit-learn's optimum in few iterations.
+
+Why: scikit-learn's L-BFGS-B on standardised embeddings needs hundreds of iterations per C,
+because embeddings concentrate their variance in a few directions (the feature covariance's
+eigenvalues span four or more decades), and every iteration costs two skinny products with the
+data. This solver minimises *the same objective* (:mod:`embedcyto.probes._multinomial`'s, i.e.
+scikit-learn's) to *the same optimality test* (largest gradient entry, in scikit-learn's own
+coefficients, at most ``tol``) in a better-scaled set of variables, with a line search that
+costs no product with the data:
+
+* **Change of variables.** ``W^T = V diag(d) U`` with ``V`` the eigenvectors of the training
+  rows' (weighted, centred) covariance and ``d_j = 1 / sqrt(sigma * lambda_j + 1 / (C S))``:
+  the data term's curvature along eigenvector ``j`` is about ``sigma * lambda_j`` (``sigma``:
+  the softmax's mean curvature at the start point) and the penalty's is ``1 / (C S)``, so in
+  ``U`` the problem is close to isotropic. The intercept is taken for centred rows
+  (``b = c - W mu``) and scaled by ``1 / sqrt(sigma)``. The map is linear and invertible, so the
+  minimiser is the same point. The data are rotated once into the eigenbasis (orthonormal,
+  nothing dropped; with fewer rows than features, into the centred rows' span, see
+  :func:`_centred_row_space`), so an iteration maps no ``p x p`` matrix.
+* **Line search along the logits.** Along a direction, the logits move linearly:
+  ``Z(alpha) = Z + alpha * X D``. One product gives ``X D``; the loss, its slope and its
+  curvature at any ``alpha`` then cost ``O(n K)`` and are computed in float64, so the line
+  search sees decreases far below float32's resolution of the loss, and every iteration costs
+  exactly two products (``X D`` and the gradient's ``R^T X``).
+* **Classes' mean direction.** Adding the same vector to every class's coefficients leaves the
+  logits' differences unchanged: only the penalty acts on it, and the optimum has none. The
+  start is centred over classes (which lowers the penalty and leaves the data term as it is),
+  and one curvature ``sigma`` for all classes keeps every step in that subspace.
+
+The iterates are kept in float64; the products run in the data's dtype (float32 features:
+float32 products, as scikit-learn's). Deterministic: the same data give the same iterates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedcyto.probes._multinomial import MultinomialFit
+
+#: L-BFGS memory (scipy's default ``maxcor``; 30 saved under 10 % of the iterations).
+MEMORY = 10
+#: The line search stops once the slope has fallen below this share of its start value (the
+#: curvature condition of Wolfe's test with scipy's 0.9): step 1 nearly always passes it. 0.1
+#: (a near-exact search) saved under 10 % of the iterations for 70 % more line-search trials.
+SLOPE_SHARE = 0.9
+#: Line-search trials per iteration at most (each costs O(n K), no product with the data).
+MAX_TRIALS = 30
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigen-decomposition of the training rows' weighted, centred covariance (float64)."""
+
+    mean: np.ndarray  # (p,)
+    values: np.ndarray  # (p,), >= 0
+    vectors: np.ndarray | None  # (p, p), columns; None once the data are in the eigenbasis
+
+
+def covariance_spectrum(X: np.ndarray, sample_weight: np.ndarray | None) -> Spectrum:
+    """The weighted mean and the covariance's eigenpairs; the Gram product runs in X's dtype."""
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    total = float(X.shape[0] if w is None else w.sum())
+    mean = (X.sum(axis=0, dtype=np.float64) if w is None else w @ X.astype(np.float64)) / total
+    Xs = X if w is None else X * np.sqrt(w, dtype=np.float64)[:, None].astype(X.dtype)
+    gram = (Xs.T @ Xs).astype(np.float64) / total
+    cov = gram - np.outer(mean, mean)
+    values, vectors = np.linalg.eigh((cov + cov.T) / 2)
+    return Spectrum(mean, np.maximum(values, 0.0), vectors)
+
+
+@dataclass
+class _State:
+    """The current point: coefficients (float64), logits, probabilities, loss and gradient."""
+
+    coef_t: np.ndarray  # W^T, (p, K)
+    intercept: np.ndarray  # b, (K,)
+    logits: np.ndarray  # (n, K) float64, X W^T + b
+    loss: float
+    grad_t: np.ndarray  # gradient wrt W^T, (p, K)
+    grad_b: np.ndarray  # (K,)
+    sigma: float = 0.0
+
+
+class PreconditionedPath:
+    """Minimises scikit-learn's multinomial objective (that of
+    :class:`~embedcyto.probes._multinomial.MultinomialObjective`) at one C after another with the
+    scaled L-BFGS described above; the data are rotated and the spectrum computed once."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
+                 sample_weight: np.ndarray | None = None):
+        X = np.ascontiguousarray(X)
+        if X.dtype not in (np.float32, np.float64):
+            X = X.astype(np.float64)
+        self.dtype, self.n_classes = X.dtype, int(n_classes)
+        self.sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        self.S = float(X.shape[0] if self.sw is None else self.sw.sum())
+        self.y = np.asarray(y, dtype=np.intp)
+        self.rows = np.arange(X.shape[0])
+        self.onehot = np.zeros((X.shape[0], self.n_classes))
+        self.onehot[self.rows, self.y] = 1.0
+        self.to_features, self.offset = None, None  # see _centred_row_space
+        if X.shape[0] < X.shape[1]:
+            self.X, self.spectrum, self.to_features, self.offset = _centred_row_space(X, self.sw)
+        else:
+            # The data rotated once into the eigenbasis (one square product, in X's dtype):
+            # the coefficients then need no p x p map at each iteration, which cost as much
+            # as the data products on SIPaKMeD-sized sets. Exact: the basis is orthonormal.
+            spectrum = covariance_spectrum(X, self.sw)
+            self.X = X @ spectrum.vectors.astype(X.dtype)
+            self.spectrum = Spectrum(spectrum.vectors.T @ spectrum.mean, spectrum.values, None)
+            self.to_features = spectrum.vectors
+        self.n_products = 0
+
+    # -- the objective along logits -------------------------------------------------------
+    def _data_at(self, logits: np.ndarray):
+        """Weighted mean loss, softmax probabilities and residual P - Y at these logits."""
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        prob = np.exp(shifted)
+        norm = prob.sum(axis=1)
+        loss = np.log(norm) - shifted[self.rows, self.y]
+        prob /= norm[:, None]
+        if self.sw is not None:
+            loss = loss * self.sw
+        return float(loss.sum()) / self.S, prob
+
+    def _logits(self, coef_t, intercept) -> np.ndarray:
+        self.n_products += 1
+        X = self.X
+        return (X @ coef_t.astype(X.dtype)).astype(np.float64) + intercept
+
+    def _state(self, coef_t, intercept, logits, rho) -> _State:
+        """Loss and gradient at a point whose logits are known (one product: ``R^T X``)."""
+        data_loss, prob = self._data_at(logits)
+        resid = prob - self.onehot
+        if self.sw is not None:
+            resid *= self.sw[:, None]
+        X = self.X
+        self.n_products += 1
+        grad_t = (resid.astype(X.dtype).T @ X).T.astype(np.float64) / self.S + rho * coef_t
+        loss = data_loss + 0.5 * rho * float(np.sum(coef_t ** 2))
+        curv = 1.0 - np.sum(prob ** 2, axis=1)  # trace of diag(p) - p p^T
+        sw = 1.0 if self.sw is None else self.sw
+        sigma = float(np.sum(sw * curv)) / self.S / (prob.shape[1] - 1)
+        return _State(coef_t, intercept, logits, loss, grad_t, resid.sum(axis=0) / self.S,
+                      sigma)
+
+    def fit(self, C: float, tol: float, max_iter: int, coef=None,
+            intercept=None) -> MultinomialFit:
+        """Minimise the objective at ``C`` from (coef, intercept), zeros by default, until
+        scikit-learn's optimality test passes (largest gradient entry <= ``tol``)."""
+        first, rho = self.n_products, 1.0 / (C * self.S)
+        coef_t, b = np.zeros((self.X.shape[1], self.n_classes)), np.zeros(self.n_classes)
+        if coef is not None:
+            coef = np.asarray(coef, dtype=np.float64)
+            b = np.asarray(intercept, dtype=np.float64).copy()
+            if self.offset is not None:
+                b = b + coef @ self.offset
+            if self.to_features is not None:
+                coef = coef @ self.to_features
+            coef_t = coef.T - coef.T.mean(axis=1, keepdims=True)  # see the module docstring
+        state = self._state(coef_t, b, self._logits(coef_t, b), rho)
+        scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
+        state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
+        coef, b = state.coef_t.T, state.intercept
+        if self.to_features is not None:
+            coef = coef @ self.to_features.T
+        if self.offset is not None:
+            b = b - coef @ self.offset
+        return MultinomialFit(coef=np.ascontiguousarray(coef, dtype=self.dtype),
+                              intercept=b.astype(self.dtype), n_iter=n_iter,
+                              converged=converged, message=message,
+                              n_evaluations=(self.n_products - first + 1) // 2)
+
+    def line(self, state: _State, dz: np.ndarray, d_coef_t: np.ndarray, rho: float):
+        """f(alpha), f'(alpha), f''(alpha) along logits Z + alpha dZ, coefficients W + alpha D."""
+        wd, dd = float(np.sum(state.coef_t * d_coef_t)), float(np.sum(d_coef_t ** 2))
+        w2 = float(np.sum(state.coef_t ** 2))
+        dz_y, dz2 = dz[self.rows, self.y], dz * dz
+
+        def at(alpha: float):
+            data_loss, prob = self._data_at(state.logits + alpha * dz)
+            pz = np.sum(prob * dz, axis=1)
+            slope_rows = pz - dz_y
+            curv_rows = np.sum(prob * dz2, axis=1) - pz ** 2
+            if self.sw is not None:
+                slope_rows, curv_rows = slope_rows * self.sw, curv_rows * self.sw
+            f = data_loss + 0.5 * rho * (w2 + 2 * alpha * wd + alpha ** 2 * dd)
+            return (f, float(slope_rows.sum()) / self.S + rho * (wd + alpha * dd),
+                    float(curv_rows.sum()) / self.S + rho * dd)
+        return at
+
+
+class _Scaling:
+    """The linear map between scaled variables (U, u) and scikit-learn's (W^T, b)."""
+
+    def __init__(self, spectrum: Spectrum, sigma: float, rho: float):
+        self.mu = spectrum.mean  # in the rotated data's basis (see PreconditionedPath)
+        self.d = 1.0 / np.sqrt(sigma * spectrum.values + rho)
+        self.e = 1.0 / np.sqrt(sigma)
+
+    def to_original(self, U: np.ndarray, u: np.ndarray):
+        """(U, u) -> (W^T, b) with W^T = diag(d) U (in the eigenbasis), b = c - W mu, c = e u."""
+        coef_t = self.d[:, None] * U
+        return coef_t, self.e * u - self.mu @ coef_t
+
+    def grad_to_scaled(self, grad_t: np.ndarray, grad_b: np.ndarray):
+        """Chain rule through :meth:`to_original` (its transpose)."""
+        g_total = grad_t - np.outer(self.mu, grad_b)
+        return self.d[:, None] * g_total, self.e * grad_b
+
+
+def _optimality(state: _State, to_features, offset, tol: float) -> bool:
+    """scikit-learn's test: the largest gradient entry wrt its own (W, b) at most ``tol``.
+
+    The features' gradient is ``to_features @ grad`` (plus ``offset grad_b^T`` in a centred
+    row space). In the eigenbasis of all features (no offset) the test is scikit-learn's
+    exactly; the product is skipped while a class column's norm exceeds ``tol * sqrt(p)``
+    (the largest entry is at least that norm / sqrt(p)). In a centred row space (see
+    :func:`_centred_row_space`) each entry is at most its class column's norm plus
+    ``|offset_j| * |grad_b|``, and the test asks for that bound to be at most ``tol``: it
+    implies scikit-learn's test whatever the basis. (Testing the features' largest entry
+    itself stopped MLCC's flat C = 100 fit one validation row away from its optimum, which
+    changed the chosen C.)
+    """
+    grad_b = float(np.abs(state.grad_b).max())
+    if grad_b > tol:
+        return False
+    if to_features is None:
+        return float(np.abs(state.grad_t).max()) <= tol
+    norm = float(np.sqrt(np.sum(state.grad_t ** 2, axis=0)).max())
+    if offset is not None:
+        return norm + float(np.abs(offset).max()) * grad_b <= tol
+    if norm > tol * np.sqrt(to_features.shape[0]):
+        return False
+    return float(np.abs(to_features @ state.grad_t).max()) <= tol
+
+
+def _centred_row_space(X: np.ndarray, sw: np.ndarray | None):
+    """Fewer rows than features: the fit's data, spectrum and maps in the centred rows' span.
+
+    With ``A = diag(sqrt(s)) (X - 1 mu^T) / sqrt(S)`` (weighted mean ``mu``) and the n x n
+    eigendecomposition ``A A^T = U diag(lam) U^T``, the covariance's eigenvectors with
+    non-zero eigenvalues are ``V = A^T U lam^-1/2`` and the centred rows in that basis are
+    ``Z = sqrt(S) diag(s^-1/2) U lam^1/2`` (no product with the data). Exact: the logits are
+    ``X W^T + b = Z (W V)^T + c`` with ``c = b + W mu`` for every ``W`` in the span of ``V``, the
+    penalty is the same there (orthonormal ``V``), and the minimiser lies there (outside,
+    only the penalty acts). Directions of variance below ``n * eps`` of the largest (the
+    centring's, duplicated rows') are those of zero variance, left out.
+
+    Returns (Z in X's dtype, its Spectrum, V (p x r), mu).
+    """
+    w = np.ones(X.shape[0]) if sw is None else sw
+    total = float(w.sum())
+    mu = (w @ X.astype(np.float64)) / total
+    A = (X.astype(np.float64) - mu) * np.sqrt(w / total)[:, None]
+    values, U = np.linalg.eigh(A @ A.T)
+    keep = values > values.max() * X.shape[0] * np.finfo(np.float64).eps
+    values, U = values[keep], U[:, keep]
+    Z = np.sqrt(total / w)[:, None] * U * np.sqrt(values)
+    V = (A.T @ U) / np.sqrt(values)
+    spectrum = Spectrum(np.zeros(values.size), values, None)
+    return np.ascontiguousarray(Z, dtype=X.dtype), spectrum, V, mu
+
+
+def _lbfgs(path: PreconditionedPath, state: _State, scale: _Scaling, rho, tol, max_iter):
+    """L-BFGS in the scaled variables; every iteration makes two products with the data."""
+    memory: list[tuple[np.ndarray, np.ndarray, float]] = []
+    g = np.concatenate([a.ravel() for a in scale.grad_to_scaled(state.grad_t, state.grad_b)])
+    p, K = state.coef_t.shape
+    for it in range(max_iter + 1):
+        if _optimality(state, path.to_features, path.offset, tol):
+            return state, it, True, "CONVERGENCE: NORM OF PROJECTED GRADIENT <= PGTOL"
+        if it == max_iter:
+            return state, it, False, "STOP: TOTAL NO. OF ITERATIONS REACHED LIMIT"
+        direction = -_two_loop(g, memory)
+        dU, du = direction[:p * K].reshape(p, K), direction[p * K:]
+        d_coef_t, d_b = scale.to_original(dU, du)
+        dz = path._logits(d_coef_t, d_b)
+        slope0 = float(g @ direction)
+        alpha = _line_search(path.line(state, dz, d_coef_t, rho), state.loss, slope0)
+        if alpha is None:
+            return state, it, False, "ABNORMAL_TERMINATION_IN_LNSRCH"
+        coef_t = state.coef_t + alpha * d_coef_t
+        intercept = state.intercept + alpha * d_b
+        new = path._state(coef_t, intercept, state.logits + alpha * dz, rho)
+        g_new = np.concatenate([a.ravel() for a in scale.grad_to_scaled(new.grad_t, new.grad_b)])
+        s, y = alpha * direction, g_new - g
+        sy = float(s @ y)
+        if sy > 1e-12 * float(y @ y):
+            memory = (memory + [(s, y, 1.0 / sy)])[-MEMORY:]
+        state, g = new, g_new
+    raise AssertionError("unreachable")
+
+
+def _two_loop(g: np.ndarray, memory) -> np.ndarray:
+    """L-BFGS's inverse-Hessian product; identity scaled by s.y / y.y as initial matrix."""
+    q, alphas = g.copy(), []
+    for s, y, r in reversed(memory):
+        a = r * float(s @ q)
+        q -= a * y
+        alphas.append(a)
+    if memory:
+        s, y, _ = memory[-1]
+        q *= float(s @ y) / float(y @ y)
+    for (s, y, r), a in zip(memory, reversed(alphas)):
+        q += (a - r * float(y @ q)) * s
+    return q
+
+
+def _line_search(at, f0: float, slope0: float) -> float | None:
+    """A step along the direction where the slope has fallen to SLOPE_SHARE of its start value
+    (the loss is convex along it): safeguarded Newton from alpha = 1, bisection fallback.
+
+    Returns None when the direction does not descend (nothing left to gain in float64)."""
+    if not slope0 < 0:
+        return None
+    lo, hi, alpha = 0.0, np.inf, 1.0
+    for _ in range(MAX_TRIALS):
+        f, slope, curv = at(alpha)
+        if abs(slope) <= SLOPE_SHARE * abs(slope0) and f <= f0:
+            return alpha
+        if slope < 0:
+            lo = alpha
+        else:
+            hi = alpha
+        newton = alpha - slope / curv if curv > 0 else np.inf
+        if lo < newton < hi:
+            alpha = newton
+        else:
+            alpha = 2 * lo if np.isinf(hi) else 0.5 * (lo + hi)
+    return lo if lo > 0 else None
+
+
+def extrapolated_start(previous, last, C_previous: float, C_last: float, C: float):
+    """A start for the fit at ``C``: the path's two last solutions extrapolated linearly in
+    log C. The solution path is smooth in log C; on HiCervix-sized features this start halved
+    the iterations at C >= 1 (122 against 240 at C = 1, 3.2, 10). Any start reaches the same
+    optimum."""
+    step = np.log(C / C_last) / np.log(C_last / C_previous)
+    return tuple(np.asarray(b, dtype=np.float64) + step * (np.asarray(b, dtype=np.float64)
+                                                          - np.asarray(a, dtype=np.float64))
+                 for a, b in zip(previous, last))
