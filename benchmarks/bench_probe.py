@@ -78,30 +78,69 @@ class _EvalCounter:
         LinearProbe.fit = counted
 
 
-def run_fast(feats, shots, episodes, counter) -> dict:
-    """The library path used by ``embedcyto probe`` (the runner's per-unit evaluation)."""
+STAGES = ("linear", "knn", "episodes")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS window (Linux: ``/proc/self/clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_fast(feats, shots, episodes, counter, stages=STAGES) -> dict:
+    """The library path used by ``embedcyto probe`` (the runner's per-unit evaluation: the
+    episodes of one unit share their split arrays through one cache, as in the runner).
+
+    Each stage's peak resident memory is recorded (``peak_mib``; the features themselves
+    included) when the peak can be reset between stages."""
     from embedcyto.probes.evaluate import evaluate_episodes, evaluate_full
 
-    cpu = time.process_time()
-    out = {"linear": evaluate_full(feats, "linear", None, {})}
-    out["linear"]["cpu_seconds"] = time.process_time() - cpu
-    out["linear"]["evaluations"] = counter.last
-    out["knn"] = evaluate_full(feats, "knn", None, {})
-    for k in shots:
-        out[k] = evaluate_episodes(feats, "simpleshot", k, 1, episodes, {})
+    out, cache = {}, {}
+    if "linear" in stages:
+        reset_peak_rss()
+        cpu = time.process_time()
+        out["linear"] = evaluate_full(feats, "linear", None, {})
+        out["linear"]["cpu_seconds"] = time.process_time() - cpu
+        out["linear"]["evaluations"] = counter.last
+        out["linear"]["peak_mib"] = peak_rss_mib()
+    if "knn" in stages:
+        reset_peak_rss()
+        out["knn"] = evaluate_full(feats, "knn", None, {})
+        out["knn"]["peak_mib"] = peak_rss_mib()
+    if "episodes" in stages:
+        reset_peak_rss()
+        for k in shots:
+            out[k] = evaluate_episodes(feats, "simpleshot", k, 1, episodes, {}, cache=cache)
+        out["episodes_peak_mib"] = peak_rss_mib()
     return out
 
 
 def stage_flops(feats, fast, shots, episodes) -> dict:
+    """Matrix-product FLOPs of each stage that ran.
+
+    kNN: one similarity product of the validation rows (choosing k) and one of the test rows
+    against the training rows. Episodes: per episode, the test rows against every class
+    prototype (``2·n_test·C·p``) and against the episode's centring mean (``2·n_test·p``)."""
     n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
     p, k = feats.X.shape[1], len(feats.classes)
+    out = {"knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
+           "episodes": 2.0 * len(shots) * episodes * (k + 1) * n["test"] * p}
+    if "linear" not in fast:
+        return out
     evals = fast["linear"]["evaluations"]
     p_fit = min(p, n["train"])  # the solver fits in the row space when rows < features
     reached = sum(v is not None for v in fast["linear"]["chosen"]["val_accuracy"])
     linear = None if not evals else (  # binary: scikit-learn itself, no count
         4.0 * evals * n["train"] * p_fit * k + 2.0 * p * k * (reached * n["val"] + n["test"]))
-    return {"linear": linear, "knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
-            "episodes": 2.0 * len(shots) * episodes * k * n["test"] * p}
+    return {**out, "linear": linear}
 
 
 def _stage_line(name, seconds, flops, rate) -> str:
@@ -115,35 +154,72 @@ def report(name, feats, fast, shots, episodes, rate) -> float:
     """Print one dataset's stages; return its total seconds."""
     n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
     flops = stage_flops(feats, fast, shots, episodes)
-    t = {"linear": fast["linear"]["seconds"], "knn": fast["knn"]["seconds"],
-         "episodes": sum(fast[k]["seconds"] for k in shots)}
-    lin = fast["linear"]
+    t = {s: fast[s]["seconds"] for s in ("linear", "knn") if s in fast}
+    if shots[0] in fast:
+        t["episodes"] = sum(fast[k]["seconds"] for k in shots)
+    chosen = ""
+    if "linear" in fast:
+        lin = fast["linear"]
+        chosen = (f"C={lin['chosen']['C']:.3g} ({lin['evaluations']} evaluations) acc "
+                  f"{lin['metrics']['accuracy']:.4f} balanced "
+                  f"{lin['metrics']['balanced_accuracy']:.4f} ")
+    if "knn" in fast:
+        chosen += f"k={fast['knn']['chosen']['k']}"
     print(f"{name:<9} {n['train']}/{n['val']}/{n['test']} rows  total {sum(t.values()):.1f}s  "
-          + "  ".join(_stage_line(s, t[s], flops[s], rate) for s in t)
-          + f"  | C={lin['chosen']['C']:.3g} ({lin['evaluations']} evaluations) "
-          f"k={fast['knn']['chosen']['k']} acc {lin['metrics']['accuracy']:.4f} "
-          f"balanced {lin['metrics']['balanced_accuracy']:.4f}", flush=True)
+          + "  ".join(_stage_line(s, t[s], flops[s], rate) for s in t) + f"  | {chosen}",
+          flush=True)
     return sum(t.values())
 
 
+def report_scaling(feats, fast, shots) -> None:
+    """Per stage: microseconds per row (all rows of the dataset) and peak resident memory."""
+    rows = feats.labels.size
+    peaks = {"linear": fast.get("linear", {}).get("peak_mib"),
+             "knn": fast.get("knn", {}).get("peak_mib"), "episodes": fast.get("episodes_peak_mib")}
+    t = {s: fast[s]["seconds"] for s in ("linear", "knn") if s in fast}
+    if shots[0] in fast:
+        t["episodes"] = sum(fast[k]["seconds"] for k in shots)
+    print(f"{'':<9} per row ({rows} rows, features {feats.X.nbytes / 2**20:.0f} MiB): "
+          + "  ".join(f"{s} {1e6 * v / rows:.0f} us/row, peak RSS {peaks[s]:.0f} MiB"
+                      for s, v in t.items()), flush=True)
+
+
 def reference_of(fast, shots) -> dict:
-    return {"C": fast["linear"]["chosen"]["C"], "k": fast["knn"]["chosen"]["k"],
-            "accuracy": fast["linear"]["metrics"]["accuracy"],
-            "episodes": {str(s): fast[s]["episode_accuracy"] for s in shots}}
+    """What must not change: chosen C and k, linear and kNN test accuracy, every episode's
+    accuracy, and each level's episode summaries (HiCervix)."""
+    out = {}
+    if "linear" in fast:
+        out.update(C=fast["linear"]["chosen"]["C"], accuracy=fast["linear"]["metrics"]["accuracy"])
+    if "knn" in fast:
+        out.update(k=fast["knn"]["chosen"]["k"], knn_accuracy=fast["knn"]["metrics"]["accuracy"])
+    if shots[0] in fast:
+        out["episodes"] = {str(s): fast[s]["episode_accuracy"] for s in shots}
+        out["levels"] = {str(s): {name: [v.get("accuracy", v)[key] for key in ("mean", "std")]
+                                  for name, v in fast[s].get("levels", {}).items()}
+                         for s in shots}  # "average" is a summary itself
+    return out
 
 
 def compare_reference(name, ref, fast, shots) -> bool:
-    """Same C and k; every episode accuracy within 1/n_test (float32 rounding of a near-tie)."""
-    now = reference_of(fast, shots)
-    tol = 1.0 / fast[shots[0]]["n_test"] + 1e-6
-    diffs = [np.abs(np.array(now["episodes"][str(s)]) - np.array(ref["episodes"][str(s)]))
-             for s in shots]
-    worst, changed = max(float(d.max()) for d in diffs), sum(int((d > 1e-6).sum()) for d in diffs)
-    same = now["C"] == ref["C"] and now["k"] == ref["k"] and worst <= tol
-    print(f"{'':<9} reference: same C {now['C'] == ref['C']}, same k {now['k'] == ref['k']}, "
-          f"test accuracy {ref['accuracy']:.4f} -> {now['accuracy']:.4f}, episodes changed "
-          f"{changed}/{sum(d.size for d in diffs)} (max diff {worst:.1e}, allowed {tol:.1e}): "
-          f"{'identical' if same else 'DIFFERENT'}", flush=True)
+    """Same C and k; every episode accuracy within 1/n_test (float32 rounding of a near-tie);
+    the level summaries and the number of changed episodes are printed (0 expected)."""
+    now, same, parts = reference_of(fast, shots), True, []
+    for key in ("C", "k", "accuracy", "knn_accuracy"):
+        if key in now and key in ref:
+            same &= now[key] == ref[key]
+            parts.append(f"{key} {ref[key]:.4g} -> {now[key]:.4g}")
+    if "episodes" in now and "episodes" in ref:
+        tol = 1.0 / fast[shots[0]]["n_test"] + 1e-6
+        diffs = [np.abs(np.array(now["episodes"][str(s)]) - np.array(ref["episodes"][str(s)]))
+                 for s in shots]
+        worst = max(float(d.max()) for d in diffs)
+        changed = sum(int((d > 1e-6).sum()) for d in diffs)
+        levels_same = now["levels"] == ref.get("levels", now["levels"])
+        same &= worst <= tol
+        parts.append(f"episodes changed {changed}/{sum(d.size for d in diffs)} (max diff "
+                     f"{worst:.1e}, allowed {tol:.1e}), level summaries identical {levels_same}")
+    print(f"{'':<9} reference: {', '.join(parts)}: {'identical' if same else 'DIFFERENT'}",
+          flush=True)
     return same
 
 
@@ -190,6 +266,9 @@ def _args(argv):
                         f"default {SEPARATION}: realistic overlap)")
     parser.add_argument("--no-sklearn", action="store_true",
                         help="skip scikit-learn's run of the linear protocol")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help="stages to run (e.g. knn,episodes: the scaling runs without the "
+                             "linear probe)")
     parser.add_argument("--naive", action="store_true", help="check k and episodes naively")
     parser.add_argument("--save-reference", metavar="FILE")
     parser.add_argument("--reference", metavar="FILE")
@@ -210,10 +289,17 @@ def main(argv=None) -> int:
     ref = json.load(open(args.reference)) if args.reference else None
     total = sk_total = lin_total = 0.0
     rows, ok = 0, True
+    stages = tuple(s for s in args.stages.split(",") if s)
+    if not stages or set(stages) - set(STAGES):
+        raise SystemExit(f"--stages: choose among {','.join(STAGES)}")
+    if "linear" not in stages:
+        args.no_sklearn = True
     for name in args.datasets.split(","):
         feats = make_features(name, dim, scale, separation=args.separation)
-        fast = run_fast(feats, SHOTS, episodes, counter)
+        fast = run_fast(feats, SHOTS, episodes, counter, stages)
         total += report(name, feats, fast, SHOTS, episodes, rate)
+        if args.scale is not None:  # a scaling run: per-row figures
+            report_scaling(feats, fast, SHOTS)
         rows += feats.labels.size
         saved[name] = reference_of(fast, SHOTS)
         if ref is not None:

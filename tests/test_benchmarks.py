@@ -27,9 +27,13 @@ def test_bench_probe_compares_with_sklearn_and_with_a_reference(tmp_path):
     assert "fp32 matmul:" in out and "load average" in out and "bound" in out
     assert "scikit-learn same protocol" in out and "results identical: True" in out
     saved = json.loads(ref.read_text())
-    assert set(saved["mlcc"]) == {"C", "k", "accuracy", "episodes"}
-    again = _bench("--no-sklearn", "--reference", str(ref))
-    assert again.returncode == 0 and "identical" in again.stdout
+    assert set(saved["mlcc"]) == {"C", "k", "accuracy", "knn_accuracy", "episodes", "levels"}
+    # the kNN and episode stages alone, as the scaling runs use them (0.05: --quick's scale)
+    again = _bench("--stages", "knn,episodes", "--scale", "0.05", "--reference", str(ref))
+    assert again.returncode == 0 and "identical" in again.stdout, again.stdout + again.stderr
+    assert "linear" not in again.stdout.split("fp32 matmul")[1].split("total")[1]
+    assert "knn" in again.stdout and "us/row, peak RSS" in again.stdout
+    assert "episodes changed 0/" in again.stdout
     saved["mlcc"]["k"] = saved["mlcc"]["k"] + 1  # a different choice must be reported
     ref.write_text(json.dumps(saved))
     changed = _bench("--no-sklearn", "--reference", str(ref))

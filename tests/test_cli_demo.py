@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
 from embedcyto.cli.main import cli
 
 
+@pytest.mark.slow  # every stage end to end; the refusals below keep the demo command in the fast profile
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default folder is ./embedcyto-demo, kept afterwards
     (tmp_path / "embedcyto-demo").mkdir()

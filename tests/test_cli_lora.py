@@ -166,6 +166,7 @@ def test_rerun_replaces_a_finished_run(tmp_path):
     assert (run / runs.CONFIG_FILE).stat().st_mtime_ns != first and runs.is_complete(run)
 
 
+@pytest.mark.slow  # a training process killed mid-run
 def test_kill_9_mid_training_leaves_no_finished_looking_folder(trained, tmp_path):
     runs_dir = tmp_path / "runs"
     args = ["lora", "--model", "tiny-clip", *trained["common"], "--runs", runs_dir, "--shots",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from embedcyto.cli import main
@@ -40,3 +41,18 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(monkeypatch):
 def test_every_long_running_command_has_its_own_resume_note():
     assert set(main.KEPT_ON_INTERRUPT) <= set(main.COMMANDS)
     assert {"extract", "probe", "lora"} <= set(main.KEPT_ON_INTERRUPT)
+
+
+def test_python_dash_m_embedcyto_runs_the_command_line(monkeypatch, capsys):
+    import importlib
+    import runpy
+    import sys
+
+    monkeypatch.setattr("sys.argv", ["embedcyto", "--help"])
+    sys.modules.pop("embedcyto.__main__", None)  # runpy warns when it is already imported
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("embedcyto", run_name="__main__")
+    assert stop.value.code == 0
+    assert "Usage: embedcyto" in capsys.readouterr().out
+    entry = importlib.import_module("embedcyto.__main__")  # importing it runs nothing
+    assert entry.cli is main.cli and capsys.readouterr().out == ""

@@ -170,6 +170,7 @@ def test_corrupt_image_in_error_mode_stops_cleanly_and_keeps_rows(tmp_path):
     assert "cannot read image" in result.output
 
 
+@pytest.mark.slow  # an extraction process killed mid-run
 def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     root = make_fixture("sipakmed", tmp_path / "data", per_class=4)
     store = tmp_path / "cache"

@@ -53,7 +53,7 @@ def test_rank_plans_put_together_are_the_single_process_plan_with_its_seeds():
 
 
 def test_fewer_images_per_step_than_ranks_and_bad_ranks_are_refused():
-    with pytest.raises(LoraError, match=r"2 image\(s\), fewer than the 4 ranks.*--batch-size"):
+    with pytest.raises(LoraError, match=r"2 image\(s\), fewer than the 4 ranks.*batch_size="):
         rank_bounds(2, 4)
     with pytest.raises(LoraError, match="integer >= 1"):
         rank_bounds(4, 0)
@@ -145,6 +145,7 @@ def one_thread():
         yield
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_two_ranks_train_like_one_process_and_rank0_writes_one_run(fixture_root, tmp_path,
                                                                    one_thread):
     where = ["--root", str(fixture_root), "--store", str(tmp_path / "cache")]
@@ -184,6 +185,7 @@ def test_two_ranks_train_like_one_process_and_rank0_writes_one_run(fixture_root,
     assert (ddp_dir / runs.COMPLETE).stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # two torchrun ranks
 def test_an_unreadable_image_on_one_rank_stops_both_cleanly(fixture_root, tmp_path):
     root = shutil.copytree(fixture_root, tmp_path / "data")
     store, runs_root = tmp_path / "cache", tmp_path / "runs"

@@ -44,6 +44,7 @@ def legend_of(path):
         return image.info["Description"].split("\n")
 
 
+@pytest.mark.slow  # 8 extractions, probes and a report; the refusal tests below keep the recipes in the fast profile
 def test_exp1_smoke_writes_table1_for_every_model_and_dataset(recipes, smoke_dir, capsys):
     assert recipes["exp1_linear"].main(["--smoke", "--smoke-dir", str(smoke_dir)]) == 0
     out = capsys.readouterr().out
@@ -68,12 +69,14 @@ def test_exp1_smoke_writes_table1_for_every_model_and_dataset(recipes, smoke_dir
     assert "Random-weight models (tiny-clip, tiny-vit)" in text
 
 
+@pytest.mark.slow  # reads the smoke run above
 def test_exp1_again_has_nothing_left_to_do(recipes, smoke_dir, capsys):
     argv = ["--smoke", "--smoke-dir", str(smoke_dir), "--dry-run"]
     assert recipes["exp1_linear"].main(argv) == 0
     assert "extract: 8 stores, 8 done, 0 to run" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # 16 LoRA runs
 def test_exp2_smoke_adds_lora_lines_beside_the_linear_probe(recipes, smoke_dir, capsys):
     assert recipes["exp2_lora_fewshot"].main(["--smoke", "--smoke-dir", str(smoke_dir)]) == 0
     out = capsys.readouterr().out
@@ -102,6 +105,7 @@ def test_exp2_smoke_adds_lora_lines_beside_the_linear_probe(recipes, smoke_dir, 
     assert status.exit_code == 0 and status.output.count("complete") == 8, status.output
 
 
+@pytest.mark.slow  # LoRA fraction runs
 def test_exp3_smoke_fraction_table_and_figure_against_hierswin(recipes, smoke_dir):
     assert recipes["exp3_hicervix_fractions"].main(
         ["--smoke", "--smoke-dir", str(smoke_dir)]) == 0

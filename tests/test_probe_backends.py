@@ -73,6 +73,7 @@ def test_local_backends_give_the_sequential_rows(stores, sequential, tmp_path, b
     assert _rows(stores, tmp_path, n_jobs=2, backend=backend) == sequential
 
 
+@pytest.mark.slow  # starts a local Dask cluster; the loky and threading backends stay fast
 def test_dask_local_cluster_gives_the_loky_rows(stores, tmp_path, monkeypatch):
     pytest.importorskip("distributed", reason="dask.distributed is not installed "
                                               "(pip install 'embedcyto[dask]')")

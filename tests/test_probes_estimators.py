@@ -124,6 +124,29 @@ def test_knn_picks_k_and_weights():
             np.nanmax(probe.val_scores_)
 
 
+@pytest.mark.parametrize("weighting", ["majority", "distance"])
+def test_knn_reuses_the_validation_search_and_only_for_the_same_rows(monkeypatch, weighting):
+    import embedcyto.probes.knn as knn
+
+    rng = np.random.default_rng(11)
+    X, y = _blobs(rng, 40, 3, 8, spread=3.0)
+    Xv, yv = _blobs(np.random.default_rng(12), 15, 3, 8, spread=3.0)
+    searches = []
+    search = knn.neighbours
+    monkeypatch.setattr(knn, "neighbours",
+                        lambda q, *a, **kw: (searches.append(q.shape[0]), search(q, *a, **kw))[1])
+    probe = KNNProbe(weighting=weighting).fit(X, y, Xv, yv)
+    assert searches == [len(yv)]
+    reused = probe.predict_proba(Xv.copy())  # the same rows, another array: no new search
+    assert searches == [len(yv)]
+    fresh = KNNProbe(weighting=weighting, ks=[probe.k_]).fit(X, y).predict_proba(Xv)
+    np.testing.assert_array_equal(reused, fresh)  # what a new search of the k_ gives
+    changed = Xv.copy()
+    changed[0] += 1.0
+    probe.predict_proba(changed)  # other rows: searched afresh
+    assert searches[-1] == len(yv) and len(searches) == 3
+
+
 def test_knn_one_neighbour_is_the_nearest_training_row():
     rng = np.random.default_rng(9)
     X = rng.normal(size=(30, 5)).astype(np.float32)

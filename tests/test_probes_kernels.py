@@ -97,6 +97,48 @@ def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", ["planes", "contiguous"])
+def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
+    # Few distinct distances: most rows tie between classes, for the fine classes and in the
+    # level sums; the class-plane reductions must pick the first index, as argmin/argmax do.
+    from embedcyto.probes.episodes import _plane_argmax, _plane_argmin
+
+    rng = np.random.default_rng(5)
+    n, e, k = 300, 5, 7
+    planes = rng.integers(0, 3, size=(e, k, n)).astype(np.float32)
+    d2 = planes.transpose(2, 0, 1)  # the (n, E, C) view the built-in scorers return
+    if layout == "contiguous":
+        d2 = np.ascontiguousarray(d2)
+    low, arg = _plane_argmin(planes)
+    np.testing.assert_array_equal(arg, planes.argmin(axis=1))
+    np.testing.assert_array_equal(low, planes.min(axis=1))
+    np.testing.assert_array_equal(_plane_argmax(planes), planes.argmax(axis=1))
+    y = rng.integers(0, k, size=n)
+    m = np.array([0, 0, 1, 1, 2, 2, 2])
+    levels = [("l1", m, 3, np.arange(n), m[y])]
+    got = score_batch(d2, y, k, levels, 0.5)
+    want = _reference_batch(np.ascontiguousarray(d2), y, k, levels, 0.5)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+
+
+def test_knn_blocks_stay_within_the_float_budget(monkeypatch):
+    import embedcyto.probes.knn as knn
+
+    rng = np.random.default_rng(6)
+    bank = rng.normal(size=(500, 16)).astype(np.float32)
+    queries = rng.normal(size=(64, 16)).astype(np.float32)
+    want = neighbours(queries, bank, 9)
+    shapes = []
+    top_k = knn._top_k
+    monkeypatch.setattr(knn, "_top_k", lambda s, k: (shapes.append(s.shape), top_k(s, k))[1])
+    monkeypatch.setattr(knn, "BLOCK_FLOATS", 5 * 500)
+    got = knn.neighbours(queries, bank, 9)
+    assert max(rows * cols for rows, cols in shapes) <= 5 * 500 and len(shapes) == 13
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_one_thread_section_limits_torch_too_and_restores_it():
     import torch
 
@@ -123,3 +165,31 @@ def test_linear_probe_counts_its_loss_evaluations():
     X[np.arange(90), y] += 1.5
     probe = LinearProbe(Cs=[0.1, 1.0]).fit(X[:60], y[:60], X[60:], y[60:])
     assert probe.n_evaluations_ >= probe.n_iter_ > 0
+
+
+@pytest.mark.parametrize("weighting", ["majority", "distance"])
+def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
+    from embedcyto.probes.knn import vote_scores
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 4, size=(50, 20))
+    sim = np.sort(rng.uniform(-1, 1, size=(50, 20)).astype(np.float32), axis=1)[:, ::-1]
+    w = np.ones(sim.shape) if weighting == "majority" else np.exp((sim.astype(float) - 1) / 0.07)
+    onehot = np.zeros(labels.shape + (4,))
+    np.put_along_axis(onehot, labels[..., None], w[..., None], axis=2)
+    running = np.cumsum(onehot, axis=1)  # the one-hot version, bit for bit
+    got = vote_scores(labels, sim, [1, 3, 20, 50], 4, weighting, 0.07)
+    for i, k in enumerate([1, 3, 20, 50]):
+        np.testing.assert_array_equal(got[i], running[:, min(k, 20) - 1])
+
+
+def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
+    from embedcyto.probes.episodes import _level_sums
+
+    e = np.random.default_rng(8).uniform(size=(3, 5, 40)).astype(np.float32)
+    level_map = np.array([1, -1, 0, 1, 0])
+    sums = _level_sums(e, level_map, 2)
+    np.testing.assert_array_equal(sums[:, 0], e[:, 2] + e[:, 4])
+    np.testing.assert_array_equal(sums[:, 1], e[:, 0] + e[:, 3])
+    want = coarse_proba(np.moveaxis(e, 1, 2), level_map, 2)
+    np.testing.assert_allclose(np.moveaxis(sums, 1, 2), want, rtol=1e-6)

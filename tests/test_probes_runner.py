@@ -223,3 +223,39 @@ def test_list_valued_options_are_accepted_and_rows_are_reused(stores, tmp_path):
     second = grid(**kwargs)
     assert _strip(second) == _strip(first)
     assert (results / "toy.jsonl").read_text().splitlines() == lines
+
+
+def test_a_unit_reads_and_checks_each_split_once(stores, monkeypatch):
+    from embedcyto.probes import evaluate
+    from embedcyto.store import load_features
+
+    checked = []
+    check = evaluate.check_finite
+    monkeypatch.setattr(evaluate, "check_finite",
+                        lambda X, ids, where: (checked.append(where), check(X, ids, where))[1])
+    feats = load_features(store_path(stores, "toy", "alpha"))
+    runs = [(1, 1), (1, 2), (2, 1), (2, 2)]
+    rows = evaluate.evaluate_unit(feats, "simpleshot", runs, 5, {})
+    assert sorted(checked) == ["test split", "train split"]  # not once per (shots, seed)
+    alone = [evaluate.evaluate_episodes(feats, "simpleshot", k, s, 5, {}) for k, s in runs]
+    assert [r["episode_accuracy"] for r in rows] == [r["episode_accuracy"] for r in alone]
+    cache = {}
+    evaluate.split_arrays(feats, "train", cache=cache)
+    with pytest.raises(ValueError, match="read-only"):  # a probe cannot change the next run's rows
+        cache["train"]["X"][0, 0] = 1.0
+
+
+def test_units_of_the_largest_dataset_start_first(tmp_path, monkeypatch):
+    small, large = make_dataset("asmall", n_per_class=(8, 8, 8)), make_dataset(
+        "zlarge", n_per_class=(30, 30, 30))  # the grid's own order would start "asmall"
+    for ds in (small, large):
+        write_store(tmp_path / "cache", ds, "alpha")
+    started = []
+    run_unit = runner._run_unit
+    monkeypatch.setattr(runner, "_run_unit", lambda path, method, *a: (
+        started.append((path.parent.name, method)), run_unit(path, method, *a))[1])
+    rows = grid(tmp_path / "cache", methods=("knn", "simpleshot"), shots=(1,), seeds=(1,),
+                episodes=3, results_dir=tmp_path / "results", n_jobs=1, backend="threading")
+    assert started == [("zlarge", "knn"), ("zlarge", "simpleshot"), ("asmall", "knn"),
+                       ("asmall", "simpleshot")]
+    assert [r["dataset"] for r in rows] == ["asmall", "asmall", "zlarge", "zlarge"]  # sorted

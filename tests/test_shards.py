@@ -243,6 +243,7 @@ def torchrun(args, store, timeout=120):
     return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # two torchrun ranks and a single process; test_a_killed_shard_resumes keeps the shards fast
 def test_torchrun_two_ranks_equal_the_single_process_store(data, tmp_path):
     dataset, _, _ = data
     store = tmp_path / "cache"

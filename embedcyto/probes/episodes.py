@@ -20,20 +20,28 @@ import numpy as np
 
 from embedcyto.datasets.sampling import support_batch, support_ids, support_indices  # noqa: F401
 from embedcyto.errors import ProbeError
-from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
+from embedcyto.metrics import batch_confusion, metrics_from_confusion
 from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
 
 
 def _plain_scorer(T: np.ndarray, Q: np.ndarray):
-    """Squared distances to the class means of ``T`` rows (features already transformed)."""
-    q_sq = (Q * Q).sum(axis=1)[:, None]
+    """Squared distances to the class means of ``T`` rows (features already transformed).
+
+    The product is laid out as class planes ``(E, C, n)`` (what :func:`score_batch` reduces
+    over) and returned as its ``(n, E, C)`` view; the arithmetic is done in place, in the
+    order ``(|q|² - 2 q·p) + |p|²``.
+    """
+    q_sq = (Q * Q).sum(axis=1)
 
     def score(idx: np.ndarray) -> np.ndarray:
         protos = T[idx].mean(axis=2)  # (E, C, d)
         flat = protos.reshape(-1, protos.shape[-1])
-        d2 = q_sq - 2.0 * (Q @ flat.T) + (flat * flat).sum(axis=1)[None, :]
-        return d2.reshape(Q.shape[0], idx.shape[0], idx.shape[1])  # (n, E, C)
+        d2 = flat @ Q.T  # (E·C, n)
+        d2 *= 2.0
+        np.subtract(q_sq[None, :], d2, out=d2)
+        d2 += (flat * flat).sum(axis=1)[:, None]
+        return d2.reshape(*idx.shape[:2], Q.shape[0]).transpose(2, 0, 1)  # (n, E, C) view
     return score
 
 
@@ -59,22 +67,24 @@ def simpleshot_distances(X_train: np.ndarray, X_test: np.ndarray, *, centre: str
         return _plain_scorer(l2_normalise(X_train - mean), l2_normalise(X_test - mean))
     if centre != "support":
         raise ProbeError(f"unknown centring {centre!r}; choose support or train")
-    q_sq = (X_test * X_test).sum(axis=1)[:, None]
+    q_sq = (X_test * X_test).sum(axis=1)
 
     def score(idx: np.ndarray) -> np.ndarray:
         support = X_train[idx]  # (E, C, K, d)
         mean = support.mean(axis=(1, 2))  # (E, d)
         protos = l2_normalise((support - mean[:, None, None, :]).reshape(-1, support.shape[-1]))
         protos = protos.reshape(support.shape).mean(axis=2)  # (E, C, d)
-        norm = np.sqrt(np.maximum(q_sq - 2.0 * (X_test @ mean.T) + (mean * mean).sum(axis=1),
-                                  0.0))  # (n, E): |q - m|
+        norm = np.sqrt(np.maximum(q_sq[None, :] - 2.0 * (mean @ X_test.T)
+                                  + (mean * mean).sum(axis=1)[:, None], 0.0))  # (E, n): |q - m|
         inv = 1.0 / np.maximum(norm, 1e-12)
         flat = protos.reshape(-1, protos.shape[-1])
-        dot = (X_test @ flat.T).reshape(X_test.shape[0], *protos.shape[:2])
-        dot -= np.einsum("ecd,ed->ec", protos, mean)[None]  # (q - m)·p
-        d2 = ((norm * inv) ** 2)[:, :, None] - 2.0 * dot * inv[:, :, None] \
-            + (protos * protos).sum(axis=2)[None]
-        return d2  # (n, E, C)
+        d2 = (flat @ X_test.T).reshape(*protos.shape[:2], X_test.shape[0])  # (E, C, n)
+        d2 -= np.einsum("ecd,ed->ec", protos, mean)[:, :, None]  # (q - m)·p
+        d2 *= 2.0  # then |q̂|² - 2 q̂·p + |p|², in place, in that order
+        d2 *= inv[:, None, :]
+        np.subtract(((norm * inv) ** 2)[:, None, :], d2, out=d2)
+        d2 += (protos * protos).sum(axis=2)[:, :, None]
+        return d2.transpose(2, 0, 1)  # (n, E, C) view of the class planes
     return score
 
 
@@ -108,42 +118,74 @@ def score_batch(d2: np.ndarray, y_test: np.ndarray, n_classes: int, levels, temp
                 ) -> dict[str, np.ndarray]:
     """Metrics of a batch of episodes from their query-prototype distances.
 
-    ``d2`` is ``(n_queries, E, C)``, as the distance product lays it out: every reduction runs
-    over its last, contiguous axis (an argmin over the classes of a transposed ``(E, n, C)``
-    view was the slowest step of the episodes). The level predictions take the argmax of the
-    unnormalised softmax ``exp(-(d - min d) / T)`` summed up the tree: dividing every class of a
-    row by the same positive sum cannot change a row's argmax, so the division is skipped;
-    one matrix product sums the fine classes into every level at once.
+    ``d2`` is ``(n_queries, E, C)``. Every reduction over the classes runs on *class planes*:
+    ``d2`` as ``(E, C, n_queries)`` (a free view when the scorer lays its product out that way,
+    as the built-in scorers do; one copy otherwise), where the minimum and its first index are
+    a running comparison of ``C`` contiguous planes — vectorised, unlike a reduction over a
+    short innermost axis, which was the slowest step of the episodes. The result is exactly
+    ``argmin`` over the classes (the first index among equal values).
+
+    The level predictions take the argmax of the unnormalised softmax ``exp(-(d - min d) / T)``
+    summed up the tree: dividing every class of a row by the same positive sum cannot change a
+    row's argmax, so the division is skipped; each level's sums are added class plane by
+    class plane (:func:`_level_sums`).
     """
-    torch = _torch()
-    if torch is not None:
-        d = torch.from_numpy(np.ascontiguousarray(d2))
-        pred = d.argmin(dim=2).numpy().T
-    else:
-        pred = d2.argmin(axis=2).T
+    planes = np.ascontiguousarray(np.moveaxis(d2, 0, 2))  # (E, C, n)
+    low, pred = _plane_argmin(planes)
     part = metrics_from_confusion(batch_confusion(y_test, pred, n_classes))
     if not levels:
         return part
-    maps = np.concatenate([_level_onehot(m, kl) for _, m, kl, _, _ in levels], axis=1)
-    if torch is not None:
-        e = torch.exp(d.amin(dim=2, keepdim=True).sub(d).div_(temperature))
-        sums = (e.reshape(-1, n_classes) @ torch.from_numpy(maps.astype(d2.dtype))).numpy()
+    e = np.subtract(low[:, None, :], planes)
+    e /= temperature
+    torch = _torch()
+    if torch is not None:  # torch's exp, as the probe's earlier versions used
+        torch.from_numpy(e).exp_()
     else:
-        e = np.exp((d2.min(axis=2, keepdims=True) - d2) / temperature)
-        sums = e.reshape(-1, n_classes) @ maps.astype(d2.dtype)
-    sums = sums.reshape(d2.shape[0], d2.shape[1], -1)
-    first = 0
-    for name, _, kl, rows, truth in levels:
-        level_pred = sums[rows, :, first:first + kl].argmax(axis=2).T
-        first += kl
+        np.exp(e, out=e)
+    for name, level_map, kl, rows, truth in levels:
+        level_pred = _plane_argmax(_level_sums(e, level_map, kl))[:, rows]
         for key, val in metrics_from_confusion(batch_confusion(truth, level_pred, kl)).items():
             part[f"{name}/{key}"] = val
     return part
 
 
-def _level_onehot(level_map, n_level_classes: int) -> np.ndarray:
-    """``(n_fine, n_level)`` 0/1 matrix summing fine classes into a level (as ``coarse_proba``)."""
-    return coarse_proba(np.eye(len(level_map)), level_map, n_level_classes)
+def _level_sums(e: np.ndarray, level_map, n_level: int) -> np.ndarray:
+    """``(E, n_level, n)``: each level class's sum of its fine classes' planes of ``e``.
+
+    Added plane by plane in fine-class order from zero — the order in which a 0/1 matrix
+    product over the classes accumulates them (a skinny product ran at a fifth of the machine's
+    rate); fine classes mapped to -1 (coarser than the level) are left out, as in
+    :func:`~embedcyto.metrics.coarse_proba`.
+    """
+    sums = np.zeros((e.shape[0], n_level, e.shape[2]), dtype=e.dtype)
+    for c, j in enumerate(np.asarray(level_map)):
+        if j >= 0:
+            sums[:, j] += e[:, c]
+    return sums
+
+
+def _plane_argmin(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimum and first arg-minimum over axis 1 of ``(E, C, n)``: ``(E, n)`` each."""
+    low = planes[:, 0].copy()
+    arg = np.zeros(low.shape, dtype=np.int64)
+    lower = np.empty(low.shape, dtype=bool)
+    for c in range(1, planes.shape[1]):
+        np.less(planes[:, c], low, out=lower)
+        np.copyto(arg, c, where=lower)
+        np.minimum(low, planes[:, c], out=low)
+    return low, arg
+
+
+def _plane_argmax(planes: np.ndarray) -> np.ndarray:
+    """First arg-maximum over axis 1 of ``(E, C, n)`` (``(E, n)``), as ``argmax``."""
+    high = planes[:, 0].copy()
+    arg = np.zeros(high.shape, dtype=np.int64)
+    higher = np.empty(high.shape, dtype=bool)
+    for c in range(1, planes.shape[1]):
+        np.greater(planes[:, c], high, out=higher)
+        np.copyto(arg, c, where=higher)
+        np.maximum(high, planes[:, c], out=high)
+    return arg
 
 
 def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_episodes: int,

@@ -56,12 +56,23 @@ def check_finite(X, ids, where: str) -> None:
                 "store (`embedcyto extract` with `force=True`) or leave those images out")
 
 
-def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
+def split_arrays(features, split: str, need: bool = True,
+                 cache: dict | None = None) -> dict[str, Any]:
     """Rows of one split as plain arrays (features as float32).
+
+    ``cache`` (a dict shared by the runs of one unit) keeps each split's arrays once read and
+    checked, so the fifteen (shots, seed) runs of an episodic method copy and check the
+    training and test rows once, not fifteen times; the arrays are read-only there.
 
     Raises:
         ProbeError: the split is empty (when needed) or holds non-finite or absurd features.
     """
+    if cache is not None and split in cache:
+        out = cache[split]
+        if need and not out["y"].size:
+            raise ProbeError(f"the store has no {split!r} rows; re-split the dataset so that "
+                             f"{split} is not empty, then extract again")
+        return out
     mask = np.asarray(features.splits) == split
     if need and not mask.any():
         raise ProbeError(f"the store has no {split!r} rows; re-split the dataset so that "
@@ -70,6 +81,11 @@ def split_arrays(features, split: str, need: bool = True) -> dict[str, Any]:
            "y": np.asarray(features.labels)[mask], "ids": np.asarray(features.ids)[mask]}
     check_finite(out["X"], out["ids"], f"{split} split")
     out["levels"] = None if features.levels is None else np.asarray(features.levels)[mask]
+    if cache is not None:
+        for value in out.values():
+            if isinstance(value, np.ndarray):
+                value.flags.writeable = False
+        cache[split] = out
     return out
 
 
@@ -97,12 +113,14 @@ def _make_estimator(spec: registry.ProbeMethod, seed: int | None, options: Mappi
         raise ProbeError(f"bad options for {spec.name}: {err}") from err
 
 
-def evaluate_full(features, method: str, seed: int | None, options: Mapping[str, Any]) -> dict:
+def evaluate_full(features, method: str, seed: int | None, options: Mapping[str, Any],
+                  cache: dict | None = None) -> dict:
     """Fit one full-data probe on train (choosing its hyper-parameter on val) and score test."""
     start = time.perf_counter()
     spec = registry.get_method(method)
-    train, test = split_arrays(features, "train"), split_arrays(features, "test")
-    val = split_arrays(features, "val", need=spec.needs_validation)
+    train, test = split_arrays(features, "train", cache=cache), \
+        split_arrays(features, "test", cache=cache)
+    val = split_arrays(features, "val", need=spec.needs_validation, cache=cache)
     est = _make_estimator(spec, seed, options)
     if spec.needs_validation:
         est.fit(train["X"], train["y"], val["X"], val["y"])
@@ -114,6 +132,7 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
     row = {"metrics": classification_metrics(test["y"], pred, proba, k),
            "chosen": _chosen(spec, est), "n_train": len(train["y"]), "n_val": len(val["y"]),
            "n_test": len(test["y"])}
+    val_proba = None
     if len(val["y"]):  # the kept model on validation: the split the study's Table 1 reports
         val_proba = _full_proba(est.predict_proba(val["X"]), est.classes_, k)
         row["val_metrics"] = classification_metrics(val["y"], np.argmax(val_proba, axis=1),
@@ -127,11 +146,11 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
                 proba, test["levels"], features.level_names, features.level_maps,
                 features.label_spaces)
     row["seconds"] = round(time.perf_counter() - start, 3)
-    row[PENDING] = _kept(features, test, proba, val, est)
+    row[PENDING] = _kept(features, test, proba, val, val_proba)
     return row
 
 
-def _kept(features, test: dict, proba: np.ndarray, val: dict, est) -> dict:
+def _kept(features, test: dict, proba: np.ndarray, val: dict, val_proba) -> dict:
     """Test (and validation) predictions for :mod:`embedcyto.predictions` to write."""
     k = len(features.classes)
     kept = {"ids": test["ids"], "y_true": test["y"], "proba": proba, "classes": features.classes,
@@ -141,9 +160,8 @@ def _kept(features, test: dict, proba: np.ndarray, val: dict, est) -> dict:
                      "level_classes": {n: list(features.label_spaces[n])
                                        for n in features.level_names or ()
                                        if n in features.label_spaces}}}
-    if len(val["y"]):
-        kept["val"] = (val["ids"], val["y"], _full_proba(est.predict_proba(val["X"]),
-                                                          est.classes_, k))
+    if val_proba is not None:
+        kept["val"] = (val["ids"], val["y"], val_proba)
     return kept
 
 
@@ -170,12 +188,14 @@ def _summarise(values: np.ndarray, level: float) -> dict:
 
 
 def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: int,
-                      options: Mapping[str, Any], ci_level: float = 0.95) -> dict:
+                      options: Mapping[str, Any], ci_level: float = 0.95,
+                      cache: dict | None = None) -> dict:
     """Run ``n_episodes`` episodes of one (shots, seed); summarise with t intervals."""
     from embedcyto.probes.episodes import run_episodes
 
     start = time.perf_counter()
-    train, test = split_arrays(features, "train"), split_arrays(features, "test")
+    train, test = split_arrays(features, "train", cache=cache), \
+        split_arrays(features, "test", cache=cache)
     levels = _has_levels(features)
     result = run_episodes(
         train["X"], train["y"], train["ids"], test["X"], test["y"], shots, n_episodes, seed,
@@ -208,10 +228,11 @@ def evaluate_unit(features, method: str, runs: Sequence[tuple[int | None, int | 
 
         options = {**method_options(options),
                    **text_inputs(features, with_val=spec.needs_validation and spec.episodic)}
-    rows = []
+    rows, cache = [], {}
     for shots, seed in runs:
         if spec.episodic:
-            rows.append(evaluate_episodes(features, method, shots, seed, n_episodes, options))
+            rows.append(evaluate_episodes(features, method, shots, seed, n_episodes, options,
+                                          cache=cache))
         else:
-            rows.append(evaluate_full(features, method, seed, options))
+            rows.append(evaluate_full(features, method, seed, options, cache=cache))
     return rows

@@ -13,6 +13,8 @@ classes go to the lowest class index. ``predict_proba`` is each class's share of
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedShuffleSplit
@@ -24,13 +26,17 @@ from embedcyto.probes._sk import (ProbeInputError, require_two_classes, validate
 
 DEFAULT_KS = (1, 3, 5, 10, 20, 50)
 WEIGHTINGS = ("majority", "distance")
+#: Similarities held at once (floats): a block of queries × the whole bank. 2**24 float32 is
+#: 64 MiB, whatever the bank's size, so memory stays bounded when the training split grows.
+BLOCK_FLOATS = 1 << 24
 
 
 def neighbours(queries: np.ndarray, bank: np.ndarray, k: int,
                chunk_size: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Indices and similarities of the ``k`` most similar bank rows per query, most similar first.
 
-    Both inputs must already be normalised; memory stays at ``chunk_size × len(bank)`` floats.
+    Both inputs must already be normalised; memory stays at ``rows × len(bank)`` floats, with
+    ``rows`` the smaller of ``chunk_size`` and :data:`BLOCK_FLOATS` ``// len(bank)``.
     Equal similarities are ordered by bank row (the lower index first), also where the tie
     straddles the k-th place, so the neighbour list is a pure function of the inputs. The
     similarities are numpy's matrix product; the selection is ``torch.topk`` when torch is
@@ -40,8 +46,9 @@ def neighbours(queries: np.ndarray, bank: np.ndarray, k: int,
     k = min(k, bank.shape[0])
     idx = np.empty((queries.shape[0], k), dtype=np.int64)
     sim = np.empty((queries.shape[0], k), dtype=bank.dtype)
-    for start in range(0, queries.shape[0], chunk_size):
-        s = queries[start:start + chunk_size] @ bank.T
+    rows = max(1, min(int(chunk_size), BLOCK_FLOATS // max(1, bank.shape[0])))
+    for start in range(0, queries.shape[0], rows):
+        s = queries[start:start + rows] @ bank.T
         top, top_sim = _top_k(s, k)
         idx[start:start + s.shape[0]], sim[start:start + s.shape[0]] = top, top_sim
     return idx, sim
@@ -77,15 +84,31 @@ def _top_k_exact(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return order, np.take_along_axis(s, order, axis=1)
 
 
+def _digest(X: np.ndarray) -> tuple:
+    """Shape, dtype and a hash of the bytes of ``X`` (a few ms for a validation split)."""
+    X = np.ascontiguousarray(X)
+    return X.shape, X.dtype.str, hashlib.blake2b(X.data, digest_size=16).digest()
+
+
 def vote_scores(nb_labels: np.ndarray, nb_sim: np.ndarray, ks, n_classes: int,
                 weighting: str, temperature: float) -> np.ndarray:
-    """Class scores for each k of ``ks`` from one sorted neighbour list: ``(len(ks), n, C)``."""
+    """Class scores for each k of ``ks`` from one sorted neighbour list: ``(len(ks), n, C)``.
+
+    Each k's votes are one weighted ``bincount`` over the first k neighbours of every row, so
+    memory is ``n × C`` per k (a one-hot ``(n, max k, C)`` array grew past a gigabyte at four
+    times HiCervix's rows). The sums are those of a running sum along the neighbour list: every
+    class adds its neighbours' weights in list order, starting from zero.
+    """
     w = np.ones_like(nb_sim, dtype=float) if weighting == "majority" else \
         np.exp((nb_sim.astype(float) - 1.0) / temperature)  # shift by the max cosine (1) for range
-    onehot = np.zeros(nb_labels.shape + (n_classes,))
-    np.put_along_axis(onehot, nb_labels[..., None], w[..., None], axis=2)
-    cum = np.cumsum(onehot, axis=1)
-    return np.stack([cum[:, min(k, nb_labels.shape[1]) - 1] for k in ks])
+    n, width = nb_labels.shape
+    cell = nb_labels.astype(np.int64) + n_classes * np.arange(n, dtype=np.int64)[:, None]
+    out = np.empty((len(ks), n, n_classes))
+    for i, k in enumerate(ks):
+        top = min(k, width)
+        out[i] = np.bincount(cell[:, :top].ravel(), weights=w[:, :top].ravel(),
+                             minlength=n * n_classes).reshape(n, n_classes)
+    return out
 
 
 class KNNProbe(ClassifierMixin, BaseEstimator):
@@ -120,8 +143,8 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
     def _prepare(self, X: np.ndarray) -> np.ndarray:
         return l2_normalise(X - self.mean_ if self.center else X)
 
-    def _scores(self, queries, bank, bank_labels, ks) -> np.ndarray:
-        idx, sim = neighbours(queries, bank, max(ks), self.chunk_size)
+    def _scores(self, queries, bank, bank_labels, ks, neighbour_list=None) -> np.ndarray:
+        idx, sim = neighbour_list or neighbours(queries, bank, max(ks), self.chunk_size)
         return vote_scores(bank_labels[idx], sim, ks, len(self.classes_), self.weighting,
                            self.temperature)
 
@@ -139,6 +162,7 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
         self.bank_, self.bank_labels_ = self._prepare(X), y
         usable = [k for k in ks if k <= y.size] or [y.size]
         self.val_scores_ = np.full(len(ks), np.nan)
+        self._val_neighbours = None
         if len(usable) == 1:
             self.k_, self.selection_ = usable[0], "fixed"
             return self
@@ -150,7 +174,10 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
             bank, bank_y, queries, q_y, self.selection_ = (
                 self.bank_[train_idx], y[train_idx], self.bank_[hold_idx], y[hold_idx], "holdout")
             usable = [k for k in usable if k <= train_idx.size] or [train_idx.size]
-        acc = (self._scores(queries, bank, bank_y, usable).argmax(axis=2) == q_y).mean(axis=1)
+        found = neighbours(queries, bank, max(usable), self.chunk_size)
+        if self.selection_ == "validation":
+            self._val_neighbours = (_digest(X_val), found)
+        acc = (self._scores(None, bank, bank_y, usable, found).argmax(axis=2) == q_y).mean(axis=1)
         for k, a in zip(usable, acc):
             self.val_scores_[ks.index(k)] = a
         self.k_ = int(usable[int(np.argmax(acc))])  # ties: the smallest k
@@ -170,8 +197,25 @@ class KNNProbe(ClassifierMixin, BaseEstimator):
     def predict_proba(self, X) -> np.ndarray:
         """Share of the (weighted) votes of the k nearest training rows for each class."""
         X = validate_predict(self, X)
-        scores = self._scores(self._prepare(X), self.bank_, self.bank_labels_, [self.k_])[0]
+        scores = self._scores(None if (found := self._known(X)) else self._prepare(X),
+                              self.bank_, self.bank_labels_, [self.k_], found)[0]
         return scores / scores.sum(axis=1, keepdims=True)
+
+    def _known(self, X: np.ndarray):
+        """The ``k_`` nearest neighbours of ``X`` if it is the validation data ``fit`` searched.
+
+        Choosing k searched the validation rows' ``max(ks)`` neighbours against the whole bank;
+        asked again for the same rows (the runner scores the kept model on validation), the
+        first ``k_`` of that list are the neighbours a new search would return, in the same
+        order. The rows are recognised by a digest of their bytes, never by object identity,
+        so changed data is searched afresh.
+        """
+        cached = getattr(self, "_val_neighbours", None)
+        if cached is None or cached[0] != _digest(X):
+            return None
+        idx, sim = cached[1]
+        k = min(self.k_, self.bank_.shape[0])
+        return (idx[:, :k], sim[:, :k]) if k <= idx.shape[1] else None
 
     def predict(self, X) -> np.ndarray:
         """Class with the most (weighted) votes; ties to the lowest class index."""

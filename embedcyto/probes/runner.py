@@ -297,11 +297,22 @@ def _rows_of(unit: dict, stamp: dict, results: list[dict]) -> list[dict]:
     return rows
 
 
-def _plan(config: ProbeGridConfig,
-          store_dir: Path) -> tuple[list[ProbeTask], dict, tuple[SkippedStore, ...]]:
+def _largest_first(units: list[dict], sizes: Mapping[str, int]) -> list[dict]:
+    """Units of the largest datasets (training rows) first, the grid's order kept otherwise.
+
+    On a few cores the workers take units in this order; starting the long ones first keeps
+    a big dataset's slowest method from starting last while the other workers sit idle (each
+    unit's rows are written as it finishes, and the returned rows are sorted, so the order
+    changes nothing else)."""
+    return sorted(units, key=lambda u: -sizes.get(u["tasks"][0].dataset, 0))
+
+
+def _plan(config: ProbeGridConfig, store_dir: Path
+          ) -> tuple[list[ProbeTask], dict, tuple[SkippedStore, ...], dict[str, int]]:
     """Check every store and shot value, then list every task (nothing is computed yet).
 
     Damaged stores are left out and returned; when nothing else is left, that is an error.
+    Also returned: each dataset's number of training rows.
     """
     checks: list[StoreCheck] = []
     skipped: list[SkippedStore] = []
@@ -324,7 +335,7 @@ def _plan(config: ProbeGridConfig,
             methods, options = prepare_text_methods(info[0], model, config, check.dataset)
             tasks += plan_tasks(check.dataset, model, methods, shots[check.dataset],
                                 config.seeds, options)
-    return tasks, stores, tuple(skipped)
+    return tasks, stores, tuple(skipped), {c.dataset: sum(c.train_counts) for c in checks}
 
 
 def prepare_text_methods(path: Path, model: str, config: ProbeGridConfig,
@@ -373,11 +384,11 @@ def run_probe_grid(config: ProbeGridConfig) -> GridRows:
 
     check_backend(config.backend, config.scheduler)
     store_dir = default_store_dir(config.store_dir)
-    tasks, stores, skipped = _plan(config, store_dir)
+    tasks, stores, skipped, sizes = _plan(config, store_dir)
     folder = config.results_folder
     existing = {d: read_results(results_file(folder, d)) for d in {t.dataset for t in tasks}}
     done = {row_key(r): r for rows in existing.values() for r in rows}
-    units = _units(tasks, stores, set(done), config.rerun)
+    units = _largest_first(_units(tasks, stores, set(done), config.rerun), sizes)
     jobs = (delayed(_run_unit)(u["path"], u["tasks"][0].method, u["runs"], config.episodes,
                                dict(u["tasks"][0].options)) for u in units)
     computed: dict[str, dict] = {}

@@ -66,9 +66,9 @@ class StudyLinearHead(ClassifierMixin, BaseEstimator):
         self._check_params()
         X, y = validate_fit(self, X, y)
         self.mean_, self.scale_ = fit_normaliser(X, self.normalisation)
-        Xt = torch.from_numpy(
-            np.ascontiguousarray(apply_normaliser(X, self.normalisation, self.mean_, self.scale_),
-                                 dtype=np.float32))
+        Xt = torch.from_numpy(  # a writable copy when the input is read-only (torch needs one)
+            np.require(apply_normaliser(X, self.normalisation, self.mean_, self.scale_),
+                       dtype=np.float32, requirements=["C", "W"]))
         yt = torch.from_numpy(y)
         gen = torch.Generator().manual_seed(int(self.random_state or 0))
         n, d = Xt.shape
