@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embedcyto.probes._multinomial import MultinomialFit
+from embedcyto.probes._products import BlockProducts
 
 #: L-BFGS memory (scipy's default ``maxcor``; 30 saved under 10 % of the iterations).
 MEMORY = 10
@@ -89,7 +90,7 @@ class PreconditionedPath:
     scaled L-BFGS described above; the data are rotated and the spectrum computed once."""
 
     def __init__(self, X: np.ndarray, y: np.ndarray, n_classes: int,
-                 sample_weight: np.ndarray | None = None):
+                 sample_weight: np.ndarray | None = None, threads: int = 1):
         X = np.ascontiguousarray(X)
         if X.dtype not in (np.float32, np.float64):
             X = X.astype(np.float64)
@@ -108,9 +109,12 @@ class PreconditionedPath:
             # the coefficients then need no p x p map at each iteration, which cost as much
             # as the data products on SIPaKMeD-sized sets. Exact: the basis is orthonormal.
             spectrum = covariance_spectrum(X, self.sw)
-            self.X = X @ spectrum.vectors.astype(X.dtype)
+            self.X = BlockProducts(X, threads).xw(spectrum.vectors.astype(X.dtype))
             self.spectrum = Spectrum(spectrum.vectors.T @ spectrum.mean, spectrum.values, None)
             self.to_features = spectrum.vectors
+        # The two products of every iteration, split over ``threads`` cores with the same bits
+        # as one call (:mod:`embedcyto.probes._products`).
+        self.products = BlockProducts(self.X, threads)
         self.n_products = 0
 
     # -- the objective along logits -------------------------------------------------------
@@ -127,8 +131,7 @@ class PreconditionedPath:
 
     def _logits(self, coef_t, intercept) -> np.ndarray:
         self.n_products += 1
-        X = self.X
-        return (X @ coef_t.astype(X.dtype)).astype(np.float64) + intercept
+        return self.products.xw(coef_t.astype(self.X.dtype)).astype(np.float64) + intercept
 
     def _state(self, coef_t, intercept, logits, rho) -> _State:
         """Loss and gradient at a point whose logits are known (one product: ``R^T X``)."""
@@ -136,9 +139,9 @@ class PreconditionedPath:
         resid = prob - self.onehot
         if self.sw is not None:
             resid *= self.sw[:, None]
-        X = self.X
         self.n_products += 1
-        grad_t = (resid.astype(X.dtype).T @ X).T.astype(np.float64) / self.S + rho * coef_t
+        grad_t = (self.products.rtx(resid.astype(self.X.dtype)).T.astype(np.float64) / self.S
+                  + rho * coef_t)
         loss = data_loss + 0.5 * rho * float(np.sum(coef_t ** 2))
         curv = 1.0 - np.sum(prob ** 2, axis=1)  # trace of diag(p) - p p^T
         sw = 1.0 if self.sw is None else self.sw

@@ -52,6 +52,7 @@ from embedcyto.probes._base import apply_normaliser, check_normalisation, fit_no
 from embedcyto.probes._multinomial import (MultinomialObjective, class_sample_weight,
                                            single_blas_thread)
 from embedcyto.probes._precond import PreconditionedPath, extrapolated_start
+from embedcyto.probes._products import available_threads
 from embedcyto.probes._sk import (ProbeInputError, require_two_classes, validate_fit,
                                   validate_predict, validate_val)
 
@@ -156,6 +157,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.n_evaluations_ = 0
         # One thread limit for the whole path: setting it costs milliseconds per fit under load,
         # and the row-space basis (a QR) is computed inside it too.
+        # The scaled solver's large products use the cores this process may use (read before
+        # the one-thread section; identical bits whatever the count, see ._products).
+        self._threads = available_threads()
         with single_blas_thread():
             best = self._choose(grid, Xn, y, X_val, y_val)
         self.C_ = best.C
@@ -189,7 +193,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if n_classes > 2:
             weights = class_sample_weight(y, n_classes, self.class_weight)
             minimiser = (MultinomialObjective(X, y, n_classes, weights) if self.solver == "lbfgs"
-                         else PreconditionedPath(X, y, n_classes, weights))
+                         else PreconditionedPath(X, y, n_classes, weights,
+                                                 threads=getattr(self, "_threads", 1)))
             path: list[_Solution] = []
 
             def solve(C: float, start: _Solution | None) -> _Solution:

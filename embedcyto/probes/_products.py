@@ -1,0 +1,94 @@
+"""The linear probe's two data products on every core, with the one-thread result bit for bit.
+
+Why: the probe's fits run under :func:`~embedcyto.probes._multinomial.single_blas_thread` (many
+small BLAS calls on spinning threads were measured many times slower on a busy machine), so a
+HiCervix-sized fit, whose time is two skinny products per iteration (``X @ W`` and ``R^T X``,
+N x 1,024 by 1,024 x 23), used one core of two. Here each product is cut into blocks of its
+*output* (rows of ``X @ W``, columns of ``R^T X``) computed by single-threaded BLAS calls in
+parallel threads (numpy releases the GIL in ``matmul``). Every output entry is then the same
+dot product, over the same inner dimension in the same order, as in the one-call product:
+results do not depend on the number of blocks (checked in ``tests/test_probes_products.py``),
+so a probe row is the same whatever the machine's core count or joblib's worker count.
+
+Small products stay one call: below :data:`MIN_WORK` multiply-adds, starting threads costs
+more than it saves.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: Products smaller than this (multiply-adds) run as one call.
+MIN_WORK = 50_000_000
+#: Multiply-adds per block at least: OpenBLAS computes small products (about 100^3 and below)
+#: with other kernels, whose rounding differs from the large product's.
+MIN_BLOCK = 4_000_000
+#: Block boundaries are multiples of this many rows or columns (a multiple of every BLAS
+#: register tile; cut elsewhere, OpenBLAS computes the entries near a cut with another kernel).
+ALIGN = 64
+
+
+def available_threads() -> int:
+    """BLAS threads this process may use now (its limit, e.g. one in a joblib worker), capped
+    by the cores it may run on. Read *before* a fit enters its one-thread section."""
+    from threadpoolctl import threadpool_info
+
+    blas = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(min(blas, default=1), cores))
+
+
+class BlockProducts:
+    """``X @ W`` and ``R^T X`` for one data matrix ``X``, in ``threads`` output blocks."""
+
+    def __init__(self, X: np.ndarray, threads: int = 1):
+        self.X = X
+        self.threads = max(1, int(threads))
+
+    def _blocks(self, size: int, work: int) -> list[tuple[int, int]]:
+        """Blocks of ``size`` output rows (or columns), cut at multiples of :data:`ALIGN` so
+        that every entry sits at the same place in BLAS's register tiles as in one call (the
+        last, partial tile included): only then is each entry computed the same way."""
+        parts = self.threads if work >= MIN_WORK else 1
+        parts = max(1, min(parts, size // ALIGN, work // MIN_BLOCK))
+        cuts = sorted({min(size, ALIGN * round(size * i / parts / ALIGN))
+                       for i in range(parts)} | {size})
+        cuts = [0] + [c for c in cuts if c > 0]
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    @staticmethod
+    def _run(jobs) -> None:
+        """Run the blocks, the first in this thread. A pool per product (a few hundred
+        microseconds against the tens of milliseconds of a product worth splitting) leaves no
+        thread behind after a fit, which a later fork (joblib's workers) could not use."""
+        if len(jobs) == 1:
+            jobs[0]()
+            return
+        with ThreadPoolExecutor(len(jobs) - 1) as pool:
+            futures = [pool.submit(job) for job in jobs[1:]]
+            jobs[0]()
+            for future in futures:
+                future.result()
+
+    def xw(self, W: np.ndarray) -> np.ndarray:
+        """``X @ W`` (``W`` in the data's dtype), rows computed in blocks."""
+        X = self.X
+        out = np.empty((X.shape[0], W.shape[1]), dtype=np.result_type(X, W))
+        blocks = self._blocks(X.shape[0], X.size * W.shape[1])
+        self._run([lambda a=a, b=b: np.matmul(X[a:b], W, out=out[a:b]) for a, b in blocks])
+        return out
+
+    def rtx(self, R: np.ndarray) -> np.ndarray:
+        """``R^T X`` (``R`` in the data's dtype), columns computed in blocks."""
+        X, Rt = self.X, R.T
+        out = np.empty((R.shape[1], X.shape[1]), dtype=np.result_type(X, R))
+        blocks = self._blocks(X.shape[1], X.size * R.shape[1])
+        self._run([lambda a=a, b=b: np.matmul(Rt, X[:, a:b], out=out[:, a:b])
+                   for a, b in blocks])
+        return out
