@@ -233,7 +233,8 @@ def compare_sklearn(feats, fast) -> tuple[float, bool]:
     same = sk["C"] == lin["chosen"]["C"] and abs(target - acc) <= 1.01 / lin["n_test"]
     converged = ("" if sk["converged_accuracy"] is None
                  else f" (converged in float64: {sk['converged_accuracy']:.4f})")
-    print(f"{'':<9} scikit-learn same protocol: {sk['seconds']:.1f}s ({sk['iterations']} "
+    print(f"{'':<9} scikit-learn same protocol (one BLAS thread, its fastest): "
+          f"{sk['seconds']:.1f}s ({sk['iterations']} "
           f"iterations, {sk['evaluations']} evaluations), linear probe {lin['seconds']:.1f}s "
           f"({lin['evaluations']} evaluations): ratio "
           f"{sk['seconds'] / lin['seconds']:.1f}x (CPU {sk['cpu_seconds']:.1f}s against "

@@ -134,3 +134,24 @@ def test_random_features_score_chance_within_the_interval():
     mean, half = mean_ci(out["accuracy"])
     chance = np.bincount(y_te).max() / y_te.size  # any constant guess does at most this well
     assert abs(mean - 0.25) < max(3 * half, 0.02) and mean < chance + 0.02
+
+
+def test_pipelined_batches_give_the_one_core_numbers(monkeypatch):
+    """Two cores: a batch's metrics are computed beside the next batch's distances; same
+    batches, same calls, so the very same numbers, in order (several batches, with levels)."""
+    from embedcyto.probes import episodes
+
+    X_tr, y_tr, ids_tr, X_te, y_te = _data(spread=2.5)
+    levels = np.stack([np.minimum(y_te, 1), y_te], axis=1)
+    kwargs = dict(shots=2, n_episodes=25, seed=4, budget=200, levels_test=levels,
+                  level_maps={"coarse": (0, 1, 1), "fine": (0, 1, 2)},
+                  level_names=("coarse", "fine"))
+    runs = {}
+    for threads in (1, 2):
+        monkeypatch.setattr(episodes, "available_threads", lambda t=threads: t)
+        runs[threads] = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, **kwargs)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "level_average"):
+        assert np.array_equal(runs[1][key], runs[2][key])
+    assert np.array_equal(runs[1]["levels"]["fine"]["accuracy"],
+                          runs[2]["levels"]["fine"]["accuracy"])
+    assert len(np.unique(runs[1]["accuracy"])) > 1  # episodes differ: order is checked too
