@@ -117,22 +117,15 @@ def _lora_entries(runs_dir: Path, dataset: str) -> dict[tuple, dict[str, _Entry]
     entry pools seeds of different settings.
     """
     from embedcyto.datasets.records import DATASET_CLASSES
-    from embedcyto.report.records import COMPLETE, _read, lora_record, lora_run_folders
+    from embedcyto.report.records import load_lora_records
     from embedcyto.report.variants import split_variants
 
     found = []
-    for folder in lora_run_folders(runs_dir):
-        if not (folder / COMPLETE).is_file() or folder.parts[-4] != dataset:
-            continue
-        config, metrics = _read(folder / "config.json"), _read(folder / "metrics.json")
-        run = config.get("config") or {}
-        if "model" not in run or "accuracy" not in metrics.get("test", {}):
-            raise ReportError(f"{folder} is not a finished LoRA run (config or test metrics "
-                              "missing); rerun it with `embedcyto lora` and `rerun=True`")
-        space = run.get("label_space") or DATASET_CLASSES
+    for record in load_lora_records(runs_dir, dataset).records:
+        space = json.loads(record["variant"]).get("label_space") or DATASET_CLASSES
         method = "lora" if space == DATASET_CLASSES else \
             "lora " + json.dumps({"label_space": space})
-        found.append((method, folder, lora_record(config, metrics, str(folder))))
+        found.append((method, Path(record["source"]), record))
     named, _ = split_variants([dict(r, method=m) for m, _, r in found])
     out: dict[tuple, dict[str, _Entry]] = {}
     for (method, folder, record), renamed in zip(found, named):

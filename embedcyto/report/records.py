@@ -198,14 +198,17 @@ def lora_run_folders(runs_dir) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(base).parts))
 
 
-def load_lora_records(runs_dir) -> Loaded:
-    """Records of every finished LoRA run; unfinished folders are listed in ``skipped``.
+def load_lora_records(runs_dir, dataset: str | None = None) -> Loaded:
+    """Records of every finished LoRA run (of ``dataset`` only, when given: other datasets'
+    folders are not read); unfinished folders are listed in ``skipped``.
 
     Raises:
         ReportError: a finished run whose files cannot be read.
     """
     out = Loaded()
     for folder in lora_run_folders(runs_dir):
+        if dataset is not None and folder.parts[-4] != dataset:
+            continue
         if not (folder / COMPLETE).is_file():
             out.skipped.append((str(folder), f"no {COMPLETE} marker (unfinished run)"))
             continue
