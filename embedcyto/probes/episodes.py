@@ -165,28 +165,28 @@ def _level_sums(e: np.ndarray, level_map, n_level: int) -> np.ndarray:
     return sums
 
 
+def _plane_arg(planes: np.ndarray, beats, keep) -> tuple[np.ndarray, np.ndarray]:
+    """The extreme and its first index over axis 1 of ``(E, C, n)`` (``(E, n)`` each), by a
+    running comparison of the ``C`` contiguous planes: ``beats`` (``np.less`` / ``np.greater``)
+    says when a plane takes over, ``keep`` (``np.minimum`` / ``np.maximum``) keeps the extreme."""
+    best = planes[:, 0].copy()
+    arg = np.zeros(best.shape, dtype=np.int64)
+    wins = np.empty(best.shape, dtype=bool)
+    for c in range(1, planes.shape[1]):
+        beats(planes[:, c], best, out=wins)
+        np.copyto(arg, c, where=wins)
+        keep(best, planes[:, c], out=best)
+    return best, arg
+
+
 def _plane_argmin(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimum and first arg-minimum over axis 1 of ``(E, C, n)``: ``(E, n)`` each."""
-    low = planes[:, 0].copy()
-    arg = np.zeros(low.shape, dtype=np.int64)
-    lower = np.empty(low.shape, dtype=bool)
-    for c in range(1, planes.shape[1]):
-        np.less(planes[:, c], low, out=lower)
-        np.copyto(arg, c, where=lower)
-        np.minimum(low, planes[:, c], out=low)
-    return low, arg
+    return _plane_arg(planes, np.less, np.minimum)
 
 
 def _plane_argmax(planes: np.ndarray) -> np.ndarray:
     """First arg-maximum over axis 1 of ``(E, C, n)`` (``(E, n)``), as ``argmax``."""
-    high = planes[:, 0].copy()
-    arg = np.zeros(high.shape, dtype=np.int64)
-    higher = np.empty(high.shape, dtype=bool)
-    for c in range(1, planes.shape[1]):
-        np.greater(planes[:, c], high, out=higher)
-        np.copyto(arg, c, where=higher)
-        np.maximum(high, planes[:, c], out=high)
-    return arg
+    return _plane_arg(planes, np.greater, np.maximum)[1]
 
 
 def _scored(batches, score, metrics, pipelined: bool) -> list[dict]:
@@ -260,8 +260,8 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
     levels = _level_setup(levels_test, level_maps, level_names)
     # Pipelined (two cores), two batches are alive at once: the memory is two budgets. The
     # batches stay those of one core, so the distances are the same products, bit for bit.
-    pipelined = available_threads() > 1
     step = _batch_size(X_test.shape[0], k, int(shots), X_test.shape[1], budget)
+    pipelined = support.shape[0] > step and available_threads() > 1  # one batch: nothing to overlap
     batches = (support[start:start + step] for start in range(0, support.shape[0], step))
     parts = _scored(batches, score, lambda d2: score_batch(d2, y_test, k, levels, temp),
                     pipelined)

@@ -194,7 +194,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             weights = class_sample_weight(y, n_classes, self.class_weight)
             minimiser = (MultinomialObjective(X, y, n_classes, weights) if self.solver == "lbfgs"
                          else PreconditionedPath(X, y, n_classes, weights,
-                                                 threads=getattr(self, "_threads", 1)))
+                                                 threads=self._threads))
             path: list[_Solution] = []
 
             def solve(C: float, start: _Solution | None) -> _Solution:
