@@ -139,16 +139,22 @@ def test_a_sweep_with_other_settings_lists_every_clash_by_its_differing_keys_fir
     assert not (trained["run"].parent / "seed-2").exists()
 
 
-def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
+def invoke_in_a_fresh_process(args: list[str]) -> subprocess.CompletedProcess:
+    """``embedcyto ARGS`` in a new interpreter; its stdout holds the command's output, then
+    ``exit N`` and ``heavy [...]``: the heavy libraries the command had imported."""
     code = ("import sys; from click.testing import CliRunner; from embedcyto.cli.main import cli; "
-            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-clip', '--dataset', 'toy', "
-            "'--layout', 'folder', "
-            f"'--root', {str(tmp_path)!r}, '--shots', '1', '--rank', '0']); "
+            f"r = CliRunner().invoke(cli, {args!r}); "
             "print(r.output); print('exit', r.exit_code); "
             "print('heavy', sorted(m for m in ('torch', 'sklearn', 'open_clip', 'h5py') "
             "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_bad_arguments_are_refused_before_torch_is_imported(tmp_path):
+    out = invoke_in_a_fresh_process(["lora", "--model", "tiny-clip", "--dataset", "toy",
+                                     "--layout", "folder", "--root", str(tmp_path),
+                                     "--shots", "1", "--rank", "0"])
     assert "LoRA rank must be an integer >= 1" in out.stdout, out.stdout + out.stderr
     assert "exit 1" in out.stdout and "heavy []" in out.stdout
 

@@ -4,8 +4,6 @@ per-dataset prompts used by the text probes and by text heads."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
@@ -36,14 +34,11 @@ def _invoke(*args):
 
 
 def test_a_text_head_on_an_image_only_model_is_refused_before_torch_is_imported(tmp_path):
-    code = ("import sys; from click.testing import CliRunner; from embedcyto.cli.main import cli; "
-            "r = CliRunner().invoke(cli, ['lora', '--model', 'tiny-vit', '--dataset', 'toy', "
-            f"'--layout', 'folder', '--root', {str(tmp_path)!r}, '--shots', '1', "
-            "'--head', 'text']); print(r.output); print('exit', r.exit_code); "
-            "print('heavy', sorted(m for m in ('torch', 'sklearn', 'open_clip', 'h5py') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
+    from tests.test_cli_lora import invoke_in_a_fresh_process
+
+    out = invoke_in_a_fresh_process(["lora", "--model", "tiny-vit", "--dataset", "toy",
+                                     "--layout", "folder", "--root", str(tmp_path),
+                                     "--shots", "1", "--head", "text"])
     assert "'tiny-vit' has no text encoder" in out.stdout, out.stdout + out.stderr
     assert "tiny-clip" in out.stdout and "biomedclip" in out.stdout  # the ones that have one
     assert "exit 1" in out.stdout and "heavy []" in out.stdout
