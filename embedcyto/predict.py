@@ -124,9 +124,10 @@ def _training_dtype(precision: str | None, device):
     import torch
 
     from embedcyto.backbones import resolve_device
+    from embedcyto.backbones.runtime import PRECISIONS
 
-    dtype = getattr(torch, precision or "float32", None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+    dtype = PRECISIONS.get(precision or "float32")
+    if dtype is None:
         raise PredictError(f"the probe records an unknown feature precision {precision!r}; "
                            "save it again with `embedcyto probe` and `out_dir=DIR`")
     if dtype == torch.float16 and resolve_device(device).type == "cpu":
