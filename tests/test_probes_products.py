@@ -7,7 +7,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from embedcyto.probes import _products, linear
-from embedcyto.probes._products import BlockProducts, available_threads
+from embedcyto.probes._products import BlockProducts
 
 
 @pytest.fixture
@@ -38,12 +38,6 @@ def test_small_products_stay_one_call(monkeypatch):
     X = np.ones((100, 10), np.float32)
     BlockProducts(X, 4).xw(np.ones((10, 3), np.float32))
     assert calls == [1]
-
-
-def test_available_threads_follow_the_blas_limit():
-    with threadpool_limits(1, user_api="blas"):
-        assert available_threads() == 1
-    assert 1 <= available_threads()
 
 
 def test_the_probe_is_the_same_whatever_the_thread_count(always_split, monkeypatch):

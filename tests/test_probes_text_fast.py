@@ -77,10 +77,12 @@ def test_fast_scorer_does_not_depend_on_batches_chunks_or_threads(monkeypatch):
 def test_episode_threads_follow_the_blas_limit():
     from threadpoolctl import threadpool_limits
 
+    from embedcyto.probes._products import available_threads
+
     with threadpool_limits(1, user_api="blas"):
-        assert text_episodes.episode_threads() == 1
+        assert available_threads() == 1
     with threadpool_limits(2, user_api="blas"):
-        assert text_episodes.episode_threads() == 2
+        assert available_threads() == 2
 
 
 def test_tip_search_equals_the_reference_with_and_without_the_cap():

@@ -16,7 +16,6 @@ more than it saves.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,16 +31,13 @@ ALIGN = 64
 
 
 def available_threads() -> int:
-    """BLAS threads this process may use now (its limit, e.g. one in a joblib worker), capped
-    by the cores it may run on. Read *before* a fit enters its one-thread section."""
+    """BLAS threads this process may use now: its limit, which follows OPENBLAS_NUM_THREADS /
+    OMP_NUM_THREADS and joblib's per-worker limits (one in a worker of a grid already running
+    in parallel). Read *before* a fit enters its one-thread section."""
     from threadpoolctl import threadpool_info
 
-    blas = [i.get("num_threads", 1) for i in threadpool_info() if i.get("user_api") == "blas"]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(min(blas, default=1), cores))
+    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    return max(1, min(counts)) if counts else 1
 
 
 class BlockProducts:

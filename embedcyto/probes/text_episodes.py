@@ -20,12 +20,12 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from threadpoolctl import threadpool_info
 
 from embedcyto.errors import ProbeError
 from embedcyto.probes import textcore as tc
 from embedcyto.probes._base import l2_normalise
 from embedcyto.probes._multinomial import single_blas_thread
+from embedcyto.probes._products import available_threads
 from embedcyto.probes.textprobes import TIP_ALPHAS, TIP_BETAS
 
 #: Largest test x train product kept in memory (floats); above it, products are per episode.
@@ -120,14 +120,6 @@ def zeroshot_logits(X_test, text, logit_scale) -> np.ndarray:
     """Zero-shot logits [n_test, C]."""
     return float(logit_scale) * l2_normalise(np.asarray(X_test, dtype=np.float64)) @ \
         l2_normalise(np.asarray(text, dtype=np.float64)).T
-
-
-def episode_threads() -> int:
-    """Threads to spread a batch's episodes over: as many as BLAS would use here. Its limit
-    follows OPENBLAS_NUM_THREADS / OMP_NUM_THREADS and joblib's per-worker limits, so a probe
-    grid already running in parallel workers gets one thread per worker."""
-    counts = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
-    return max(1, min(counts)) if counts else 1
 
 
 def _chunks(E: int, n: int, itemsize: int, threads: int) -> list[slice]:
@@ -252,10 +244,11 @@ def text_scorer(method: str, X_train, X_test, *, text, logit_scale, X_val=None, 
     """The batched scorer of one text-aware few-shot method (see the module docstring).
 
     ``chosen``: a list that Tip-Adapter extends with (β, α, validation accuracy) per episode.
-    ``threads``: threads a batch's episodes are spread over (default :func:`episode_threads`);
-    results do not depend on it.
+    ``threads``: threads a batch's episodes are spread over (default: the BLAS threads
+    available, :func:`~embedcyto.probes._products.available_threads`); results do not depend
+    on it.
     """
-    threads = episode_threads() if threads is None else max(1, int(threads))
+    threads = available_threads() if threads is None else max(1, int(threads))
     if method in ("textlinear", "clap"):
         constraint = "clap" if method == "clap" else "none"
         run = lambda p, idx: _textlinear(p, idx, constraint, steps or 300, threads)  # noqa
