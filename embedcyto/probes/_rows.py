@@ -24,6 +24,24 @@ import numpy as np
 from embedcyto.probes._products import Workers
 
 
+#: Up to this many columns, row maxima are taken column by column (see :func:`_row_max`).
+COLUMN_MAX = 64
+
+
+def _row_max(z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``z.max(axis=1)`` into ``out``. With few columns, a running ``np.maximum`` over the
+    columns (2-3x faster than numpy's reduction over short rows). A maximum is the same number
+    whatever the order it is taken in, and NaN propagates in both; only the sign of a zero
+    maximum could differ, which changes no bit downstream (``z - max`` then differs only in
+    zero signs, and ``exp(-0) = exp(+0)``, ``log(norm) - (-0) = log(norm) - (+0)``)."""
+    if z.shape[1] > COLUMN_MAX or z.shape[1] < 2:
+        return np.max(z, axis=1, out=out)
+    np.maximum(z[:, 0], z[:, 1], out=out)
+    for j in range(2, z.shape[1]):
+        np.maximum(out, z[:, j], out=out)
+    return out
+
+
 class LogitRows:
     """Per-row terms of the multinomial loss at given logits, for one training set.
 
@@ -44,6 +62,7 @@ class LogitRows:
         self.resid_low = np.empty((n, K), dtype=low)
         self._tmp = np.empty((n, K))
         self._loss, self._slope, self._curv = np.empty(n), np.empty(n), np.empty(n)
+        self._max = np.empty(n)
 
     def _map(self, job) -> None:
         self.workers.run([lambda a=a, b=b: job(a, b) for a, b in self.blocks])
@@ -51,7 +70,7 @@ class LogitRows:
     def _softmax(self, z: np.ndarray, a: int, b: int) -> None:
         """Rows a..b of: prob = softmax(z), loss = (log sum exp(z - max) - (z - max)[y]) * s."""
         p, loss = self.prob[a:b], self._loss[a:b]
-        np.subtract(z, z.max(axis=1, keepdims=True), out=p)
+        np.subtract(z, _row_max(z, self._max[a:b])[:, None], out=p)
         shifted_y = self.prob.reshape(-1)[self.target[a:b]]
         np.exp(p, out=p)
         norm = p.sum(axis=1)
