@@ -21,7 +21,9 @@ costs no product with the data:
   ``Z(alpha) = Z + alpha * X D``. One product gives ``X D``; the loss, its slope and its
   curvature at any ``alpha`` then cost ``O(n K)`` and are computed in float64, so the line
   search sees decreases far below float32's resolution of the loss, and every iteration costs
-  exactly two products (``X D`` and the gradient's ``R^T X``).
+  exactly two products (``X D`` and the gradient's ``R^T X``). That O(n K) work runs in row
+  blocks on the fit's threads (:mod:`embedcyto.probes._rows`, the same bits whatever their
+  number), and the accepted trial's softmax serves the new point's gradient.
 * **Classes' mean direction.** Adding the same vector to every class's coefficients leaves the
   logits' differences unchanged: only the penalty acts on it, and the optimum has none. The
   start is centred over classes (which lowers the penalty and leaves the data term as it is),

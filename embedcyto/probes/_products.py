@@ -12,6 +12,10 @@ so a probe row is the same whatever the machine's core count or joblib's worker 
 
 Small products stay one call: below :data:`MIN_WORK` multiply-adds, starting threads costs
 more than it saves.
+
+:class:`Workers` runs the blocks: the products' and, in :mod:`embedcyto.probes._rows`, the
+per-row float64 work on the logits, cut into row blocks (:meth:`Workers.row_blocks`). A fit
+enters it once, so its thousands of calls share one thread pool, shut down when it ends.
 """
 
 from __future__ import annotations
