@@ -101,7 +101,7 @@ def run_fast(feats, shots, episodes, counter, stages=STAGES) -> dict:
 
     Each stage's peak resident memory is recorded (``peak_mib``; the features themselves
     included) when the peak can be reset between stages."""
-    from embedcyto.probes.evaluate import evaluate_episodes, evaluate_full
+    from embedcyto.probes.evaluate import evaluate_episode_runs, evaluate_full
 
     out, cache = {}, {}
     if "linear" in stages:
@@ -117,8 +117,9 @@ def run_fast(feats, shots, episodes, counter, stages=STAGES) -> dict:
         out["knn"]["peak_mib"] = peak_rss_mib()
     if "episodes" in stages:
         reset_peak_rss()
-        for k in shots:
-            out[k] = evaluate_episodes(feats, "simpleshot", k, 1, episodes, {}, cache=cache)
+        rows = evaluate_episode_runs(feats, "simpleshot", [(k, 1) for k in shots], episodes, {},
+                                     cache=cache)  # the runs of one unit, scored together
+        out.update(zip(shots, rows))
         out["episodes_peak_mib"] = peak_rss_mib()
     return out
 

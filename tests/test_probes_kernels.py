@@ -7,7 +7,7 @@ import pytest
 
 from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
 from embedcyto.probes._sk import softmax
-from embedcyto.probes.episodes import score_batch
+from embedcyto.probes._planes import score_batch
 from embedcyto.probes.knn import _top_k, _top_k_exact, neighbours
 
 
@@ -74,12 +74,7 @@ def _reference_batch(d2_nec, y, k, levels, temperature):
     return part
 
 
-@pytest.mark.parametrize("with_torch", [True, False])
-def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
-    import embedcyto.probes.episodes as episodes
-
-    if not with_torch:
-        monkeypatch.setattr(episodes, "_torch", lambda: None)
+def test_score_batch_equals_the_softmax_and_level_sums():
     rng = np.random.default_rng(4)
     n, e, k = 120, 7, 6
     d2 = rng.uniform(0, 4, size=(n, e, k)).astype(np.float32)
@@ -101,7 +96,7 @@ def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
 def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
     # Few distinct distances: most rows tie between classes, for the fine classes and in the
     # level sums; the class-plane reductions must pick the first index, as argmin/argmax do.
-    from embedcyto.probes.episodes import _plane_argmax, _plane_argmin
+    from embedcyto.probes._planes import plane_argmax as _plane_argmax, plane_argmin as _plane_argmin
 
     rng = np.random.default_rng(5)
     n, e, k = 300, 5, 7
@@ -184,7 +179,7 @@ def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
 
 
 def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
-    from embedcyto.probes.episodes import _level_sums
+    from embedcyto.probes._planes import _level_sums
 
     e = np.random.default_rng(8).uniform(size=(3, 5, 40)).astype(np.float32)
     level_map = np.array([1, -1, 0, 1, 0])
