@@ -188,3 +188,18 @@ def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
     np.testing.assert_array_equal(sums[:, 1], e[:, 0] + e[:, 3])
     want = coarse_proba(np.moveaxis(e, 1, 2), level_map, 2)
     np.testing.assert_allclose(np.moveaxis(sums, 1, 2), want, rtol=1e-6)
+
+
+def test_neighbour_blocks_searched_in_threads_give_the_one_thread_lists():
+    rng = np.random.default_rng(9)
+    bank = rng.normal(size=(300, 16)).astype(np.float32)
+    bank = np.concatenate([bank, bank[:40]])  # exact ties too
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = np.concatenate([bank[:25], rng.normal(size=(50, 16)).astype(np.float32)])
+    one = neighbours(queries, bank, 11, chunk_size=8, threads=1)  # ten blocks
+    for threads in (2, 3):
+        got = neighbours(queries, bank, 11, chunk_size=8, threads=threads)
+        np.testing.assert_array_equal(got[0], one[0])
+        np.testing.assert_array_equal(got[1], one[1])
+    ref_idx, _ = _top_k_exact(queries @ bank.T, 11)
+    np.testing.assert_array_equal(one[0], ref_idx)
