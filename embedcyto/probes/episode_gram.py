@@ -197,7 +197,8 @@ def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarra
     per_batch = max(1, PLANE_FLOATS // (n_classes * min(chunk, n)))
     totals: list[dict[str, np.ndarray]] = [{} for _ in supports]
     with single_blas_thread():
-        terms = [episode_terms(form, s, budget, per_batch) for s in supports]
+        terms = list(ordered_map(supports, lambda s: episode_terms(form, s, budget, per_batch),
+                                 min(threads, len(supports))))
 
         def jobs():
             for q0 in range(0, n, chunk):
