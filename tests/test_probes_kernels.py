@@ -203,3 +203,44 @@ def test_neighbour_blocks_searched_in_threads_give_the_one_thread_lists():
         np.testing.assert_array_equal(got[1], one[1])
     ref_idx, _ = _top_k_exact(queries @ bank.T, 11)
     np.testing.assert_array_equal(one[0], ref_idx)
+
+
+@pytest.mark.parametrize("maps", [
+    # HiCervix's shape: the finer level's lone classes contain the coarser level's (one pass)
+    {"l1": [0, 0, 1, 1, 1, 2, 2, 2], "l2": [0, 1, 2, 3, 3, -1, 4, 5],
+     "l3": [0, 1, 2, 3, 4, -1, 5, 6]},
+    # lone classes that do not nest: each level gets its own pass
+    {"a": [0, 1, 1, 2, 3, 3, 4, 5], "b": [0, 0, 1, 2, 3, 4, 4, 5]}])
+@pytest.mark.parametrize("ties", [False, True])
+def test_level_predictions_from_the_nearest_lone_class_equal_the_softmax_sums(maps, ties):
+    rng = np.random.default_rng(11)
+    n, e, k = 400, 6, 8
+    d2 = (rng.integers(0, 3, size=(n, e, k)) if ties else rng.uniform(0, 4, size=(n, e, k)))
+    d2 = d2.astype(np.float32)
+    y = rng.integers(0, k, size=n)
+    levels = []
+    for name, m in maps.items():
+        m = np.array(m)
+        truth_all = np.where(m[y] >= 0, m[y], -1)
+        rows = np.flatnonzero(truth_all >= 0)
+        levels.append((name, m, int(m.max()) + 1, rows, truth_all[rows]))
+    got = score_batch(d2, y, k, levels, 0.5)
+    if not ties:  # the float64 softmax reference
+        want = _reference_batch(d2, y, k, levels, 0.5)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+        return
+    # Tied distances: the reference is the rule itself, every level class's plane of float32
+    # exp values summed in fine order, first index among the maxima (the float64 softmax
+    # breaks some float32 sum ties differently).
+    from embedcyto.metrics import batch_confusion
+    from embedcyto.probes._planes import _level_planes
+
+    planes = np.ascontiguousarray(np.moveaxis(d2, 0, 2))
+    low = planes.min(axis=1)
+    ex = np.exp((low[:, None, :] - planes) / np.float32(0.5))
+    for name, m, kl, rows, truth in levels:
+        stacked = np.stack(_level_planes(ex, m, kl), axis=1)
+        want = metrics_from_confusion(batch_confusion(truth, stacked.argmax(axis=1)[:, rows], kl))
+        for key, val in want.items():
+            np.testing.assert_allclose(got[f"{name}/{key}"], val, rtol=0, atol=1e-12)

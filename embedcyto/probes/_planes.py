@@ -57,19 +57,93 @@ def batch_confusions(planes: np.ndarray, y_test: np.ndarray, n_classes: int, lev
     Keys: :data:`CLASSES` for the classes, and each level's name. The level predictions take
     the argmax of the unnormalised softmax ``exp(-(d - min d) / T)`` summed up the tree:
     dividing every class of a row by the same positive sum cannot change a row's argmax, so
-    the division is skipped; each level's sums are added class plane by class plane
-    (:func:`_level_sums`).
+    the division is skipped. A level class of several fine classes sums their planes
+    (:func:`_level_planes`); among the level classes of a single fine class, the best is the
+    fine class nearest in distance (``exp`` is increasing), found in the same running pass as
+    the nearest class overall (:func:`_argmin_pass`), so HiCervix's finest level costs no pass
+    of its own. (Two fine classes whose ``exp`` values round to the same float but whose
+    distances differ are told apart by distance: a float32 near-tie.)
     """
-    low, pred = plane_argmin(planes)
+    parts = [_level_parts(m, kl) for _, m, kl, _, _ in levels]
+    every = tuple(range(planes.shape[1]))
+    alone = sorted({p[0] for p in parts if p[0]}, key=len)
+    nested = all(set(a) <= set(b) for a, b in zip(alone, alone[1:] + [every]))
+    snaps = _argmin_pass(planes, (alone if nested else []) + [every])
+    low, pred = snaps[-1]
+    found = dict(zip(alone if nested else [], snaps))
     out = {CLASSES: batch_confusion(y_test, pred, n_classes)}
-    if not levels:
-        return out
-    e = np.subtract(low[:, None, :], planes)
-    e /= temperature
-    np.exp(e, out=e)
-    for name, level_map, kl, rows, truth in levels:
-        level_pred = _running_arg(_level_planes(e, level_map, kl), np.greater, np.maximum)[1]
-        out[name] = batch_confusion(truth, level_pred[:, rows], kl)
+    e = None
+    if any(p[1] for p in parts):
+        e = np.subtract(low[:, None, :], planes)
+        e /= temperature
+        np.exp(e, out=e)
+    for (name, level_map, kl, rows, truth), (single, groups) in zip(levels, parts):
+        best = None
+        if single:
+            near, arg = found[single] if single in found else _argmin_pass(planes, [single])[0]
+            value = np.subtract(low, near)  # the same operations as ``e``: the same bits
+            value /= temperature
+            np.exp(value, out=value)
+            best = (value, np.asarray(level_map)[arg].astype(np.min_scalar_type(-kl)))
+        for j, fine in groups:
+            best = _take_over(best, _group_plane(e, fine, low.shape), j)
+        out[name] = batch_confusion(truth, best[1][:, rows], kl)
+    return out
+
+
+def _level_parts(level_map, n_level: int) -> tuple[tuple[int, ...], list[tuple[int, list]]]:
+    """A level's fine classes that are alone in their level class (fine order), and its other
+    level classes ``(level index, fine classes)``, in level order."""
+    members: list[list[int]] = [[] for _ in range(n_level)]
+    for c, j in enumerate(np.asarray(level_map)):
+        if j >= 0:
+            members[j].append(c)
+    return (tuple(sorted(f[0] for f in members if len(f) == 1)),
+            [(j, f) for j, f in enumerate(members) if len(f) != 1])
+
+
+def _group_plane(e, fine: list[int], shape) -> np.ndarray:
+    """The sum of the fine classes' planes of ``e``, added in fine order from zero."""
+    total = np.zeros(shape, dtype=np.float32 if e is None else e.dtype)
+    for c in fine:
+        total += e[:, c]
+    return total
+
+
+def _take_over(best, value: np.ndarray, j: int):
+    """The running (value, level index) argmax with one more level class ``j``: it takes over
+    where larger, or equal with a lower index (the first index among equal values)."""
+    if best is None:
+        return value, np.full(value.shape, j, dtype=np.int16)
+    top, arg = best
+    wins = np.greater(value, top)
+    wins |= (value == top) & (arg > j)
+    np.copyto(arg, j, where=wins, casting="unsafe")
+    np.maximum(top, value, out=top)
+    return top, arg
+
+
+def _argmin_pass(planes: np.ndarray, sets: list[tuple[int, ...]]) -> list[tuple]:
+    """(Minimum, first arg-minimum) over axis 1 of ``(E, C, n)`` restricted to each of
+    ``sets`` — nested class sets, each inside the next — from one running comparison of the
+    planes, visiting each set's new classes after the previous set's. A class visited after a
+    higher one also takes over on equal values where the holder's index is higher, so every
+    snapshot is the first index among the minima, as ``argmin``."""
+    out, seen, best, arg, top = [], set(), None, None, -1
+    for members in sets:
+        for c in sorted(set(members) - seen):
+            plane = planes[:, c]
+            if best is None:
+                best = plane.copy()
+                arg = np.full(best.shape, c, dtype=np.min_scalar_type(-planes.shape[1]))
+            else:
+                wins = np.less(plane, best)
+                if c < top:
+                    wins |= (plane == best) & (arg > c)
+                np.copyto(arg, c, where=wins)
+                np.minimum(best, plane, out=best)
+            top, seen = max(top, c), seen | {c}
+        out.append((best.copy(), arg.copy()) if members is not sets[-1] else (best, arg))
     return out
 
 
