@@ -2,7 +2,7 @@
 
 Synthetic 1,024-d float32 embeddings of the real sizes (``probe_features.py``: class overlap,
 sub-modes, a decaying noise spectrum, per-class noise scales), run through the library path of
-``embedcyto probe`` (``evaluate_full`` / ``evaluate_episodes``):
+``embedcyto probe`` (``evaluate_full`` / ``evaluate_episode_runs``):
 
 * linear probe, C chosen on validation over the default grid (ties by validation log-loss);
 * cosine kNN, k chosen on validation from (1, 3, 5, 10, 20, 50);
@@ -30,7 +30,7 @@ Scaling: ``--scale 2`` (or 4) repeats HiCervix's rows; the time per row and the 
 memory are printed (run each scale in its own process for an honest peak).
 
 Usage: ``python benchmarks/bench_probe.py [--quick] [--datasets hicervix,sipakmed,mlcc,bcfc]
-[--scale S] [--no-sklearn] [--naive] [--save-reference F | --reference F]``
+[--scale S] [--no-sklearn] [--episode-path auto|gram|dense] [--naive] [--save-reference F | --reference F]``
 (``--quick``: small sizes, 64-d, 20 episodes).
 """
 
@@ -95,13 +95,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_fast(feats, shots, episodes, counter, stages=STAGES) -> dict:
+def run_fast(feats, shots, episodes, counter, stages=STAGES, path="auto") -> dict:
     """The library path used by ``embedcyto probe`` (the runner's per-unit evaluation: the
     episodes of one unit share their split arrays through one cache, as in the runner).
 
     Each stage's peak resident memory is recorded (``peak_mib``; the features themselves
     included) when the peak can be reset between stages."""
-    from embedcyto.probes.evaluate import evaluate_episodes, evaluate_full
+    from embedcyto.probes.evaluate import evaluate_episode_runs, evaluate_full
 
     out, cache = {}, {}
     if "linear" in stages:
@@ -117,22 +117,35 @@ def run_fast(feats, shots, episodes, counter, stages=STAGES) -> dict:
         out["knn"]["peak_mib"] = peak_rss_mib()
     if "episodes" in stages:
         reset_peak_rss()
-        for k in shots:
-            out[k] = evaluate_episodes(feats, "simpleshot", k, 1, episodes, {}, cache=cache)
+        options = {} if path == "auto" else {"path": path}
+        rows = evaluate_episode_runs(feats, "simpleshot", [(k, 1) for k in shots], episodes,
+                                     options, cache=cache)  # the runs of one unit, together
+        out.update(zip(shots, rows))
         out["episodes_peak_mib"] = peak_rss_mib()
     return out
 
 
-def stage_flops(feats, fast, shots, episodes) -> dict:
+def stage_flops(feats, fast, shots, episodes, path="auto") -> dict:
     """Matrix-product FLOPs of each stage that ran.
 
     kNN: one similarity product of the validation rows (choosing k) and one of the test rows
-    against the training rows. Episodes: per episode, the test rows against every class
-    prototype (``2·n_test·C·p``) and against the episode's centring mean (``2·n_test·p``)."""
+    against the training rows. Episodes, per run on the dense path: per episode, the test rows
+    against every class prototype (``2·n_test·C·p``) and against the episode's centring mean
+    (``2·n_test·p``); for the runs on the Gram path (``episode_gram.gram_plan``): the Gram
+    matrix of training and test rows once (``2·n_train·n_test·p``) and each episode's centring
+    mean (``2·n_test·p``). The Gram path's gathers are not matrix products and are left out of
+    the bound (its ratio includes them)."""
+    from embedcyto.probes.episode_gram import gram_plan
+
     n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
     p, k = feats.X.shape[1], len(feats.classes)
+    gram = {"auto": gram_plan(shots, episodes, k, n["train"], p), "gram": [True] * len(shots),
+            "dense": [False] * len(shots)}[path]
+    dense_runs = sum(1 for g in gram if not g)
     out = {"knn": 2.0 * (n["val"] + n["test"]) * n["train"] * p,
-           "episodes": 2.0 * len(shots) * episodes * (k + 1) * n["test"] * p}
+           "episodes": 2.0 * n["test"] * p * (dense_runs * episodes * (k + 1)
+                                              + (len(shots) - dense_runs) * episodes
+                                              + (n["train"] if any(gram) else 0))}
     if "linear" not in fast:
         return out
     evals = fast["linear"]["evaluations"]
@@ -150,10 +163,10 @@ def _stage_line(name, seconds, flops, rate) -> str:
     return f"{name} {seconds:.2f}s (bound {bound:.2f}s, x{seconds / bound:.1f})"
 
 
-def report(name, feats, fast, shots, episodes, rate) -> float:
+def report(name, feats, fast, shots, episodes, rate, path="auto") -> float:
     """Print one dataset's stages; return its total seconds."""
     n = {s: int(np.sum(feats.splits == s)) for s in ("train", "val", "test")}
-    flops = stage_flops(feats, fast, shots, episodes)
+    flops = stage_flops(feats, fast, shots, episodes, path)
     t = {s: fast[s]["seconds"] for s in ("linear", "knn") if s in fast}
     if shots[0] in fast:
         t["episodes"] = sum(fast[k]["seconds"] for k in shots)
@@ -270,6 +283,9 @@ def _args(argv):
     parser.add_argument("--stages", default=",".join(STAGES),
                         help="stages to run (e.g. knn,episodes: the scaling runs without the "
                              "linear probe)")
+    parser.add_argument("--episode-path", choices=("auto", "gram", "dense"), default="auto",
+                        help="how the episodes' distances are computed (default: by cost, as "
+                             "embedcyto probe does)")
     parser.add_argument("--naive", action="store_true", help="check k and episodes naively")
     parser.add_argument("--save-reference", metavar="FILE")
     parser.add_argument("--reference", metavar="FILE")
@@ -297,8 +313,8 @@ def main(argv=None) -> int:
         args.no_sklearn = True
     for name in args.datasets.split(","):
         feats = make_features(name, dim, scale, separation=args.separation)
-        fast = run_fast(feats, SHOTS, episodes, counter, stages)
-        total += report(name, feats, fast, SHOTS, episodes, rate)
+        fast = run_fast(feats, SHOTS, episodes, counter, stages, args.episode_path)
+        total += report(name, feats, fast, SHOTS, episodes, rate, args.episode_path)
         if args.scale is not None:  # a scaling run: per-row figures
             report_scaling(feats, fast, SHOTS)
         rows += feats.labels.size

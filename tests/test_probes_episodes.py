@@ -67,15 +67,17 @@ def _data(seed=0, n_classes=3, dim=6, n_train=20, n_test=15, spread=1.5):
     return X_tr, y_tr, ids_tr, X_te, y_te
 
 
+@pytest.mark.parametrize("path", ["dense", "gram"])
 @pytest.mark.parametrize("method,estimator,options", [
     ("simpleshot", SimpleShot, {"centre": "support"}),
     ("simpleshot", SimpleShot, {"centre": "train"}),
     ("simpleshot", SimpleShot, {}),  # the default: support-mean centring
     ("protonet", ProtoNet, {})])
-def test_batched_episodes_equal_one_estimator_per_episode(method, estimator, options):
+def test_batched_episodes_equal_one_estimator_per_episode(method, estimator, options, path):
     X_tr, y_tr, ids_tr, X_te, y_te = _data()
+    X_tr, X_te = X_tr + 4.0, X_te + 4.0  # a common offset, as CLIP-style embeddings have
     out = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, shots=2, n_episodes=12, seed=3,
-                       method=method, budget=200, **options)  # tiny budget: several batches
+                       method=method, budget=200, path=path, **options)  # several batches
     for e in range(12):
         idx = support_indices(ids_tr, y_tr, 2, 3, e)
         est = estimator()
@@ -107,12 +109,13 @@ def test_supports_never_among_queries():
         run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, 2, 4, 1, ids_test=ids_tr[:y_te.size])
 
 
-def test_episode_levels_match_the_hierarchical_metrics():
+@pytest.mark.parametrize("path", ["dense", "gram"])
+def test_episode_levels_match_the_hierarchical_metrics(path):
     X_tr, y_tr, ids_tr, X_te, y_te = _data(n_classes=4)
     level_maps = {"l1": (0, 0, 1, 1), "l2": (0, 1, 2, -1)}
     levels = np.stack([np.array(level_maps["l1"])[y_te], np.array(level_maps["l2"])[y_te]], 1)
     out = run_episodes(X_tr, y_tr, ids_tr, X_te, y_te, 3, 5, 2, levels_test=levels,
-                       level_maps=level_maps, level_names=("l1", "l2"))
+                       level_maps=level_maps, level_names=("l1", "l2"), path=path, budget=300)
     for e in range(5):
         idx = support_indices(ids_tr, y_tr, 3, 2, e)
         proba = SimpleShot().fit(X_tr[idx], y_tr[idx]).predict_proba(X_te)  # support centring
@@ -136,14 +139,15 @@ def test_random_features_score_chance_within_the_interval():
     assert abs(mean - 0.25) < max(3 * half, 0.02) and mean < chance + 0.02
 
 
-def test_pipelined_batches_give_the_one_core_numbers(monkeypatch):
-    """Two cores: a batch's metrics are computed beside the next batch's distances; same
-    batches, same calls, so the very same numbers, in order (several batches, with levels)."""
+@pytest.mark.parametrize("path", ["dense", "gram"])
+def test_threaded_batches_give_the_one_core_numbers(monkeypatch, path):
+    """Two cores: batches are scored two at a time; same batches, same calls, so the very same
+    numbers, in order (several batches, with levels)."""
     from embedcyto.probes import episodes
 
     X_tr, y_tr, ids_tr, X_te, y_te = _data(spread=2.5)
     levels = np.stack([np.minimum(y_te, 1), y_te], axis=1)
-    kwargs = dict(shots=2, n_episodes=25, seed=4, budget=200, levels_test=levels,
+    kwargs = dict(shots=2, n_episodes=25, seed=4, budget=200, levels_test=levels, path=path,
                   level_maps={"coarse": (0, 1, 1), "fine": (0, 1, 2)},
                   level_names=("coarse", "fine"))
     runs = {}

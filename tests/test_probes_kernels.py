@@ -7,7 +7,7 @@ import pytest
 
 from embedcyto.metrics import batch_confusion, coarse_proba, metrics_from_confusion
 from embedcyto.probes._sk import softmax
-from embedcyto.probes.episodes import score_batch
+from embedcyto.probes._planes import score_batch
 from embedcyto.probes.knn import _top_k, _top_k_exact, neighbours
 
 
@@ -74,12 +74,7 @@ def _reference_batch(d2_nec, y, k, levels, temperature):
     return part
 
 
-@pytest.mark.parametrize("with_torch", [True, False])
-def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
-    import embedcyto.probes.episodes as episodes
-
-    if not with_torch:
-        monkeypatch.setattr(episodes, "_torch", lambda: None)
+def test_score_batch_equals_the_softmax_and_level_sums():
     rng = np.random.default_rng(4)
     n, e, k = 120, 7, 6
     d2 = rng.uniform(0, 4, size=(n, e, k)).astype(np.float32)
@@ -101,7 +96,7 @@ def test_score_batch_equals_the_softmax_and_level_sums(monkeypatch, with_torch):
 def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
     # Few distinct distances: most rows tie between classes, for the fine classes and in the
     # level sums; the class-plane reductions must pick the first index, as argmin/argmax do.
-    from embedcyto.probes.episodes import _plane_argmax, _plane_argmin
+    from embedcyto.probes._planes import plane_argmax as _plane_argmax, plane_argmin as _plane_argmin
 
     rng = np.random.default_rng(5)
     n, e, k = 300, 5, 7
@@ -184,7 +179,7 @@ def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
 
 
 def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
-    from embedcyto.probes.episodes import _level_sums
+    from embedcyto.probes._planes import _level_sums
 
     e = np.random.default_rng(8).uniform(size=(3, 5, 40)).astype(np.float32)
     level_map = np.array([1, -1, 0, 1, 0])
@@ -193,3 +188,59 @@ def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
     np.testing.assert_array_equal(sums[:, 1], e[:, 0] + e[:, 3])
     want = coarse_proba(np.moveaxis(e, 1, 2), level_map, 2)
     np.testing.assert_allclose(np.moveaxis(sums, 1, 2), want, rtol=1e-6)
+
+
+def test_neighbour_blocks_searched_in_threads_give_the_one_thread_lists():
+    rng = np.random.default_rng(9)
+    bank = rng.normal(size=(300, 16)).astype(np.float32)
+    bank = np.concatenate([bank, bank[:40]])  # exact ties too
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    queries = np.concatenate([bank[:25], rng.normal(size=(50, 16)).astype(np.float32)])
+    one = neighbours(queries, bank, 11, chunk_size=8, threads=1)  # ten blocks
+    for threads in (2, 3):
+        got = neighbours(queries, bank, 11, chunk_size=8, threads=threads)
+        np.testing.assert_array_equal(got[0], one[0])
+        np.testing.assert_array_equal(got[1], one[1])
+    ref_idx, _ = _top_k_exact(queries @ bank.T, 11)
+    np.testing.assert_array_equal(one[0], ref_idx)
+
+
+@pytest.mark.parametrize("maps", [
+    # HiCervix's shape: the finer level's lone classes contain the coarser level's (one pass)
+    {"l1": [0, 0, 1, 1, 1, 2, 2, 2], "l2": [0, 1, 2, 3, 3, -1, 4, 5],
+     "l3": [0, 1, 2, 3, 4, -1, 5, 6]},
+    # lone classes that do not nest: each level gets its own pass
+    {"a": [0, 1, 1, 2, 3, 3, 4, 5], "b": [0, 0, 1, 2, 3, 4, 4, 5]}])
+@pytest.mark.parametrize("ties", [False, True])
+def test_level_predictions_from_the_nearest_lone_class_equal_the_softmax_sums(maps, ties):
+    rng = np.random.default_rng(11)
+    n, e, k = 400, 6, 8
+    d2 = (rng.integers(0, 3, size=(n, e, k)) if ties else rng.uniform(0, 4, size=(n, e, k)))
+    d2 = d2.astype(np.float32)
+    y = rng.integers(0, k, size=n)
+    levels = []
+    for name, m in maps.items():
+        m = np.array(m)
+        truth_all = np.where(m[y] >= 0, m[y], -1)
+        rows = np.flatnonzero(truth_all >= 0)
+        levels.append((name, m, int(m.max()) + 1, rows, truth_all[rows]))
+    got = score_batch(d2, y, k, levels, 0.5)
+    if not ties:  # the float64 softmax reference
+        want = _reference_batch(d2, y, k, levels, 0.5)
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-12)
+        return
+    # Tied distances: the reference is the rule itself, every level class's plane of float32
+    # exp values summed in fine order, first index among the maxima (the float64 softmax
+    # breaks some float32 sum ties differently).
+    from embedcyto.metrics import batch_confusion
+    from embedcyto.probes._planes import _level_planes
+
+    planes = np.ascontiguousarray(np.moveaxis(d2, 0, 2))
+    low = planes.min(axis=1)
+    ex = np.exp((low[:, None, :] - planes) / np.float32(0.5))
+    for name, m, kl, rows, truth in levels:
+        stacked = np.stack(_level_planes(ex, m, kl), axis=1)
+        want = metrics_from_confusion(batch_confusion(truth, stacked.argmax(axis=1)[:, rows], kl))
+        for key, val in want.items():
+            np.testing.assert_allclose(got[f"{name}/{key}"], val, rtol=0, atol=1e-12)

@@ -20,9 +20,11 @@ import numpy as np
 
 from embedcyto.datasets.sampling import support_batch, support_ids, support_indices  # noqa: F401
 from embedcyto.errors import ProbeError
-from embedcyto.metrics import batch_confusion, metrics_from_confusion
 from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
+from embedcyto.probes._multinomial import single_blas_thread
+from embedcyto.probes._planes import (confusion_metrics, level_setup, ordered_map,  # noqa: F401
+                                      plane_argmax, plane_argmin, score_batch)
 from embedcyto.probes._products import available_threads
 
 
@@ -94,149 +96,52 @@ def _batch_size(n_test: int, n_classes: int, shots: int, dim: int, budget: int) 
     return max(1, budget // per_episode)
 
 
-def _level_setup(levels_test, level_maps, level_names):
-    if levels_test is None:
-        return []
-    lv = np.asarray(levels_test, dtype=np.int64)
-    out = []
-    for i, name in enumerate(level_names):
-        m = np.asarray(level_maps[name])
-        rows = np.flatnonzero(lv[:, i] >= 0)
-        k = int(max(m.max(initial=-1), lv[:, i].max(initial=-1))) + 1
-        out.append((name, m, k, rows, lv[rows, i]))
-    return out
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def score_batch(d2: np.ndarray, y_test: np.ndarray, n_classes: int, levels, temperature: float
-                ) -> dict[str, np.ndarray]:
-    """Metrics of a batch of episodes from their query-prototype distances.
-
-    ``d2`` is ``(n_queries, E, C)``. Every reduction over the classes runs on *class planes*:
-    ``d2`` as ``(E, C, n_queries)`` (a free view when the scorer lays its product out that way,
-    as the built-in scorers do; one copy otherwise), where the minimum and its first index are
-    a running comparison of ``C`` contiguous planes — vectorised, unlike a reduction over a
-    short innermost axis, which was the slowest step of the episodes. The result is exactly
-    ``argmin`` over the classes (the first index among equal values).
-
-    The level predictions take the argmax of the unnormalised softmax ``exp(-(d - min d) / T)``
-    summed up the tree: dividing every class of a row by the same positive sum cannot change a
-    row's argmax, so the division is skipped; each level's sums are added class plane by
-    class plane (:func:`_level_sums`).
-    """
-    planes = np.ascontiguousarray(np.moveaxis(d2, 0, 2))  # (E, C, n)
-    low, pred = _plane_argmin(planes)
-    part = metrics_from_confusion(batch_confusion(y_test, pred, n_classes))
-    if not levels:
-        return part
-    e = np.subtract(low[:, None, :], planes)
-    e /= temperature
-    torch = _torch()
-    if torch is not None:  # torch's exp, as the probe's earlier versions used
-        torch.from_numpy(e).exp_()
-    else:
-        np.exp(e, out=e)
-    for name, level_map, kl, rows, truth in levels:
-        level_pred = _plane_argmax(_level_sums(e, level_map, kl))[:, rows]
-        for key, val in metrics_from_confusion(batch_confusion(truth, level_pred, kl)).items():
-            part[f"{name}/{key}"] = val
-    return part
-
-
-def _level_sums(e: np.ndarray, level_map, n_level: int) -> np.ndarray:
-    """``(E, n_level, n)``: each level class's sum of its fine classes' planes of ``e``.
-
-    Added plane by plane in fine-class order from zero — the order in which a 0/1 matrix
-    product over the classes accumulates them (a skinny product ran at a fifth of the machine's
-    rate); fine classes mapped to -1 (coarser than the level) are left out, as in
-    :func:`~embedcyto.metrics.coarse_proba`.
-    """
-    sums = np.zeros((e.shape[0], n_level, e.shape[2]), dtype=e.dtype)
-    for c, j in enumerate(np.asarray(level_map)):
-        if j >= 0:
-            sums[:, j] += e[:, c]
-    return sums
-
-
-def _plane_arg(planes: np.ndarray, beats, keep) -> tuple[np.ndarray, np.ndarray]:
-    """The extreme and its first index over axis 1 of ``(E, C, n)`` (``(E, n)`` each), by a
-    running comparison of the ``C`` contiguous planes: ``beats`` (``np.less`` / ``np.greater``)
-    says when a plane takes over, ``keep`` (``np.minimum`` / ``np.maximum``) keeps the extreme."""
-    best = planes[:, 0].copy()
-    arg = np.zeros(best.shape, dtype=np.int64)
-    wins = np.empty(best.shape, dtype=bool)
-    for c in range(1, planes.shape[1]):
-        beats(planes[:, c], best, out=wins)
-        np.copyto(arg, c, where=wins)
-        keep(best, planes[:, c], out=best)
-    return best, arg
-
-
-def _plane_argmin(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum and first arg-minimum over axis 1 of ``(E, C, n)``: ``(E, n)`` each."""
-    return _plane_arg(planes, np.less, np.minimum)
-
-
-def _plane_argmax(planes: np.ndarray) -> np.ndarray:
-    """First arg-maximum over axis 1 of ``(E, C, n)`` (``(E, n)``), as ``argmax``."""
-    return _plane_arg(planes, np.greater, np.maximum)[1]
-
-
-def _scored(batches, score, metrics, pipelined: bool) -> list[dict]:
-    """Every batch's metrics, in order. Pipelined, the metrics of one batch (numpy and torch
-    element-wise work on one core) are computed in a second thread while the next batch's
-    distances (the BLAS product) are computed: the same calls on the same arrays, so the same
-    numbers, in about the time of the longer of the two."""
-    if not pipelined:
-        return [metrics(score(batch)) for batch in batches]
-    from concurrent.futures import ThreadPoolExecutor
-
-    parts, pending = [], None
-    with ThreadPoolExecutor(1) as pool:
-        for batch in batches:
-            d2 = score(batch)  # (n_queries, E, C)
-            if pending is not None:
-                parts.append(pending.result())
-            pending = pool.submit(metrics, d2)
-        if pending is not None:
-            parts.append(pending.result())
-    return parts
-
-
 def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_episodes: int,
-                 seed: int, method: str = "simpleshot", *, n_classes: int | None = None,
-                 class_names=None, ids_test=None, levels_test=None,
-                 level_maps: Mapping[str, Sequence[int]] | None = None,
-                 level_names: Sequence[str] = (), temperature: float | None = None,
-                 budget: int = 1 << 23, **method_options) -> dict:
-    """Evaluate ``n_episodes`` few-shot episodes (episodes 0..n-1) with queries = the test split.
+                 seed: int, method: str = "simpleshot", **kwargs) -> dict:
+    """Evaluate ``n_episodes`` few-shot episodes (episodes 0..n-1) of one (shots, seed) with
+    queries = the test split: :func:`run_episode_runs` with one run (same keyword options)."""
+    return run_episode_runs(X_train, y_train, ids_train, X_test, y_test, [(shots, seed)],
+                            n_episodes, method, **kwargs)[0]
+
+
+#: How :func:`run_episode_runs` computes distances: chosen by cost, or forced.
+PATHS = ("auto", "gram", "dense")
+
+
+def run_episode_runs(X_train, y_train, ids_train, X_test, y_test,
+                     runs: Sequence[tuple[int, int]], n_episodes: int,
+                     method: str = "simpleshot", *, n_classes: int | None = None,
+                     class_names=None, ids_test=None, levels_test=None,
+                     level_maps: Mapping[str, Sequence[int]] | None = None,
+                     level_names: Sequence[str] = (), temperature: float | None = None,
+                     budget: int = 1 << 23, path: str = "auto", **method_options) -> list[dict]:
+    """Evaluate ``n_episodes`` few-shot episodes of every ``(shots, seed)`` run, queries = the
+    test split; the runs share one pass over the queries where that is cheaper
+    (:mod:`embedcyto.probes.episode_gram`).
 
     Args:
         X_train, y_train, ids_train: the training split (the pool supports are drawn from).
         X_test, y_test: the queries.
-        shots, n_episodes, seed: the episodes (see :func:`support_indices`).
+        runs, n_episodes: the episodes 0..n-1 of each (shots, seed) (see
+            :func:`support_indices`).
         method: an episodic method of :mod:`embedcyto.probes.registry` ("simpleshot": centred,
             L2-normalised; "protonet": raw features).
         ids_test: when given, supports and queries are checked to share no image.
         levels_test, level_maps, level_names: HiCervix per-level evaluation of every episode
             (levels summed up the tree from the softmax over negative distances).
         temperature: softmax temperature (default: the method's registry row).
-        budget: floats per batch of episodes (memory knob; results do not depend on it). On
-            two or more cores a batch's metrics are computed while the next batch's distances
-            are, so two batches are held at once.
+        budget: floats per batch of episodes (memory knob). Batches are scored on every core
+            this process may use, so up to one more batch than cores is held at once.
+        path: "auto" (by cost, :func:`~embedcyto.probes.episode_gram.gram_plan`), "gram" or
+            "dense" (every run one way; for checks and benchmarks). The two agree up to
+            float32 rounding of near-ties.
         method_options: the method's own options, e.g. ``centre="support"`` or ``"train"``
             for SimpleShot (see :func:`simpleshot_distances`).
 
     Returns:
-        ``{"accuracy", "balanced_accuracy", "macro_f1": arrays (n_episodes,)}`` and, with levels,
-        ``"levels": {name: {metric: array}}`` and ``"level_average"`` (mean of level accuracies).
+        Per run: ``{"accuracy", "balanced_accuracy", "macro_f1": arrays (n_episodes,)}`` and,
+        with levels, ``"levels": {name: {metric: array}}`` and ``"level_average"`` (mean of
+        level accuracies).
     """
     spec = registry.get_method(method)
     if not spec.episodic:
@@ -244,28 +149,74 @@ def run_episodes(X_train, y_train, ids_train, X_test, y_test, shots: int, n_epis
                          f"{', '.join(registry.method_names(registry.EPISODIC))}")
     if int(n_episodes) < 1:
         raise ProbeError(f"n_episodes must be at least 1, got {n_episodes}")
+    if path not in PATHS or (path == "gram" and spec.gram is None):
+        raise ProbeError(f"unknown episode path {path!r} for {method}: pass `path=` one of "
+                         f"{', '.join(PATHS if spec.gram else ('auto', 'dense'))}")
     y_test = np.asarray(y_test, dtype=np.int64)
     k = int(n_classes) if n_classes is not None else int(np.max(y_train)) + 1
     if ids_test is not None and np.intersect1d(np.asarray(ids_train).astype(str),
                                                np.asarray(ids_test).astype(str)).size:
         raise ProbeError("training and test splits share images: supports would leak into queries")
-    support = support_batch(ids_train, y_train, shots, seed, np.arange(int(n_episodes)),
-                            n_classes=k, class_names=class_names)
-    X_test = np.asarray(X_test)
+    supports = [support_batch(ids_train, y_train, shots, seed, np.arange(int(n_episodes)),
+                              n_classes=k, class_names=class_names) for shots, seed in runs]
+    X_train, X_test = np.asarray(X_train), np.asarray(X_test)
+    temp = spec.temperature if temperature is None else float(temperature)
+    levels = level_setup(levels_test, level_maps, level_names)
+    gram = _gram_runs(spec, path, [s for s, _ in runs], int(n_episodes), k, X_train.shape)
+    threads = available_threads()  # read before any one-thread section
+    results: list[dict] = [{} for _ in runs]
+    if any(gram):
+        from embedcyto.probes.episode_gram import run_confusions
+
+        form = _method_call(spec.gram_function(), method, X_train, X_test, method_options)
+        chosen = [i for i, g in enumerate(gram) if g]
+        confusions = run_confusions(form, [supports[i] for i in chosen], y_test, k, levels,
+                                    temp, budget, threads)
+        for i, cms in zip(chosen, confusions):
+            results[i] = confusion_metrics(cms)
+    if not all(gram):
+        score = _method_call(spec.scorer_function(), method, X_train, X_test, method_options)
+        for i, (shots, _) in enumerate(runs):
+            if not gram[i]:
+                results[i] = _dense_run(score, supports[i], X_test.shape, y_test, k, levels,
+                                        temp, budget, threads)
+    return [_by_level(r, levels) for r in results]
+
+
+def _method_call(function, method: str, X_train, X_test, options):
     try:
-        score = spec.scorer_function()(np.asarray(X_train), X_test, **method_options)
+        return function(X_train, X_test, **options)
     except TypeError as err:
         raise ProbeError(f"bad options for {method}: {err}") from err
-    temp = spec.temperature if temperature is None else float(temperature)
-    levels = _level_setup(levels_test, level_maps, level_names)
-    # Pipelined (two cores), two batches are alive at once: the memory is two budgets. The
-    # batches stay those of one core, so the distances are the same products, bit for bit.
-    step = _batch_size(X_test.shape[0], k, int(shots), X_test.shape[1], budget)
-    pipelined = support.shape[0] > step and available_threads() > 1  # one batch: nothing to overlap
+
+
+def _gram_runs(spec, path: str, shots, n_episodes: int, n_classes: int, shape) -> list[bool]:
+    if spec.gram is None or path == "dense":
+        return [False] * len(shots)
+    if path == "gram":
+        return [True] * len(shots)
+    from embedcyto.probes.episode_gram import gram_plan
+
+    return gram_plan(shots, n_episodes, n_classes, shape[0], shape[1])
+
+
+def _dense_run(score, support, test_shape, y_test, k, levels, temp, budget, threads) -> dict:
+    """One run, its prototypes multiplied with all queries, batch by batch, ``threads``
+    batches at a time (BLAS held to one thread, see
+    :func:`~embedcyto.probes._planes.ordered_map`; up to ``threads + 1`` batches are alive,
+    so the memory is that many budgets). The batches are the same whatever ``threads``:
+    the same products, bit for bit."""
+    step = _batch_size(test_shape[0], k, support.shape[2], test_shape[1], budget)
     batches = (support[start:start + step] for start in range(0, support.shape[0], step))
-    parts = _scored(batches, score, lambda d2: score_batch(d2, y_test, k, levels, temp),
-                    pipelined)
-    out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    with single_blas_thread():
+        parts = list(ordered_map(
+            batches, lambda idx: score_batch(score(idx), y_test, k, levels, temp),
+            min(threads, -(-support.shape[0] // step))))
+    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _by_level(out: dict, levels) -> dict:
+    """``"level/metric"`` keys gathered under ``"levels"``, with the level average."""
     if levels:
         out["levels"] = {name: {m: out.pop(f"{name}/{m}") for m in registry.HEADLINE_METRICS}
                          for name, *_ in levels}

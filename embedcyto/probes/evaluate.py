@@ -191,18 +191,36 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
                       options: Mapping[str, Any], ci_level: float = 0.95,
                       cache: dict | None = None) -> dict:
     """Run ``n_episodes`` episodes of one (shots, seed); summarise with t intervals."""
-    from embedcyto.probes.episodes import run_episodes
+    return evaluate_episode_runs(features, method, [(shots, seed)], n_episodes, options,
+                                 ci_level, cache)[0]
+
+
+def evaluate_episode_runs(features, method: str, runs: Sequence[tuple[int, int]],
+                          n_episodes: int, options: Mapping[str, Any], ci_level: float = 0.95,
+                          cache: dict | None = None) -> list[dict]:
+    """Every (shots, seed) run of one episodic method, scored together
+    (:func:`~embedcyto.probes.episodes.run_episode_runs`: one Gram matrix of training rows and
+    queries serves all the runs where that is cheaper); one row per run, in order, each
+    summarised with t intervals. A row's ``seconds`` is its share of the runs' time."""
+    from embedcyto.probes.episodes import run_episode_runs
 
     start = time.perf_counter()
     train, test = split_arrays(features, "train", cache=cache), \
         split_arrays(features, "test", cache=cache)
     levels = _has_levels(features)
-    result = run_episodes(
-        train["X"], train["y"], train["ids"], test["X"], test["y"], shots, n_episodes, seed,
+    results = run_episode_runs(
+        train["X"], train["y"], train["ids"], test["X"], test["y"], list(runs), n_episodes,
         method, n_classes=len(features.classes), class_names=features.classes,
         ids_test=test["ids"], levels_test=test["levels"] if levels else None,
         level_maps=features.level_maps if levels else None,
         level_names=features.level_names if levels else (), **dict(options))
+    seconds = round((time.perf_counter() - start) / max(1, len(results)), 3)
+    return [_episode_row(result, n_episodes, ci_level, len(train["y"]), len(test["y"]), seconds)
+            for result in results]
+
+
+def _episode_row(result: dict, n_episodes: int, ci_level: float, n_train: int, n_test: int,
+                 seconds: float) -> dict:
     summary = {m: _summarise(result[m], ci_level)
                for m in registry.HEADLINE_METRICS}
     row = {"metrics": {m: s["mean"] for m, s in summary.items()},
@@ -210,12 +228,12 @@ def evaluate_episodes(features, method: str, shots: int, seed: int, n_episodes: 
            "episode_std": {m: s["std"] for m, s in summary.items()},
            "ci_level": ci_level, "episodes": int(n_episodes),
            "episode_accuracy": [round(float(a), 6) for a in result["accuracy"]],
-           "n_train": len(train["y"]), "n_test": len(test["y"])}
-    if levels:
+           "n_train": n_train, "n_test": n_test}
+    if "levels" in result:
         row["levels"] = {name: {m: _summarise(v, ci_level) for m, v in per.items()}
                          for name, per in result["levels"].items()}
         row["levels"]["average"] = _summarise(result["level_average"], ci_level)
-    row["seconds"] = round(time.perf_counter() - start, 3)
+    row["seconds"] = seconds
     return row
 
 
@@ -228,11 +246,7 @@ def evaluate_unit(features, method: str, runs: Sequence[tuple[int | None, int | 
 
         options = {**method_options(options),
                    **text_inputs(features, with_val=spec.needs_validation and spec.episodic)}
-    rows, cache = [], {}
-    for shots, seed in runs:
-        if spec.episodic:
-            rows.append(evaluate_episodes(features, method, shots, seed, n_episodes, options,
-                                          cache=cache))
-        else:
-            rows.append(evaluate_full(features, method, seed, options, cache=cache))
-    return rows
+    cache: dict = {}
+    if spec.episodic:
+        return evaluate_episode_runs(features, method, runs, n_episodes, options, cache=cache)
+    return [evaluate_full(features, method, seed, options, cache=cache) for _, seed in runs]

@@ -53,6 +53,10 @@ class ProbeMethod:
         scorer: episodic methods only: ``"module:function"`` computing squared distances of a
             batch of episodes, laid out ``(n_queries, episodes, classes)`` (see
             :func:`embedcyto.probes.episodes.run_episodes`).
+        gram: episodic methods whose prototypes are weighted sums of support rows:
+            ``"module:function"`` giving the method's Gram form
+            (:mod:`embedcyto.probes.episode_gram`), which scores many runs from one Gram
+            matrix of training rows and queries; None: the scorer alone.
         chosen: result-row key -> estimator attribute recorded under ``"chosen"`` (what the
             method selected, e.g. its C or k and the validation scores).
         defaults: options always recorded in the row's ``options`` (so a row says which
@@ -76,6 +80,7 @@ class ProbeMethod:
     seeded: bool = False
     default: bool = False
     scorer: str | None = None
+    gram: str | None = None
     chosen: tuple[tuple[str, str], ...] = ()
     defaults: tuple[tuple[str, Any], ...] = ()
     choices: tuple[tuple[str, tuple[Any, ...]], ...] = ()
@@ -102,6 +107,10 @@ class ProbeMethod:
     def scorer_function(self):
         """The batched episode scorer (imported now)."""
         return _load(self.scorer)
+
+    def gram_function(self):
+        """The Gram-form builder (imported now); see :mod:`embedcyto.probes.episode_gram`."""
+        return _load(self.gram)
 
     def resolve_options(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """The recorded defaults overlaid with ``options``, checked against ``choices``."""
@@ -133,11 +142,13 @@ PROBE_METHODS: tuple[ProbeMethod, ...] = (
     ProbeMethod("simpleshot", EPISODIC, "embedcyto.probes.fewshot:SimpleShot", "SimpleShot",
                 help="few-shot nearest centred, L2-normalised class mean", default=True,
                 scorer="embedcyto.probes.episodes:simpleshot_distances",
+                gram="embedcyto.probes.episode_gram:simpleshot_form",
                 defaults=(("centre", "support"),), choices=(("centre", CENTRES),),
                 temperature=0.1, marker="s", linestyle="--"),
     ProbeMethod("protonet", EPISODIC, "embedcyto.probes.fewshot:ProtoNet", "ProtoNet",
                 help="few-shot nearest raw class mean",
                 scorer="embedcyto.probes.episodes:protonet_distances",
+                gram="embedcyto.probes.episode_gram:protonet_form",
                 marker="^", linestyle="-."),
     ProbeMethod("zeroshot", FULL_DATA, "embedcyto.probes.textprobes:ZeroShot", "zero-shot",
                 help="vision-language models: cosine to the class prompts' embeddings",
