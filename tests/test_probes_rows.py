@@ -124,6 +124,8 @@ def test_row_terms_equal_the_one_call_formulas_bit_for_bit(always_split, weighte
         low, col_sums, curv = terms.residual()
         want_low, want_sums, want_curv = _reference_residual(prob, y, sw, dtype)
         assert _same(low, want_low) and _same(col_sums, want_sums) and _same(curv, want_curv)
+        low, col_sums, curv = terms.residual(curvature=False)  # only a fit's start needs it
+        assert _same(low, want_low) and _same(col_sums, want_sums) and curv is None
 
 
 def _problem(seed=0, classes=9, per=140, dim=48):

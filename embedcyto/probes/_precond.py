@@ -84,7 +84,7 @@ class _State:
     loss: float
     grad_t: np.ndarray  # gradient wrt W^T, (p, K)
     grad_b: np.ndarray  # (K,)
-    sigma: float = 0.0
+    sigma: float = 0.0  # the softmax's mean curvature; computed at a fit's start only
 
 
 class PreconditionedPath:
@@ -127,21 +127,23 @@ class PreconditionedPath:
         self.n_products += 1
         return self.terms.logits(self.products.xw(coef_t.astype(self.X.dtype)), intercept)
 
-    def _state(self, coef_t, intercept, logits, rho, data_loss: float | None = None) -> _State:
+    def _state(self, coef_t, intercept, logits, rho, data_loss: float | None = None,
+               sigma: bool = False) -> _State:
         """Loss and gradient at a point whose logits are known (one product: ``R^T X``).
 
         ``data_loss``: the mean data loss when ``self.terms.prob`` already holds the softmax at
-        these logits (the line search's accepted trial), which is then not computed again."""
+        these logits (the line search's accepted trial), which is then not computed again.
+        ``sigma``: also compute the softmax's mean curvature (only the start point's is used)."""
         if data_loss is None:
             data_loss = self.terms.softmax(logits) / self.S
-        # (P - Y) * s, its column sums and sum_i s_i (1 - |p_i|^2), the trace of the softmax's
-        # curvature diag(p) - p p^T.
-        resid_low, resid_sum, curv_sum = self.terms.residual()
+        # (P - Y) * s, its column sums and, if asked, sum_i s_i (1 - |p_i|^2), the trace of the
+        # softmax's curvature diag(p) - p p^T.
+        resid_low, resid_sum, curv_sum = self.terms.residual(curvature=sigma)
         self.n_products += 1
         grad_t = (self.products.rtx(resid_low).T.astype(np.float64) / self.S + rho * coef_t)
         loss = data_loss + 0.5 * rho * float(np.sum(coef_t ** 2))
-        sigma = curv_sum / self.S / (self.n_classes - 1)
-        return _State(coef_t, intercept, logits, loss, grad_t, resid_sum / self.S, sigma)
+        mean_curv = curv_sum / self.S / (self.n_classes - 1) if sigma else 0.0
+        return _State(coef_t, intercept, logits, loss, grad_t, resid_sum / self.S, mean_curv)
 
     def fit(self, C: float, tol: float, max_iter: int, coef=None,
             intercept=None) -> MultinomialFit:
@@ -158,7 +160,7 @@ class PreconditionedPath:
                 coef = coef @ self.to_features
             coef_t = coef.T - coef.T.mean(axis=1, keepdims=True)  # see the module docstring
         with self.products.workers:  # one thread pool for the fit, none left after it
-            state = self._state(coef_t, b, self._logits(coef_t, b), rho)
+            state = self._state(coef_t, b, self._logits(coef_t, b), rho, sigma=True)
             scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
             state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
         coef, b = state.coef_t.T, state.intercept
