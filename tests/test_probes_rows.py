@@ -117,9 +117,9 @@ def test_row_terms_equal_the_one_call_formulas_bit_for_bit(always_split, weighte
         assert _same(terms.softmax(logits), loss) and _same(terms.prob, prob)
         out = np.empty_like(logits)
         for alpha in (1.0, 0.37, 2.5e-3):
-            got = terms.trial(logits, alpha, dz, out)
+            got = terms.trial(logits, alpha, dz, out) + (terms.trial_curvature(dz),)
             *want, prob = _reference_trial(logits, alpha, dz, y, sw)
-            assert all(_same(g, w) for g, w in zip(got, want))
+            assert len(got) == 3 and all(_same(g, w) for g, w in zip(got, want))
             assert _same(out, logits + alpha * dz) and _same(terms.prob, prob)
         low, col_sums, curv = terms.residual()
         want_low, want_sums, want_curv = _reference_residual(prob, y, sw, dtype)
@@ -175,14 +175,20 @@ def test_one_pool_per_fit_and_no_thread_left_after_it(always_split, monkeypatch)
 def test_the_accepted_trial_is_reused_and_another_step_recomputed(always_split):
     X, y, _, _ = _problem(classes=4, per=50, dim=8)
     path = PreconditionedPath(X, y, 4, threads=2)
-    coef_t, b = np.zeros((path.X.shape[1], 4)), np.zeros(4)
-    state = path._state(coef_t, b, path._logits(coef_t, b), 1e-3)
-    dz = path._logits(np.ones_like(coef_t) * 0.01, np.zeros(4))
-    line = path.line(state, dz, np.ones_like(coef_t) * 0.01, 1e-3)
-    line(0.5)
-    f, _, _ = line(2.0)
+    coef_t, b, rho = np.zeros((path.X.shape[1], 4)), np.zeros(4), 1e-3
+    state = path._state(coef_t, b, path._logits(coef_t, b), rho)
+    d_coef_t = np.ones_like(coef_t) * 0.01
+    dz, dd = path._logits(d_coef_t, np.zeros(4)), float(np.sum(d_coef_t ** 2))
+    line = path.line(state, dz, d_coef_t, rho)
+    _, _, curvature = line(0.5)  # a rejected trial's curvature, computed on demand
+    want = _reference_trial(state.logits, 0.5, dz, y, None)
+    assert curvature() == want[2] / y.size + rho * dd
+    f, slope, _ = line(2.0)
+    want = _reference_trial(state.logits, 2.0, dz, y, None)
+    assert f == want[0] / y.size + 0.5 * rho * (0.0 + 2 * 2.0 * 0.0 + 2.0 ** 2 * dd)
+    assert slope == want[1] / y.size + rho * (0.0 + 2.0 * dd)
     logits, data_loss = line.landing(2.0)
-    assert logits is line.logits and data_loss == _reference_data(logits, y, None)[0] / y.size
-    assert f == data_loss + 0.5e-3 * np.sum((np.ones_like(coef_t) * 0.02) ** 2)
+    assert logits is line.logits and data_loss == want[0] / y.size
+    assert _same(path.terms.prob, want[3])  # the softmax the new point's gradient uses
     logits, data_loss = line.landing(0.5)  # not the last trial: its softmax is gone
-    assert data_loss is None and np.array_equal(logits, state.logits + 0.5 * dz)
+    assert data_loss is None and _same(logits, state.logits + 0.5 * dz)

@@ -193,11 +193,14 @@ class _Line:
         self.alpha, self.data_loss = None, None
 
     def __call__(self, alpha: float):
+        """(f, f', f'') at ``alpha``; f'' as a function, called only when the trial is rejected
+        (before the next trial)."""
         path, rho, wd, dd = self.path, self.rho, self.wd, self.dd
-        loss, slope, curv = path.terms.trial(self.state.logits, alpha, self.dz, self.logits)
+        loss, slope = path.terms.trial(self.state.logits, alpha, self.dz, self.logits)
         self.alpha, self.data_loss = alpha, loss / path.S
         f = self.data_loss + 0.5 * rho * (self.w2 + 2 * alpha * wd + alpha ** 2 * dd)
-        return f, slope / path.S + rho * (wd + alpha * dd), curv / path.S + rho * dd
+        return (f, slope / path.S + rho * (wd + alpha * dd),
+                lambda: path.terms.trial_curvature(self.dz) / path.S + rho * dd)
 
     def landing(self, alpha: float):
         """(logits, mean data loss or None) at the step ``alpha`` taken: the last trial's when
@@ -330,7 +333,9 @@ def _line_search(at, f0: float, slope0: float) -> float | None:
     """A step along the direction where the slope has fallen to SLOPE_SHARE of its start value
     (the loss is convex along it): safeguarded Newton from alpha = 1, bisection fallback.
 
-    Returns None when the direction does not descend (nothing left to gain in float64)."""
+    ``at(alpha)`` returns (f, f', f''), f'' a number or a function called only when needed
+    (the accepted trial's is not). Returns None when the direction does not descend (nothing
+    left to gain in float64)."""
     if not slope0 < 0:
         return None
     lo, hi, alpha = 0.0, np.inf, 1.0
@@ -342,6 +347,7 @@ def _line_search(at, f0: float, slope0: float) -> float | None:
             lo = alpha
         else:
             hi = alpha
+        curv = curv() if callable(curv) else curv
         newton = alpha - slope / curv if curv > 0 else np.inf
         if lo < newton < hi:
             alpha = newton

@@ -62,7 +62,7 @@ class LogitRows:
         self.resid_low = np.empty((n, K), dtype=low)
         self._tmp = np.empty((n, K))
         self._loss, self._slope, self._curv = np.empty(n), np.empty(n), np.empty(n)
-        self._max = np.empty(n)
+        self._max, self._pz = np.empty(n), np.empty(n)
 
     def _map(self, job) -> None:
         self.workers.run([lambda a=a, b=b: job(a, b) for a, b in self.blocks])
@@ -93,28 +93,38 @@ class LogitRows:
 
     def trial(self, logits: np.ndarray, alpha: float, dz: np.ndarray, out: np.ndarray):
         """At ``out = logits + alpha * dz``: fills :attr:`prob`; returns the sums of the loss
-        rows, of the slope rows ``p.dz - dz_y`` and of the curvature rows
-        ``p.dz^2 - (p.dz)^2`` (each weighted), each one serial sum over all rows."""
+        rows and of the slope rows ``p.dz - dz_y`` (each weighted), each one serial sum over
+        all rows. The curvature, which a line search needs only when it rejects the trial, is
+        :meth:`trial_curvature`."""
         def job(a: int, b: int) -> None:
             z, d, t = out[a:b], dz[a:b], self._tmp[a:b]
             np.multiply(d, alpha, out=z)
             z += logits[a:b]
             self._softmax(z, a, b)
-            p = self.prob[a:b]
-            np.multiply(p, d, out=t)
-            pz = t.sum(axis=1)
-            np.multiply(d, d, out=t)
-            t *= p
-            curv = self._curv[a:b]
-            np.sum(t, axis=1, out=curv)
-            curv -= np.square(pz)
+            np.multiply(self.prob[a:b], d, out=t)
+            pz = self._pz[a:b]
+            np.sum(t, axis=1, out=pz)
             slope = self._slope[a:b]
             np.subtract(pz, dz.reshape(-1)[self.target[a:b]], out=slope)
             if self.sw is not None:
                 slope *= self.sw[a:b]
+        self._map(job)
+        return float(self._loss.sum()), float(self._slope.sum())
+
+    def trial_curvature(self, dz: np.ndarray) -> float:
+        """The sum of the last :meth:`trial`'s curvature rows ``p.dz^2 - (p.dz)^2`` (weighted),
+        one serial sum; valid until the next trial or softmax overwrites :attr:`prob`."""
+        def job(a: int, b: int) -> None:
+            d, t = dz[a:b], self._tmp[a:b]
+            np.multiply(d, d, out=t)
+            t *= self.prob[a:b]
+            curv = self._curv[a:b]
+            np.sum(t, axis=1, out=curv)
+            curv -= np.square(self._pz[a:b])
+            if self.sw is not None:
                 curv *= self.sw[a:b]
         self._map(job)
-        return float(self._loss.sum()), float(self._slope.sum()), float(self._curv.sum())
+        return float(self._curv.sum())
 
     def residual(self, curvature: bool = True):
         """From :attr:`prob`: the weighted residual ``(P - Y) * s`` in the data's dtype, its
