@@ -81,3 +81,22 @@ def test_text_methods_have_no_gram_form():
 
     assert registry.get_method("simpleshot").gram and registry.get_method("protonet").gram
     assert all(m.gram is None for m in registry.probe_methods() if m.text)
+
+
+def test_a_unit_s_runs_take_the_gram_path_with_the_dense_path_s_rows():
+    from types import SimpleNamespace
+
+    from embedcyto.probes.evaluate import evaluate_episode_runs, evaluate_unit
+
+    X_tr, y_tr, ids, X_te, y_te = _data(n_classes=3, n_train=20, n_test=60, dim=256)
+    assert gram_plan([1, 2], 50, 3, X_tr.shape[0], 256) == [True, True]  # the auto path's
+    feats = SimpleNamespace(
+        X=np.concatenate([X_tr, X_te]), labels=np.concatenate([y_tr, y_te]),
+        ids=np.concatenate([ids, [f"test/{i}" for i in range(y_te.size)]]),
+        splits=np.array(["train"] * y_tr.size + ["test"] * y_te.size), levels=None,
+        classes=("a", "b", "c"), label_spaces={}, level_names=(), level_maps={})
+    rows = evaluate_unit(feats, "simpleshot", [(1, 0), (2, 0)], 50, {})
+    dense = evaluate_episode_runs(feats, "simpleshot", [(1, 0), (2, 0)], 50, {"path": "dense"})
+    assert [r["episode_accuracy"] for r in rows] == [r["episode_accuracy"] for r in dense]
+    assert [r["metrics"] for r in rows] == [r["metrics"] for r in dense]
+    assert rows[0]["episodes"] == 50 and rows[0]["n_train"] == y_tr.size
