@@ -15,7 +15,8 @@ def always_split(monkeypatch):
     monkeypatch.setattr(_products, "MIN_WORK", 0)
 
 
-@pytest.mark.parametrize("shape", [(3000, 256, 23), (1203, 1024, 23), (9000, 96, 7), (37, 300, 4)])
+@pytest.mark.parametrize("shape", [(3000, 256, 23), (1203, 1024, 23), (9000, 96, 7), (37, 300, 4),
+                                   (2835, 1024, 5)])
 @pytest.mark.parametrize("threads", [2, 3, 8])
 def test_split_products_equal_one_call_bit_for_bit(always_split, shape, threads):
     n, d, k = shape
@@ -38,6 +39,17 @@ def test_small_products_stay_one_call(monkeypatch):
     X = np.ones((100, 10), np.float32)
     BlockProducts(X, 4).xw(np.ones((10, 3), np.float32))
     assert calls == [1]
+
+
+def test_a_running_pool_splits_smaller_products():
+    X = np.ones((2835, 1024), np.float32)  # SIPaKMeD-sized: 14.5 M multiply-adds at 5 classes
+    products = BlockProducts(X, 2)
+    work = X.size * 5
+    assert len(products._blocks(X.shape[0], work)) == 1  # a pool per call would cost more
+    with products.workers:
+        assert len(products._blocks(X.shape[0], work)) == 2
+        assert len(products._blocks(X.shape[0], 2 * _products.MIN_BLOCK - 1)) == 1
+    assert len(products._blocks(X.shape[0], work)) == 1
 
 
 def test_the_probe_is_the_same_whatever_the_thread_count(always_split, monkeypatch):

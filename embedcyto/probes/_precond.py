@@ -21,7 +21,9 @@ costs no product with the data:
   ``Z(alpha) = Z + alpha * X D``. One product gives ``X D``; the loss, its slope and its
   curvature at any ``alpha`` then cost ``O(n K)`` and are computed in float64, so the line
   search sees decreases far below float32's resolution of the loss, and every iteration costs
-  exactly two products (``X D`` and the gradient's ``R^T X``).
+  exactly two products (``X D`` and the gradient's ``R^T X``). That O(n K) work runs in row
+  blocks on the fit's threads (:mod:`embedcyto.probes._rows`, the same bits whatever their
+  number), and the accepted trial's softmax serves the new point's gradient.
 * **Classes' mean direction.** Adding the same vector to every class's coefficients leaves the
   logits' differences unchanged: only the penalty acts on it, and the optimum has none. The
   start is centred over classes (which lowers the penalty and leaves the data term as it is),
@@ -39,6 +41,7 @@ import numpy as np
 
 from embedcyto.probes._multinomial import MultinomialFit
 from embedcyto.probes._products import BlockProducts
+from embedcyto.probes._rows import LogitRows
 
 #: L-BFGS memory (scipy's default ``maxcor``; 30 saved under 10 % of the iterations).
 MEMORY = 10
@@ -81,7 +84,7 @@ class _State:
     loss: float
     grad_t: np.ndarray  # gradient wrt W^T, (p, K)
     grad_b: np.ndarray  # (K,)
-    sigma: float = 0.0
+    sigma: float = 0.0  # the softmax's mean curvature; computed at a fit's start only
 
 
 class PreconditionedPath:
@@ -98,9 +101,6 @@ class PreconditionedPath:
         self.sw = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         self.S = float(X.shape[0] if self.sw is None else self.sw.sum())
         self.y = np.asarray(y, dtype=np.intp)
-        self.rows = np.arange(X.shape[0])
-        self.onehot = np.zeros((X.shape[0], self.n_classes))
-        self.onehot[self.rows, self.y] = 1.0
         self.to_features, self.offset = None, None  # see _centred_row_space
         if X.shape[0] < X.shape[1]:
             self.X, self.spectrum, self.to_features, self.offset = _centred_row_space(X, self.sw)
@@ -115,39 +115,35 @@ class PreconditionedPath:
         # The two products of every iteration, split over ``threads`` cores with the same bits
         # as one call (:mod:`embedcyto.probes._products`).
         self.products = BlockProducts(self.X, threads)
+        # The float64 work on the (n, K) logits, in row blocks on the same threads, into
+        # buffers made once (:mod:`embedcyto.probes._rows`).
+        self.terms = LogitRows(self.y, self.n_classes, self.sw, self.X.dtype,
+                               self.products.workers)
         self.n_products = 0
 
     # -- the objective along logits -------------------------------------------------------
-    def _data_at(self, logits: np.ndarray):
-        """Weighted mean loss, softmax probabilities and residual P - Y at these logits."""
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        prob = np.exp(shifted)
-        norm = prob.sum(axis=1)
-        loss = np.log(norm) - shifted[self.rows, self.y]
-        prob /= norm[:, None]
-        if self.sw is not None:
-            loss = loss * self.sw
-        return float(loss.sum()) / self.S, prob
-
     def _logits(self, coef_t, intercept) -> np.ndarray:
+        """``X W^T + b`` in float64 (the product in the data's dtype)."""
         self.n_products += 1
-        return self.products.xw(coef_t.astype(self.X.dtype)).astype(np.float64) + intercept
+        return self.terms.logits(self.products.xw(coef_t.astype(self.X.dtype)), intercept)
 
-    def _state(self, coef_t, intercept, logits, rho) -> _State:
-        """Loss and gradient at a point whose logits are known (one product: ``R^T X``)."""
-        data_loss, prob = self._data_at(logits)
-        resid = prob - self.onehot
-        if self.sw is not None:
-            resid *= self.sw[:, None]
+    def _state(self, coef_t, intercept, logits, rho, data_loss: float | None = None,
+               sigma: bool = False) -> _State:
+        """Loss and gradient at a point whose logits are known (one product: ``R^T X``).
+
+        ``data_loss``: the mean data loss when ``self.terms.prob`` already holds the softmax at
+        these logits (the line search's accepted trial), which is then not computed again.
+        ``sigma``: also compute the softmax's mean curvature (only the start point's is used)."""
+        if data_loss is None:
+            data_loss = self.terms.softmax(logits) / self.S
+        # (P - Y) * s, its column sums and, if asked, sum_i s_i (1 - |p_i|^2), the trace of the
+        # softmax's curvature diag(p) - p p^T.
+        resid_low, resid_sum, curv_sum = self.terms.residual(curvature=sigma)
         self.n_products += 1
-        grad_t = (self.products.rtx(resid.astype(self.X.dtype)).T.astype(np.float64) / self.S
-                  + rho * coef_t)
+        grad_t = (self.products.rtx(resid_low).T.astype(np.float64) / self.S + rho * coef_t)
         loss = data_loss + 0.5 * rho * float(np.sum(coef_t ** 2))
-        curv = 1.0 - np.sum(prob ** 2, axis=1)  # trace of diag(p) - p p^T
-        sw = 1.0 if self.sw is None else self.sw
-        sigma = float(np.sum(sw * curv)) / self.S / (prob.shape[1] - 1)
-        return _State(coef_t, intercept, logits, loss, grad_t, resid.sum(axis=0) / self.S,
-                      sigma)
+        mean_curv = curv_sum / self.S / (self.n_classes - 1) if sigma else 0.0
+        return _State(coef_t, intercept, logits, loss, grad_t, resid_sum / self.S, mean_curv)
 
     def fit(self, C: float, tol: float, max_iter: int, coef=None,
             intercept=None) -> MultinomialFit:
@@ -163,9 +159,10 @@ class PreconditionedPath:
             if self.to_features is not None:
                 coef = coef @ self.to_features
             coef_t = coef.T - coef.T.mean(axis=1, keepdims=True)  # see the module docstring
-        state = self._state(coef_t, b, self._logits(coef_t, b), rho)
-        scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
-        state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
+        with self.products.workers:  # one thread pool for the fit, none left after it
+            state = self._state(coef_t, b, self._logits(coef_t, b), rho, sigma=True)
+            scale = _Scaling(self.spectrum, max(state.sigma, 1e-12), rho)
+            state, n_iter, converged, message = _lbfgs(self, state, scale, rho, tol, max_iter)
         coef, b = state.coef_t.T, state.intercept
         if self.to_features is not None:
             coef = coef @ self.to_features.T
@@ -176,23 +173,41 @@ class PreconditionedPath:
                               converged=converged, message=message,
                               n_evaluations=(self.n_products - first + 1) // 2)
 
-    def line(self, state: _State, dz: np.ndarray, d_coef_t: np.ndarray, rho: float):
+    def line(self, state: _State, dz: np.ndarray, d_coef_t: np.ndarray, rho: float) -> _Line:
         """f(alpha), f'(alpha), f''(alpha) along logits Z + alpha dZ, coefficients W + alpha D."""
-        wd, dd = float(np.sum(state.coef_t * d_coef_t)), float(np.sum(d_coef_t ** 2))
-        w2 = float(np.sum(state.coef_t ** 2))
-        dz_y, dz2 = dz[self.rows, self.y], dz * dz
+        return _Line(self, state, dz, d_coef_t, rho)
 
-        def at(alpha: float):
-            data_loss, prob = self._data_at(state.logits + alpha * dz)
-            pz = np.sum(prob * dz, axis=1)
-            slope_rows = pz - dz_y
-            curv_rows = np.sum(prob * dz2, axis=1) - pz ** 2
-            if self.sw is not None:
-                slope_rows, curv_rows = slope_rows * self.sw, curv_rows * self.sw
-            f = data_loss + 0.5 * rho * (w2 + 2 * alpha * wd + alpha ** 2 * dd)
-            return (f, float(slope_rows.sum()) / self.S + rho * (wd + alpha * dd),
-                    float(curv_rows.sum()) / self.S + rho * dd)
-        return at
+
+class _Line:
+    """One line search's objective: ``line(alpha) -> (f, f', f'')``, each trial O(n K).
+
+    The last trial's logits and loss are kept: the step accepted is nearly always that trial,
+    whose softmax then serves the new point's gradient without being computed again."""
+
+    def __init__(self, path: PreconditionedPath, state: _State, dz: np.ndarray,
+                 d_coef_t: np.ndarray, rho: float):
+        self.path, self.state, self.dz, self.rho = path, state, dz, rho
+        self.wd, self.dd = float(np.sum(state.coef_t * d_coef_t)), float(np.sum(d_coef_t ** 2))
+        self.w2 = float(np.sum(state.coef_t ** 2))
+        self.logits = np.empty_like(state.logits)  # Z + alpha dZ at the last trial
+        self.alpha, self.data_loss = None, None
+
+    def __call__(self, alpha: float):
+        """(f, f', f'') at ``alpha``; f'' as a function, called only when the trial is rejected
+        (before the next trial)."""
+        path, rho, wd, dd = self.path, self.rho, self.wd, self.dd
+        loss, slope = path.terms.trial(self.state.logits, alpha, self.dz, self.logits)
+        self.alpha, self.data_loss = alpha, loss / path.S
+        f = self.data_loss + 0.5 * rho * (self.w2 + 2 * alpha * wd + alpha ** 2 * dd)
+        return (f, slope / path.S + rho * (wd + alpha * dd),
+                lambda: path.terms.trial_curvature(self.dz) / path.S + rho * dd)
+
+    def landing(self, alpha: float):
+        """(logits, mean data loss or None) at the step ``alpha`` taken: the last trial's when
+        ``alpha`` is its step (its softmax is still in ``path.terms.prob``)."""
+        if alpha == self.alpha:
+            return self.logits, self.data_loss
+        return self.state.logits + alpha * self.dz, None
 
 
 class _Scaling:
@@ -282,12 +297,14 @@ def _lbfgs(path: PreconditionedPath, state: _State, scale: _Scaling, rho, tol, m
         d_coef_t, d_b = scale.to_original(dU, du)
         dz = path._logits(d_coef_t, d_b)
         slope0 = float(g @ direction)
-        alpha = _line_search(path.line(state, dz, d_coef_t, rho), state.loss, slope0)
+        line = path.line(state, dz, d_coef_t, rho)
+        alpha = _line_search(line, state.loss, slope0)
         if alpha is None:
             return state, it, False, "ABNORMAL_TERMINATION_IN_LNSRCH"
         coef_t = state.coef_t + alpha * d_coef_t
         intercept = state.intercept + alpha * d_b
-        new = path._state(coef_t, intercept, state.logits + alpha * dz, rho)
+        logits, data_loss = line.landing(alpha)
+        new = path._state(coef_t, intercept, logits, rho, data_loss)
         g_new = np.concatenate([a.ravel() for a in scale.grad_to_scaled(new.grad_t, new.grad_b)])
         s, y = alpha * direction, g_new - g
         sy = float(s @ y)
@@ -316,7 +333,9 @@ def _line_search(at, f0: float, slope0: float) -> float | None:
     """A step along the direction where the slope has fallen to SLOPE_SHARE of its start value
     (the loss is convex along it): safeguarded Newton from alpha = 1, bisection fallback.
 
-    Returns None when the direction does not descend (nothing left to gain in float64)."""
+    ``at(alpha)`` returns (f, f', f''), f'' a number or a function called only when needed
+    (the accepted trial's is not). Returns None when the direction does not descend (nothing
+    left to gain in float64)."""
     if not slope0 < 0:
         return None
     lo, hi, alpha = 0.0, np.inf, 1.0
@@ -328,6 +347,7 @@ def _line_search(at, f0: float, slope0: float) -> float | None:
             lo = alpha
         else:
             hi = alpha
+        curv = curv() if callable(curv) else curv
         newton = alpha - slope / curv if curv > 0 else np.inf
         if lo < newton < hi:
             alpha = newton
