@@ -43,6 +43,7 @@ from embedcyto.errors import ProbeError
 from embedcyto.probes._base import l2_normalise
 from embedcyto.probes._multinomial import single_blas_thread
 from embedcyto.probes._planes import batch_confusions, chunk_levels, ordered_map
+from embedcyto.probes._products import BlockProducts
 
 #: Dense float32 multiply-adds (a matrix product's) that cost as much as one sparse gather-add
 #: (scipy's CSR times a dense block): ~86e9 against ~1.5e9 per second and core on the 2-core
@@ -137,9 +138,11 @@ def episode_terms(form: GramForm, support: np.ndarray, budget: int, per_batch: i
         rows = form.train[support[e0:e0 + step]]  # (e, C, K, d)
         if form.support_centred:
             mean = rows.mean(axis=(1, 2))  # (e, d)
-            diff = (rows - mean[:, None, None, :]).reshape(-1, d)
+            rows -= mean[:, None, None, :]  # in place: the gather is a copy already
+            diff = rows.reshape(-1, d)
             inv = 1.0 / np.maximum(np.linalg.norm(diff, axis=1), 1e-12)
-            protos = (diff * inv[:, None]).reshape(rows.shape).mean(axis=2)  # (e, C, d)
+            diff *= inv[:, None]
+            protos = rows.mean(axis=2)  # (e, C, d)
             a[e0:e0 + step] = (inv / K).reshape(rows.shape[:3])
             s[e0:e0 + step] = a[e0:e0 + step].sum(axis=2)
             mp[e0:e0 + step] = np.einsum("ecd,ed->ec", protos, mean)
@@ -196,6 +199,7 @@ def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarra
     q_sq = (form.test * form.test).sum(axis=1)
     per_batch = max(1, PLANE_FLOATS // (n_classes * min(chunk, n)))
     totals: list[dict[str, np.ndarray]] = [{} for _ in supports]
+    products = BlockProducts(form.train, threads)
     with single_blas_thread():
         terms = list(ordered_map(supports, lambda s: episode_terms(form, s, budget, per_batch),
                                  min(threads, len(supports))))
@@ -203,7 +207,9 @@ def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarra
         def jobs():
             for q0 in range(0, n, chunk):
                 q1 = min(n, q0 + chunk)
-                gram = form.train @ form.test[q0:q1].T  # (n_train, chunk)
+                # (n_train, chunk), its row blocks on every core (one call's bits, see
+                # embedcyto.probes._products): one thread would leave the other core idle
+                gram = products.xw(form.test[q0:q1].T)
                 where = (y_test[q0:q1], chunk_levels(levels, n, q0, q1))
                 for r, t in enumerate(terms):
                     qm = None if t.m is None else t.m @ form.test[q0:q1].T  # (E, chunk): q·m
