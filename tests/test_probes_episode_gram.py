@@ -43,7 +43,7 @@ def test_query_chunks_keep_the_gram_block_within_the_budget():
 @pytest.mark.parametrize("centre", ["support", "train"])
 def test_runs_scored_together_equal_each_run_alone_and_the_dense_path(centre):
     X_tr, y_tr, ids, X_te, y_te = _data()
-    runs = [(1, 0), (3, 0), (3, 1)]
+    runs = [(1, 0), (3, 0), (5, 1)]  # scipy's gathers below 4 shots, torch's from 4
     together = run_episode_runs(X_tr, y_tr, ids, X_te, y_te, runs, 9, path="gram",
                                 budget=40 * X_tr.shape[0], centre=centre)  # 40-query chunks
     for (shots, seed), got in zip(runs, together):
@@ -100,3 +100,19 @@ def test_a_unit_s_runs_take_the_gram_path_with_the_dense_path_s_rows():
     assert [r["episode_accuracy"] for r in rows] == [r["episode_accuracy"] for r in dense]
     assert [r["metrics"] for r in rows] == [r["metrics"] for r in dense]
     assert rows[0]["episodes"] == 50 and rows[0]["n_train"] == y_tr.size
+
+
+def test_torch_and_scipy_gathers_agree():
+    from scipy import sparse
+
+    from embedcyto.probes.episode_gram import TORCH_GATHER_SHOTS, _gather_matrix
+
+    rng = np.random.default_rng(3)
+    K, rows, n_train = TORCH_GATHER_SHOTS, 40, 90
+    idx = np.stack([rng.choice(n_train, K, replace=False) for _ in range(rows)]).ravel()
+    w = rng.random(rows * K).astype(np.float32)
+    gram = rng.normal(size=(n_train, 33)).astype(np.float32)
+    got = _gather_matrix(w, idx, (rows, n_train), K) @ gram
+    want = sparse.csr_matrix((w, idx, np.arange(0, rows * K + 1, K)), shape=(rows, n_train)) @ gram
+    assert got.dtype == np.float32 and got.shape == (rows, 33)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
