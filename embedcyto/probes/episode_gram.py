@@ -217,10 +217,11 @@ def _planes(form: GramForm, terms: _Terms, b: int, gram: np.ndarray, qm_all: np.
     return d2
 
 
-def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarray,
+def run_confusions(form: GramForm, supports: list, y_test: np.ndarray,
                    n_classes: int, levels: list[tuple], temperature: float, budget: int,
                    threads: int) -> list[dict[str, np.ndarray]]:
-    """Per run (one ``(E, C, K)`` support array each): its episodes' confusion matrices
+    """Per run (one ``(E, C, K)`` support array each, or a function drawing it: the draws
+    then run beside other runs' terms): its episodes' confusion matrices
     (:func:`~embedcyto.probes._planes.batch_confusions`' keys), summed over query chunks.
 
     Batches of episodes are scored whole (distances and confusions) by ``threads`` threads,
@@ -233,8 +234,9 @@ def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarra
     totals: list[dict[str, np.ndarray]] = [{} for _ in supports]
     products = BlockProducts(form.train, threads)
     with single_blas_thread():
-        terms = list(ordered_map(supports, lambda s: episode_terms(form, s, budget, per_batch),
-                                 min(threads, len(supports))))
+        terms = list(ordered_map(
+            supports, lambda s: episode_terms(form, s() if callable(s) else s, budget, per_batch),
+            min(threads, len(supports))))
 
         def jobs():
             for q0 in range(0, n, chunk):
@@ -257,7 +259,7 @@ def run_confusions(form: GramForm, supports: list[np.ndarray], y_test: np.ndarra
             e0, e1 = terms[r].batches[b]
             for key, cm in confusions.items():
                 if key not in totals[r]:
-                    totals[r][key] = np.zeros((supports[r].shape[0], *cm.shape[1:]),
+                    totals[r][key] = np.zeros((terms[r].s.shape[0], *cm.shape[1:]),
                                               dtype=np.int64)
                 totals[r][key][e0:e1] += cm
     return totals

@@ -14,11 +14,13 @@ gather, all distances from one matrix product.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from embedcyto.datasets.sampling import support_batch, support_ids, support_indices  # noqa: F401
+from embedcyto.datasets.sampling import (SupportPool, support_batch, support_ids,  # noqa: F401
+                                         support_indices)
 from embedcyto.errors import ProbeError
 from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
@@ -157,8 +159,11 @@ def run_episode_runs(X_train, y_train, ids_train, X_test, y_test,
     if ids_test is not None and np.intersect1d(np.asarray(ids_train).astype(str),
                                                np.asarray(ids_test).astype(str)).size:
         raise ProbeError("training and test splits share images: supports would leak into queries")
-    supports = [support_batch(ids_train, y_train, shots, seed, np.arange(int(n_episodes)),
-                              n_classes=k, class_names=class_names) for shots, seed in runs]
+    # Every run's pool now (a class with too few images fails here, before any work); the
+    # draws later, each beside another run's numpy work (drawing is Python, under the GIL).
+    pools = [SupportPool(ids_train, y_train, shots, k, class_names) for shots, _ in runs]
+    supports = [functools.partial(_draw, pool, seed, int(n_episodes))
+                for pool, (_, seed) in zip(pools, runs)]
     X_train, X_test = np.asarray(X_train), np.asarray(X_test)
     temp = spec.temperature if temperature is None else float(temperature)
     levels = level_setup(levels_test, level_maps, level_names)
@@ -178,9 +183,14 @@ def run_episode_runs(X_train, y_train, ids_train, X_test, y_test,
         score = _method_call(spec.scorer_function(), method, X_train, X_test, method_options)
         for i, (shots, _) in enumerate(runs):
             if not gram[i]:
-                results[i] = _dense_run(score, supports[i], X_test.shape, y_test, k, levels,
+                results[i] = _dense_run(score, supports[i](), X_test.shape, y_test, k, levels,
                                         temp, budget, threads)
     return [_by_level(r, levels) for r in results]
+
+
+def _draw(pool: SupportPool, seed: int, n_episodes: int) -> np.ndarray:
+    """Support rows of episodes 0..n-1 of one run: ``(n_episodes, n_classes, shots)``."""
+    return np.stack([pool.draw(seed, e) for e in range(n_episodes)])
 
 
 def _method_call(function, method: str, X_train, X_test, options):
