@@ -150,3 +150,36 @@ def test_unknown_solver_is_refused_with_the_choices():
     X, y = _classes()
     with pytest.raises(ProbeError, match="scaled, lbfgs"):
         LinearProbe(solver="newton").fit(X, y)
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_class_curvature_is_the_softmax_s_mean_curvature(class_weight):
+    X, y = _classes()
+    sw = class_sample_weight(y, 5, class_weight)
+    path = PreconditionedPath(X, y, 5, sw)
+    rng = np.random.default_rng(1)
+    coef_t, b = rng.normal(size=(X.shape[1], 5)) * 0.3, rng.normal(size=5)
+    state = path._state(coef_t, b, path._logits(coef_t, b), 1e-3, curvature=True)
+    logits = path.X.astype(np.float64) @ coef_t + b
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    w = np.ones(y.size) if sw is None else sw
+    want = sum(wi * (np.diag(pi) - np.outer(pi, pi)) for wi, pi in zip(w, p)) / w.sum()
+    np.testing.assert_allclose(state.curvature, want, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(state.curvature @ np.ones(5), 0.0, atol=1e-12)  # classes' mean
+
+
+def test_scaling_maps_gradients_by_its_transpose():
+    from embedcyto.probes._precond import Spectrum, _Scaling
+
+    rng = np.random.default_rng(2)
+    p, K = 6, 4
+    P = rng.dirichlet(np.ones(K), size=50)
+    A = (np.diag(P.sum(0)) - P.T @ P) / 50
+    scale = _Scaling(Spectrum(rng.normal(size=p), rng.uniform(0.1, 3, p), None), A, 0.05)
+    U, u = rng.normal(size=(p, K)), rng.normal(size=K)
+    G, g = rng.normal(size=(p, K)), rng.normal(size=K)
+    coef_t, b = scale.to_original(U, u)
+    GU, gu = scale.grad_to_scaled(G, g)
+    assert np.isclose(np.sum(coef_t * G) + b @ g, np.sum(U * GU) + u @ gu)
+    assert np.all(np.isfinite(scale.d)) and np.all(np.isfinite(scale.e))

@@ -126,24 +126,15 @@ class LogitRows:
         self._map(job)
         return float(self._curv.sum())
 
-    def residual(self, curvature: bool = True):
-        """From :attr:`prob`: the weighted residual ``(P - Y) * s`` in the data's dtype, its
-        column sums (float64, one serial call) and the weighted sum of the softmax's curvature
-        traces ``1 - |p_i|^2`` (one serial sum; None unless ``curvature``)."""
+    def residual(self):
+        """From :attr:`prob`: the weighted residual ``(P - Y) * s`` in the data's dtype and its
+        column sums (float64, one serial call)."""
         def job(a: int, b: int) -> None:
-            p, r, t = self.prob[a:b], self.resid[a:b], self._tmp[a:b]
+            p, r = self.prob[a:b], self.resid[a:b]
             np.copyto(r, p)
             self.resid.reshape(-1)[self.target[a:b]] -= 1.0
             if self.sw is not None:
                 r *= self.sw[a:b, None]
             np.copyto(self.resid_low[a:b], r, casting="same_kind")
-            if not curvature:
-                return
-            np.square(p, out=t)
-            curv = self._curv[a:b]
-            np.subtract(1.0, t.sum(axis=1), out=curv)
-            if self.sw is not None:
-                curv *= self.sw[a:b]
         self._map(job)
-        curv = float(np.sum(self._curv)) if curvature else None
-        return self.resid_low, self.resid.sum(axis=0), curv
+        return self.resid_low, self.resid.sum(axis=0)
