@@ -302,7 +302,7 @@ def main(argv=None) -> int:
     print(f"cores: {os.cpu_count()}  load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}  "
           f"fp32 matmul: {rate / 1e9:.0f} GFLOP/s  dim: {dim}  episodes: {episodes}  "
           f"shots: {SHOTS}  scale: {scale}", flush=True)
-    counter, saved = _EvalCounter(), {}
+    counter, saved, stage_peaks = _EvalCounter(), {}, []
     ref = json.load(open(args.reference)) if args.reference else None
     total = sk_total = lin_total = 0.0
     rows, ok = 0, True
@@ -318,6 +318,8 @@ def main(argv=None) -> int:
         if args.scale is not None:  # a scaling run: per-row figures
             report_scaling(feats, fast, SHOTS)
         rows += feats.labels.size
+        stage_peaks += [fast.get(s, {}).get("peak_mib") for s in ("linear", "knn")]
+        stage_peaks.append(fast.get("episodes_peak_mib"))
         saved[name] = reference_of(fast, SHOTS)
         if ref is not None:
             ok &= compare_reference(name, ref[name], fast, SHOTS)
@@ -330,7 +332,8 @@ def main(argv=None) -> int:
     if args.save_reference:
         with open(args.save_reference, "w", encoding="utf-8") as handle:
             json.dump(saved, handle)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # Each stage's window resets the peak (reset_peak_rss): the run's peak is the largest seen.
+    peak = max([peak_rss_mib()] + [p for p in stage_peaks if p is not None])
     load = os.getloadavg()
     print(f"total {total:.1f}s for {rows} rows ({1e6 * total / rows:.0f} us/row)  peak RSS "
           f"{peak:.0f} MiB  load average {load[0]:.2f}"
