@@ -16,8 +16,14 @@ ESTIMATORS = [LinearProbe(), KNNProbe(), SimpleShot(), ProtoNet(),
               StudyLinearHead(epochs=10, lr=5e-2, warmup_steps=5)]
 
 
-@parametrize_with_checks(ESTIMATORS)
+@parametrize_with_checks(ESTIMATORS[:-1])
 def test_sklearn_contract(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow  # torch training in every check (~12 s); the fast profile trains it elsewhere
+@parametrize_with_checks(ESTIMATORS[-1:])
+def test_sklearn_contract_of_the_study_head(estimator, check):
     check(estimator)
 
 
