@@ -30,7 +30,8 @@ Scaling: ``--scale 2`` (or 4) repeats HiCervix's rows; the time per row and the 
 memory are printed (run each scale in its own process for an honest peak).
 
 Usage: ``python benchmarks/bench_probe.py [--quick] [--datasets hicervix,sipakmed,mlcc,bcfc]
-[--scale S] [--no-sklearn] [--episode-path auto|gram|dense] [--naive] [--save-reference F | --reference F]``
+[--scale S] [--no-sklearn] [--episode-path auto|gram|dense] [--naive]
+[--save-reference F | --reference F]``
 (``--quick``: small sizes, 64-d, 20 episodes).
 """
 

@@ -96,7 +96,8 @@ def test_score_batch_equals_the_softmax_and_level_sums():
 def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
     # Few distinct distances: most rows tie between classes, for the fine classes and in the
     # level sums; the class-plane reductions must pick the first index, as argmin/argmax do.
-    from embedcyto.probes._planes import plane_argmax as _plane_argmax, plane_argmin as _plane_argmin
+    from embedcyto.probes._planes import plane_argmax as _plane_argmax
+    from embedcyto.probes._planes import plane_argmin as _plane_argmin
 
     rng = np.random.default_rng(5)
     n, e, k = 300, 5, 7

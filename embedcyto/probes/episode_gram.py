@@ -19,7 +19,8 @@ than ``G`` costs (``n_train·d`` per query) — :func:`gram_plan`.
 
 SimpleShot's support centring fits the form: with the episode mean ``m``, weights
 ``a_k = 1 / (K |t_k - m|)`` and ``s_c = sum_k a_k`` over class ``c``,
-``(q - m)·p_c = sum_k a_k G[k, q] - s_c (q·m) - m·p_c`` and ``|q - m|² = |q|² - 2 q·m + |m|²``;
+``(q - m)·p_c = sum_k a_k G[k, q] - s_c (q·m) - m·p_c`` and
+``|q - m|² = |q|² - 2 q·m + |m|²``;
 ``q·m`` is one small product (``E·d`` per query), ``m·p_c`` and ``|p_c|²`` come from the
 prototypes, built once per run. Distances do not change when every row is shifted by the same
 vector, so both sides are centred on the training mean first: smaller dot products, less

@@ -25,8 +25,7 @@ from embedcyto.errors import ProbeError
 from embedcyto.probes import registry
 from embedcyto.probes._base import l2_normalise
 from embedcyto.probes._multinomial import single_blas_thread
-from embedcyto.probes._planes import (confusion_metrics, level_setup, ordered_map,  # noqa: F401
-                                      plane_argmax, plane_argmin, score_batch)
+from embedcyto.probes._planes import confusion_metrics, level_setup, ordered_map, score_batch
 from embedcyto.probes._products import available_threads
 
 
@@ -181,10 +180,9 @@ def run_episode_runs(X_train, y_train, ids_train, X_test, y_test,
             results[i] = confusion_metrics(cms)
     if not all(gram):
         score = _method_call(spec.scorer_function(), method, X_train, X_test, method_options)
-        for i, (shots, _) in enumerate(runs):
-            if not gram[i]:
-                results[i] = _dense_run(score, supports[i](), X_test.shape, y_test, k, levels,
-                                        temp, budget, threads)
+        for i in (i for i, g in enumerate(gram) if not g):
+            results[i] = _dense_run(score, supports[i](), X_test.shape, y_test, k, levels, temp,
+                                    budget, threads)
     return [_by_level(r, levels) for r in results]
 
 

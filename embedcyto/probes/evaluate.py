@@ -152,7 +152,6 @@ def evaluate_full(features, method: str, seed: int | None, options: Mapping[str,
 
 def _kept(features, test: dict, proba: np.ndarray, val: dict, val_proba) -> dict:
     """Test (and validation) predictions for :mod:`embedcyto.predictions` to write."""
-    k = len(features.classes)
     kept = {"ids": test["ids"], "y_true": test["y"], "proba": proba, "classes": features.classes,
             "levels": test["levels"] if _has_levels(features) else None,
             "meta": {"level_names": list(features.level_names or ()),
