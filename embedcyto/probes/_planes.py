@@ -232,9 +232,9 @@ def ordered_map(items: Iterable, work: Callable, threads: int) -> Iterator:
     Why threads of single-threaded work: a batch is a BLAS product followed by numpy
     element-wise passes (which release the GIL on large arrays). Run one at a time with a
     multi-threaded BLAS, the BLAS threads spin idle through every element-wise pass: on two
-    cores about a fifth of the episodes' processor time was that spinning. The caller holds BLAS to
-    one thread (:func:`~embedcyto.probes._multinomial.single_blas_thread`) and each batch runs
-    whole in one thread; the numbers do not depend on ``threads``."""
+    cores about a fifth of the episodes' processor time was that spinning. The caller holds
+    BLAS to one thread (:func:`~embedcyto.probes._multinomial.single_blas_thread`) and each
+    batch runs whole in one thread; the numbers do not depend on ``threads``."""
     if threads <= 1:
         for item in items:
             yield work(item)
