@@ -215,11 +215,16 @@ def _dense_run(score, support, test_shape, y_test, k, levels, temp, budget, thre
     so the memory is that many budgets). The batches are the same whatever ``threads``:
     the same products, bit for bit."""
     step = _batch_size(test_shape[0], k, support.shape[2], test_shape[1], budget)
-    batches = (support[start:start + step] for start in range(0, support.shape[0], step))
-    with single_blas_thread():
-        parts = list(ordered_map(
-            batches, lambda idx: score_batch(score(idx), y_test, k, levels, temp),
-            min(threads, -(-support.shape[0] // step))))
+    batches = [support[start:start + step] for start in range(0, support.shape[0], step)]
+
+    def scored(idx):
+        return score_batch(score(idx), y_test, k, levels, temp)
+
+    if len(batches) == 1:  # one batch: nothing to share out (and no thread limits to set)
+        parts = [scored(batches[0])]
+    else:
+        with single_blas_thread():
+            parts = list(ordered_map(batches, scored, min(threads, len(batches))))
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 

@@ -57,14 +57,18 @@ def neighbours(queries: np.ndarray, bank: np.ndarray, k: int, chunk_size: int = 
     sim = np.empty((queries.shape[0], k), dtype=bank.dtype)
     rows = max(1, min(int(chunk_size), BLOCK_FLOATS // max(1, bank.shape[0])))
     starts = range(0, queries.shape[0], rows)
-    threads = min(available_threads() if threads is None else int(threads), len(starts))
 
     def search(start: int):
         return start, _top_k(queries[start:start + rows] @ bank.T, k)
 
-    with single_blas_thread():
-        for start, (top, top_sim) in ordered_map(starts, search, threads):
-            idx[start:start + top.shape[0]], sim[start:start + top.shape[0]] = top, top_sim
+    if len(starts) == 1:  # one block: nothing to share out (and no thread limits to set)
+        found = [search(0)]
+    else:
+        threads = min(available_threads() if threads is None else int(threads), len(starts))
+        with single_blas_thread():
+            found = list(ordered_map(starts, search, threads))
+    for start, (top, top_sim) in found:
+        idx[start:start + top.shape[0]], sim[start:start + top.shape[0]] = top, top_sim
     return idx, sim
 
 
