@@ -116,3 +116,14 @@ def test_torch_and_scipy_gathers_agree():
     want = sparse.csr_matrix((w, idx, np.arange(0, rows * K + 1, K)), shape=(rows, n_train)) @ gram
     assert got.dtype == np.float32 and got.shape == (rows, 33)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_features_stay_float64_on_the_gram_path():
+    X_tr, y_tr, ids, X_te, y_te = _data()
+    X_tr, X_te = X_tr.astype(np.float64), X_te.astype(np.float64)
+    form = simpleshot_form(X_tr, X_te)
+    assert form.train.dtype == np.float64 and form.test.dtype == np.float64
+    for shots in (2, 5):  # scipy's and torch's gathers
+        gram = run_episodes(X_tr, y_tr, ids, X_te, y_te, shots, 6, 0, path="gram")
+        dense = run_episodes(X_tr, y_tr, ids, X_te, y_te, shots, 6, 0, path="dense")
+        np.testing.assert_array_equal(gram["accuracy"], dense["accuracy"])

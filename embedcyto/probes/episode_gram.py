@@ -29,7 +29,7 @@ float32 rounding than the raw features' (CLIP-style embeddings share a large off
 Memory stays within the episodes' float budget: ``G`` is never held whole. The queries are
 taken in chunks of ``budget // n_train`` (at least :data:`MIN_CHUNK`), and each run's episodes
 leave a confusion matrix per episode, which adds up over the chunks
-(:mod:`embedcyto.probes._planes`). The numbers are those of the dense path up to float32
+(:mod:`embedcyto.probes._planes`). The numbers are those of the dense path up to the float
 rounding (a near-tie between two classes can flip); a test checks every episode's predictions
 against the one-episode estimators.
 """
@@ -66,7 +66,7 @@ MIN_CHUNK = 32
 @dataclass(frozen=True)
 class GramForm:
     """A nearest-prototype method in Gram form: training rows and queries in one frame
-    (float32, C-contiguous), and whether each episode is centred on its support mean with its
+    (float32, or float64 for float64 features; C-contiguous), and whether each episode is centred on its support mean with its
     rows L2-normalised (SimpleShot's support centring; otherwise prototypes are plain means)."""
 
     train: np.ndarray
@@ -75,7 +75,7 @@ class GramForm:
 
 
 def _frame(X: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=np.result_type(X.dtype, np.float32))
 
 
 def protonet_form(X_train: np.ndarray, X_test: np.ndarray) -> GramForm:
@@ -133,9 +133,10 @@ def episode_terms(form: GramForm, support: np.ndarray, budget: int, per_batch: i
     built ``budget`` floats at a time; the gathers cut in batches of ``per_batch`` episodes."""
     E, C, K = support.shape
     d = form.train.shape[1]
-    a = np.empty((E, C, K), dtype=np.float32)
-    s, mp, pp = (np.zeros((E, C), dtype=np.float32) for _ in range(3))
-    m = np.zeros((E, d), dtype=np.float32) if form.support_centred else None
+    dtype = form.train.dtype
+    a = np.empty((E, C, K), dtype=dtype)
+    s, mp, pp = (np.zeros((E, C), dtype=dtype) for _ in range(3))
+    m = np.zeros((E, d), dtype=dtype) if form.support_centred else None
     step = max(1, int(budget) // (C * K * d))
     for e0 in range(0, E, step):
         rows = form.train[support[e0:e0 + step]]  # (e, C, K, d)
@@ -163,7 +164,7 @@ def episode_terms(form: GramForm, support: np.ndarray, budget: int, per_batch: i
 
 
 class _TorchGather:
-    """torch's CSR matrix behind numpy's ``@`` (float32 in, float32 numpy out)."""
+    """torch's CSR matrix behind numpy's ``@`` (the weights' dtype in and out)."""
 
     def __init__(self, matrix):
         self.matrix = matrix
