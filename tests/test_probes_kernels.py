@@ -96,7 +96,6 @@ def test_score_batch_equals_the_softmax_and_level_sums():
 def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
     # Few distinct distances: most rows tie between classes, for the fine classes and in the
     # level sums; the class-plane reductions must pick the first index, as argmin/argmax do.
-    from embedcyto.probes._planes import plane_argmax as _plane_argmax
     from embedcyto.probes._planes import plane_argmin as _plane_argmin
 
     rng = np.random.default_rng(5)
@@ -108,7 +107,6 @@ def test_score_batch_breaks_ties_like_argmin_and_argmax(layout):
     low, arg = _plane_argmin(planes)
     np.testing.assert_array_equal(arg, planes.argmin(axis=1))
     np.testing.assert_array_equal(low, planes.min(axis=1))
-    np.testing.assert_array_equal(_plane_argmax(planes), planes.argmax(axis=1))
     y = rng.integers(0, k, size=n)
     m = np.array([0, 0, 1, 1, 2, 2, 2])
     levels = [("l1", m, 3, np.arange(n), m[y])]
@@ -180,15 +178,19 @@ def test_vote_scores_equal_the_running_sum_of_one_hot_votes(weighting):
 
 
 def test_level_sums_add_each_level_class_s_fine_planes_and_drop_unmapped_ones():
-    from embedcyto.probes._planes import _level_sums
+    from embedcyto.probes._planes import _group_plane, _level_parts
 
     e = np.random.default_rng(8).uniform(size=(3, 5, 40)).astype(np.float32)
     level_map = np.array([1, -1, 0, 1, 0])
-    sums = _level_sums(e, level_map, 2)
+    lone, groups = _level_parts(level_map, 2)
+    assert lone == () and groups == [(0, [2, 4]), (1, [0, 3])]  # class 1 (-1) in none
+    sums = np.stack([_group_plane(e, fine, (3, 40)) for _, fine in groups], axis=1)
     np.testing.assert_array_equal(sums[:, 0], e[:, 2] + e[:, 4])
     np.testing.assert_array_equal(sums[:, 1], e[:, 0] + e[:, 3])
     want = coarse_proba(np.moveaxis(e, 1, 2), level_map, 2)
     np.testing.assert_allclose(np.moveaxis(sums, 1, 2), want, rtol=1e-6)
+    # Level classes of one fine class are the lone classes, scored apart from the sums.
+    assert _level_parts(np.array([1, -1, 0, 2, 0]), 3) == ((0, 3), [(0, [2, 4])])
 
 
 def test_neighbour_blocks_searched_in_threads_give_the_one_thread_lists():
@@ -235,13 +237,15 @@ def test_level_predictions_from_the_nearest_lone_class_equal_the_softmax_sums(ma
     # exp values summed in fine order, first index among the maxima (the float64 softmax
     # breaks some float32 sum ties differently).
     from embedcyto.metrics import batch_confusion
-    from embedcyto.probes._planes import _level_planes
 
     planes = np.ascontiguousarray(np.moveaxis(d2, 0, 2))
     low = planes.min(axis=1)
     ex = np.exp((low[:, None, :] - planes) / np.float32(0.5))
     for name, m, kl, rows, truth in levels:
-        stacked = np.stack(_level_planes(ex, m, kl), axis=1)
+        stacked = np.zeros((e, kl, n), dtype=np.float32)
+        for c, j in enumerate(m):  # each level class's planes added in fine order from zero
+            if j >= 0:
+                stacked[:, j] += ex[:, c]
         want = metrics_from_confusion(batch_confusion(truth, stacked.argmax(axis=1)[:, rows], kl))
         for key, val in want.items():
             np.testing.assert_allclose(got[f"{name}/{key}"], val, rtol=0, atol=1e-12)

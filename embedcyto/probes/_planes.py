@@ -58,7 +58,7 @@ def batch_confusions(planes: np.ndarray, y_test: np.ndarray, n_classes: int, lev
     the argmax of the unnormalised softmax ``exp(-(d - min d) / T)`` summed up the tree:
     dividing every class of a row by the same positive sum cannot change a row's argmax, so
     the division is skipped. A level class of several fine classes sums their planes
-    (:func:`_level_planes`); among the level classes of a single fine class, the best is the
+    (:func:`_group_plane`); among the level classes of a single fine class, the best is the
     fine class nearest in distance (``exp`` is increasing), found in the same running pass as
     the nearest class overall (:func:`_argmin_pass`), so HiCervix's finest level costs no pass
     of its own. (Two fine classes whose ``exp`` values round to the same float but whose
@@ -103,7 +103,10 @@ def _level_parts(level_map, n_level: int) -> tuple[tuple[int, ...], list[tuple[i
 
 
 def _group_plane(e, fine: list[int], shape) -> np.ndarray:
-    """The sum of the fine classes' planes of ``e``, added in fine order from zero."""
+    """The sum of the fine classes' planes of ``e``, added plane by plane in fine order from
+    zero — the order in which a 0/1 matrix product over the classes accumulates them (a skinny
+    product ran at a fifth of the machine's rate). Fine classes mapped to -1 (coarser than the
+    level) are in no level class, as in :func:`~embedcyto.metrics.coarse_proba`."""
     total = np.zeros(shape, dtype=np.float32 if e is None else e.dtype)
     for c in fine:
         total += e[:, c]
@@ -169,60 +172,9 @@ def score_batch(d2: np.ndarray, y_test: np.ndarray, n_classes: int, levels, temp
     return confusion_metrics(batch_confusions(planes, y_test, n_classes, levels, temperature))
 
 
-def _level_planes(e: np.ndarray, level_map, n_level: int) -> list[np.ndarray]:
-    """Each level class's ``(E, n)`` plane: the sum of its fine classes' planes of ``e``.
-
-    Added plane by plane in fine-class order from zero — the order in which a 0/1 matrix
-    product over the classes accumulates them (a skinny product ran at a fifth of the machine's
-    rate) — except that a level class of one fine class is that class's plane itself (``0 + x``
-    is ``x``: no copy). Fine classes mapped to -1 (coarser than the level) are left out, as in
-    :func:`~embedcyto.metrics.coarse_proba`.
-    """
-    members: list[list[int]] = [[] for _ in range(n_level)]
-    for c, j in enumerate(np.asarray(level_map)):
-        if j >= 0:
-            members[j].append(c)
-    planes = []
-    for fine in members:
-        if len(fine) == 1:
-            planes.append(e[:, fine[0]])
-            continue
-        total = np.zeros((e.shape[0], e.shape[2]), dtype=e.dtype)
-        for c in fine:
-            total += e[:, c]
-        planes.append(total)
-    return planes
-
-
-def _level_sums(e: np.ndarray, level_map, n_level: int) -> np.ndarray:
-    """``(E, n_level, n)``: :func:`_level_planes` stacked."""
-    return np.stack(_level_planes(e, level_map, n_level), axis=1)
-
-
-def _running_arg(planes, beats, keep) -> tuple[np.ndarray, np.ndarray]:
-    """The extreme and its first index over a sequence of ``(E, n)`` planes, by a running
-    comparison: ``beats`` (``np.less`` / ``np.greater``) says when a plane takes over, ``keep``
-    (``np.minimum`` / ``np.maximum``) keeps the extreme. Indices are held in the smallest
-    integer type that fits (a quarter of the memory traffic of int64 or less)."""
-    best = planes[0].copy()
-    arg = np.zeros(best.shape, dtype=np.min_scalar_type(-len(planes)))
-    wins = np.empty(best.shape, dtype=bool)
-    for c in range(1, len(planes)):
-        beats(planes[c], best, out=wins)
-        np.copyto(arg, c, where=wins)
-        keep(best, planes[c], out=best)
-    return best, arg
-
-
 def plane_argmin(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Minimum and first arg-minimum over axis 1 of ``(E, C, n)``: ``(E, n)`` each."""
-    return _running_arg([planes[:, c] for c in range(planes.shape[1])], np.less, np.minimum)
-
-
-def plane_argmax(planes: np.ndarray) -> np.ndarray:
-    """First arg-maximum over axis 1 of ``(E, C, n)`` (``(E, n)``), as ``argmax``."""
-    return _running_arg([planes[:, c] for c in range(planes.shape[1])], np.greater,
-                        np.maximum)[1]
+    return _argmin_pass(planes, [tuple(range(planes.shape[1]))])[-1]
 
 
 def ordered_map(items: Iterable, work: Callable, threads: int) -> Iterator:
