@@ -219,11 +219,11 @@ def _planes(form: GramForm, terms: _Terms, b: int, gram: np.ndarray, qm_all: np.
     return d2
 
 
-def run_confusions(form: GramForm, supports: list, y_test: np.ndarray,
+def run_confusions(form: GramForm, draws: list, y_test: np.ndarray,
                    n_classes: int, levels: list[tuple], temperature: float, budget: int,
                    threads: int) -> list[dict[str, np.ndarray]]:
-    """Per run (one ``(E, C, K)`` support array each, or a function drawing it: the draws
-    then run beside other runs' terms): its episodes' confusion matrices
+    """Per run (``draws``: one function per run returning its ``(E, C, K)`` support rows, called
+    beside other runs' terms): its episodes' confusion matrices
     (:func:`~embedcyto.probes._planes.batch_confusions`' keys), summed over query chunks.
 
     Batches of episodes are scored whole (distances and confusions) by ``threads`` threads,
@@ -233,12 +233,11 @@ def run_confusions(form: GramForm, supports: list, y_test: np.ndarray,
     chunk = query_chunk(n_train, budget)
     q_sq = (form.test * form.test).sum(axis=1)
     per_batch = max(1, PLANE_FLOATS // (n_classes * min(chunk, n)))
-    totals: list[dict[str, np.ndarray]] = [{} for _ in supports]
+    totals: list[dict[str, np.ndarray]] = [{} for _ in draws]
     products = BlockProducts(form.train, threads)
     with single_blas_thread():
-        terms = list(ordered_map(
-            supports, lambda s: episode_terms(form, s() if callable(s) else s, budget, per_batch),
-            min(threads, len(supports))))
+        terms = list(ordered_map(draws, lambda draw: episode_terms(form, draw(), budget, per_batch),
+                                 min(threads, len(draws))))
 
         def jobs():
             for q0 in range(0, n, chunk):
